@@ -1,0 +1,35 @@
+"""Shared fixtures: the real reference data folder and small generated volumes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AAMCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _limit_threads():
+    """Keep the suite predictable on the 2-core CI machine."""
+    import torch
+
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (override with AAMCT_SHARED_DATA); skips the test where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real reference data not found at {SHARED_DATA} (see ../shared/data/README.md)")
+    return SHARED_DATA
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under the shared data folder, skipping the calling test with a clear message if it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real reference data not found: {path} (see ../shared/data/README.md)")
+    return path
