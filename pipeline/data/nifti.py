@@ -1,0 +1,142 @@
+"""NIfTI input checks for ``aamct manifest build --nifti-glob``.
+
+MONAI's ``NibabelReader`` loads whatever nibabel can open; it does not tell a 3D CT volume from a 4D time series,
+a file with NaNs or an affine that cannot be inverted. These checks (our own; nibabel does the reading) turn such
+files into one-line rejection reasons before they reach training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["NiftiInfo", "NiftiRejected", "check_nifti", "file_sha256"]
+
+#: voxel sizes outside this range (mm) are almost certainly a wrong header, not a CT
+SANE_SPACING_MM: tuple[float, float] = (0.1, 20.0)
+
+
+class NiftiRejected(Exception):
+    """A NIfTI file that fails :func:`check_nifti`; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class NiftiInfo:
+    """What :func:`check_nifti` learned about an accepted file.
+
+    Attributes:
+        path: the file.
+        shape: spatial shape (X, Y, Z) as stored.
+        spacing: voxel size in mm along those axes (from the affine's columns).
+        affine: 4x4 RAS affine.
+        n_slices: number of slices along the array axis closest to S-I.
+        sha256: digest of the file's bytes (a move-proof identity for the pseudonymous case id).
+    """
+
+    path: Path
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    n_slices: int
+    sha256: str
+
+    @property
+    def spacing_mm(self) -> str:
+        """Spacing as written to the manifest, e.g. ``0.977x0.977x2.000``."""
+        return "x".join(f"{s:.3f}" for s in self.spacing)
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_nifti(
+    path: str | os.PathLike,
+    *,
+    min_slices: int = 1,
+    spacing_range_mm: tuple[float, float] = SANE_SPACING_MM,
+) -> NiftiInfo:
+    """Check one NIfTI file: a single 3D volume, finite values, sane spacing, an invertible oriented affine.
+
+    The voxel data are read in full, so a truncated ``.nii.gz`` is caught here rather than in the middle of training.
+
+    Args:
+        path: the ``.nii`` / ``.nii.gz`` file.
+        min_slices: fewest slices along the axis closest to S-I.
+        spacing_range_mm: accepted voxel size range in mm.
+
+    Returns:
+        A :class:`NiftiInfo`.
+
+    Raises:
+        NiftiRejected: the file fails a check; the message is the reason.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        image = nib.load(path)
+    except Exception as err:
+        raise NiftiRejected(f"unreadable NIfTI: {type(err).__name__}: {_one_line(err)}") from None
+    shape = tuple(int(v) for v in image.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise NiftiRejected(f"not a 3D volume: shape {tuple(image.shape)} (3D, or 4D with one volume, expected)")
+    if min(shape) < 1:
+        raise NiftiRejected(f"empty volume: shape {shape}")
+    header = image.header
+    codes = [int(header.get("sform_code", 0)), int(header.get("qform_code", 0))]
+    if not any(codes):
+        raise NiftiRejected(
+            "no orientation: sform_code and qform_code are both 0, so the voxel-to-patient mapping is unknown"
+        )
+    affine = np.asarray(image.affine, dtype=float)
+    if not np.all(np.isfinite(affine)):
+        raise NiftiRejected("affine has non-finite values")
+    determinant = float(np.linalg.det(affine[:3, :3]))
+    if abs(determinant) < 1e-6:
+        raise NiftiRejected(f"singular affine (determinant {determinant:.3g}): voxel positions cannot be inverted")
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    low, high = spacing_range_mm
+    if not all(low <= s <= high for s in spacing):
+        raise NiftiRejected(
+            f"voxel size {'x'.join(f'{s:.3g}' for s in spacing)} mm is outside {low:g}-{high:g} mm (a wrong header?)"
+        )
+    try:
+        # scaled by scl_slope/scl_inter, so a broken scaling shows up as non-finite values below
+        data = np.asanyarray(image.dataobj)
+    except Exception as err:
+        raise NiftiRejected(f"cannot read the voxel data: {type(err).__name__}: {_one_line(err)}") from None
+    if data.dtype.kind == "f":
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise NiftiRejected(f"non-finite values: {bad} of {data.size} voxels are NaN or infinite")
+    elif data.dtype.kind not in "iub":
+        raise NiftiRejected(f"unsupported voxel type {data.dtype} (a scalar volume expected)")
+    axis_si = int(np.argmax(np.abs(affine[2, :3]) / np.maximum(spacing, 1e-12)))
+    n_slices = shape[axis_si]
+    if n_slices < min_slices:
+        raise NiftiRejected(f"too few slices: {n_slices} (minimum {min_slices})")
+    return NiftiInfo(
+        path=path,
+        shape=shape,  # type: ignore[arg-type]
+        spacing=spacing,  # type: ignore[arg-type]
+        affine=affine,
+        n_slices=n_slices,
+        sha256=file_sha256(path),
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
