@@ -1,0 +1,305 @@
+"""Finding what an inference run needs in a bundle: its root, config, weights, frozen threshold and class names.
+
+Accepted ``--bundle`` forms: a bundle folder (``configs/`` + ``models/model.pt``), a training run folder with
+``models/model.pt`` but no ``configs/inference.json`` (the project's own ``bundle/configs/inference.json`` is used
+then), or a bundle zip (extracted once under the run folder; a zip with one top-level folder, as
+``monai.bundle`` exports them, is descended into).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import UserError
+
+__all__ = [
+    "DEFAULT_CLASS_NAMES",
+    "FrozenThreshold",
+    "file_fingerprint",
+    "inference_config_path",
+    "load_inference_config",
+    "load_weights",
+    "read_class_names",
+    "read_frozen_threshold",
+    "resolve_bundle",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLASS_NAMES: tuple[str, str] = ("negative", "positive")
+#: the project's own bundle, used for run folders that carry weights but no inference config
+PROJECT_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+_THRESHOLD_KEYS = ("operating_threshold", "threshold")
+#: settings that must be the ones the model was trained with; read from a run folder's configs/train.json if present
+TRAINING_SETTINGS: tuple[str, ...] = ("network_name", "roi_size", "spacing", "hu_window")
+
+
+@dataclass(frozen=True)
+class FrozenThreshold:
+    """The operating threshold applied unchanged to a new cohort, and where it came from.
+
+    Attributes:
+        threshold: call positive when ``probability >= threshold``.
+        source: the file (and key) it was read from, or ``"default"`` when none was found.
+    """
+
+    threshold: float
+    source: str
+
+    @property
+    def is_default(self) -> bool:
+        """True when no frozen threshold was found and 0.5 is used."""
+        return self.source == "default"
+
+
+def resolve_bundle(bundle: str | os.PathLike, *, extract_to: str | os.PathLike | None = None) -> Path:
+    """The root folder of a bundle given as a folder or a zip.
+
+    Args:
+        bundle: bundle folder, run folder or ``.zip``.
+        extract_to: where a zip is extracted (a sub-folder named after the zip and its hash is created, and reused
+            by a rerun); defaults to a folder beside the zip.
+
+    Returns:
+        The folder holding ``models/model.pt`` (and usually ``configs/``).
+
+    Raises:
+        UserError: if the path is missing, the zip is unsafe or unreadable, or no ``models/model.pt`` is found.
+    """
+    path = Path(bundle).expanduser()
+    if not path.exists():
+        raise UserError(f"{path}: bundle not found")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path}: not a bundle folder or zip")
+        path = _extract_zip(path, Path(extract_to) if extract_to is not None else path.parent)
+    for candidate in (path, *_single_subfolder(path)):
+        if (candidate / "models" / "model.pt").is_file():
+            return candidate.resolve()
+    raise UserError(f"{Path(bundle)}: no models/model.pt in this bundle (train first, or point at the bundle root)")
+
+
+def _single_subfolder(path: Path) -> list[Path]:
+    children = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return children if len(children) == 1 else []
+
+
+def _extract_zip(archive: Path, parent: Path) -> Path:
+    digest = file_fingerprint(archive)
+    target = parent / f".{archive.stem}-{digest}"
+    if target.is_dir():
+        return target
+    staging = parent / f".{archive.stem}-{digest}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            for member in zipped.namelist():
+                # refuse absolute names and '..' so a crafted zip cannot write outside the target folder
+                if Path(member).is_absolute() or ".." in Path(member).parts:
+                    raise UserError(f"{archive}: unsafe member name {member!r} in the zip")
+            zipped.extractall(staging)
+    except zipfile.BadZipFile as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"{archive}: unreadable zip ({err})") from None
+    os.replace(staging, target)
+    return target
+
+
+def inference_config_path(bundle_root: str | os.PathLike) -> Path:
+    """The inference config of a bundle, or the project's default one for a run folder without configs.
+
+    Args:
+        bundle_root: from :func:`resolve_bundle`.
+
+    Returns:
+        Path of ``inference.json``.
+
+    Raises:
+        UserError: if neither exists.
+    """
+    own = Path(bundle_root) / "configs" / "inference.json"
+    if own.is_file():
+        return own
+    default = PROJECT_BUNDLE / "configs" / "inference.json"
+    if default.is_file():
+        logger.info("%s has no configs/inference.json: using the project's %s", bundle_root, default)
+        return default
+    raise UserError(f"{bundle_root}: no configs/inference.json, and the project's default {default} is missing")
+
+
+def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
+    """Parse a bundle's inference config with MONAI's ``ConfigParser``, pointed at ``bundle_root``.
+
+    When the config is the project's default (a run folder without ``configs/inference.json``) and the folder has a
+    ``configs/train.json``, the training settings (:data:`TRAINING_SETTINGS`) are taken from it, so the network and
+    preprocessing match the weights.
+
+    Args:
+        bundle_root: from :func:`resolve_bundle`.
+        overrides: config keys to set (``output_dir``, ``manifest``, ...), applied last.
+
+    Returns:
+        The ``monai.bundle.ConfigParser`` (nothing instantiated yet).
+
+    Raises:
+        UserError: if the config is missing or not valid JSON.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_root).resolve()
+    config_path = inference_config_path(root)
+    parser = ConfigParser()
+    try:
+        parser.read_config(config_path)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise UserError(f"{config_path}: not a readable bundle config ({err})") from None
+    train_config = root / "configs" / "train.json"
+    if config_path.parent != root / "configs" and train_config.is_file():
+        trained = _read_json(train_config) or {}
+        # literal values only: an expression or reference ("$...", "@...") means something in train.json's own scope
+        parser.update(
+            {
+                key: trained[key]
+                for key in TRAINING_SETTINGS
+                if key in trained and not (isinstance(trained[key], str) and trained[key][:1] in "$@%")
+            }
+        )
+    parser.update({"bundle_root": str(root), **dict(overrides or {})})
+    return parser
+
+
+def load_weights(
+    network: torch.nn.Module, checkpoint: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load a bundle's ``model.pt`` into a network (strictly) and return the network in eval mode.
+
+    Accepts MONAI's layout (a bare state dict) and a dict holding it under ``model`` / ``network`` /
+    ``state_dict``. Loaded with ``weights_only=True``: a shared checkpoint cannot run code.
+
+    Args:
+        network: the network built from the same config as the one trained.
+        checkpoint: path of the weights.
+        map_location: where tensors are loaded.
+
+    Returns:
+        ``network`` with the weights, in eval mode.
+
+    Raises:
+        UserError: if the file is missing or unreadable, or does not match the network.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"{path}: model weights not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt / foreign file
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if isinstance(state, Mapping):
+        for key in ("model", "network", "state_dict"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise UserError(f"{path}: holds no state dict")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise UserError(f"{path}: weights do not match the configured network ({first})") from None
+    return network.eval()
+
+
+def read_frozen_threshold(bundle_root: str | os.PathLike, *, default: float = 0.5) -> FrozenThreshold:
+    """The frozen operating threshold stored with a bundle.
+
+    Looked up, in order: ``models/operating_point.json`` (``threshold``, read with the evaluation stage's
+    :func:`pipeline.evaluation.operating_point.read_operating_point`, which writes it), then ``configs/metadata.json`` (``operating_threshold`` or ``threshold``, top level or under ``operating_point``).
+
+    Args:
+        bundle_root: bundle folder.
+        default: used, with ``source="default"``, when neither file has one.
+
+    Returns:
+        The :class:`FrozenThreshold`.
+
+    Raises:
+        UserError: if a file exists but its threshold is not a number in ``[0, 1]``.
+    """
+    root = Path(bundle_root)
+    operating_point_file = root / "models" / "operating_point.json"
+    if operating_point_file.is_file():
+        from pipeline.evaluation.operating_point import read_operating_point
+
+        operating_point, _ = read_operating_point(operating_point_file)
+        return _checked(operating_point.threshold, operating_point_file, "threshold", root)
+    data = _read_json(root / "configs" / "metadata.json")
+    if data is not None:
+        for scope_name, scope in (("", data), ("operating_point.", data.get("operating_point"))):
+            if not isinstance(scope, Mapping):
+                continue
+            for key in _THRESHOLD_KEYS:
+                if key in scope:
+                    return _checked(scope[key], root / "configs" / "metadata.json", scope_name + key, root)
+    return FrozenThreshold(float(default), "default")
+
+
+def _checked(value: Any, path: Path, key: str, root: Path) -> FrozenThreshold:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UserError(f"{path}: {key} must be a number in [0, 1], got {value!r}")
+    return FrozenThreshold(float(value), f"{path.relative_to(root)}:{key}")
+
+
+def read_class_names(bundle_root: str | os.PathLike) -> list[str]:
+    """Class names in label order, from ``configs/metadata.json``.
+
+    Reads ``class_names`` or ``classes`` (a list), or the model-zoo ``network_data_format.outputs.pred.channel_def``
+    (index -> name); falls back to ``negative, positive``.
+
+    Args:
+        bundle_root: bundle folder.
+
+    Returns:
+        The class names, index 0 first.
+    """
+    data = _read_json(Path(bundle_root) / "configs" / "metadata.json") or {}
+    for key in ("class_names", "classes"):
+        classes = data.get(key)
+        if isinstance(classes, list) and len(classes) >= 2:
+            return [str(c) for c in classes]
+    channel_def = data.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def")
+    if isinstance(channel_def, Mapping) and len(channel_def) >= 2:
+        try:
+            return [str(channel_def[k]) for k in sorted(channel_def, key=int)]
+        except ValueError:
+            pass
+    return list(DEFAULT_CLASS_NAMES)
+
+
+def file_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
+    """Leading hex digits of a file's SHA-256 (identifies the model a run folder's results came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    return data if isinstance(data, dict) else None

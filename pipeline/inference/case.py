@@ -1,0 +1,265 @@
+"""One case, end to end: load -> preprocess -> sliding-window inference -> heatmap NIfTI -> PNG montage.
+
+:class:`CasePredictor` holds the pieces a bundle config defines (network, preprocessing chain, inferer) and runs them
+on one image, timing every stage. The preprocessing chain is the training one (``pipeline.transforms``); its first
+transform (``LoadImaged``) is run on its own, so that the image *as loaded* (HU, acquired grid and RAS affine, from
+:class:`pipeline.data.reader.CTImageReader`) is available as the target geometry of the heatmap and as the
+background of the montage, and so that loading and preprocessing are timed separately.
+
+Failures are raised as :class:`CaseFailure`, which names the stage, so that the cohort job can record a one-line
+reason (``unreadable image: ...``, ``inference failed: ...``) and go on with the next case.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose, LoadImage, LoadImaged
+
+from pipeline.inference.heatmap import (
+    LUNG_WINDOW_HU,
+    map_affine,
+    resample_to_grid,
+    write_heatmap_nifti,
+    write_montage_png,
+)
+from pipeline.inference.sliding import DenseClassificationInferer, positive_evidence
+
+__all__ = ["STAGES", "CaseFailure", "CasePrediction", "CasePredictor", "split_loading"]
+
+#: the timed stages, in order
+STAGES: tuple[str, ...] = ("load", "preprocess", "inference", "heatmap", "montage")
+
+#: reason prefix per failing stage (the evaluation report groups rejections by this leading phrase)
+_STAGE_REASON = {
+    "load": "unreadable image",
+    "preprocess": "preprocessing failed",
+    "inference": "inference failed",
+    "heatmap": "heatmap failed",
+    "montage": "montage failed",
+}
+
+
+class CaseFailure(Exception):
+    """A case could not be scored; ``stage`` says where, the message says why, in one line.
+
+    Args:
+        stage: one of :data:`STAGES`.
+        detail: what went wrong.
+    """
+
+    def __init__(self, stage: str, detail: str) -> None:
+        self.stage = stage
+        self.detail = " ".join(str(detail).split())
+        super().__init__(f"{_STAGE_REASON.get(stage, stage)}: {self.detail}")
+
+
+@dataclass(frozen=True)
+class CasePrediction:
+    """The result of one case.
+
+    Attributes:
+        probabilities: ``(C,)`` class probabilities (softmax of the case logits).
+        logits: ``(C,)`` case logits.
+        stage_seconds: wall-clock seconds per stage that ran (keys from :data:`STAGES`).
+        heatmap: path of the heatmap NIfTI, if written.
+        montage: path of the PNG montage, if written.
+        map_shape: spatial shape of the stitched class map.
+        source_shape: spatial shape of the image as loaded (the heatmap's shape).
+    """
+
+    probabilities: np.ndarray
+    logits: np.ndarray
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    heatmap: Path | None = None
+    montage: Path | None = None
+    map_shape: tuple[int, ...] = ()
+    source_shape: tuple[int, ...] = ()
+
+
+def split_loading(preprocessing: Callable) -> tuple[Callable, Callable]:
+    """Split a preprocessing chain into its loading transform and the rest.
+
+    Args:
+        preprocessing: a MONAI ``Compose`` (nested ones are flattened) whose first transform is ``LoadImaged`` or
+            ``LoadImage``, e.g. :func:`pipeline.transforms.infer_transforms`.
+
+    Returns:
+        ``(load, rest)``, both callables on the data dictionary.
+
+    Raises:
+        ValueError: if the chain does not start with a loading transform.
+    """
+    transforms = list(preprocessing.flatten().transforms) if isinstance(preprocessing, Compose) else []
+    if not transforms or not isinstance(transforms[0], (LoadImaged, LoadImage)):
+        raise ValueError(
+            "the inference preprocessing must be a monai Compose starting with LoadImaged "
+            "(e.g. pipeline.transforms.infer_transforms): the heatmap is mapped back onto the image as loaded"
+        )
+    return transforms[0], Compose(transforms[1:])
+
+
+class CasePredictor:
+    """Score one image and write its heatmap and montage.
+
+    Args:
+        network: the classifier (``class_activation`` or dense output, see
+            :func:`pipeline.inference.sliding.as_dense_predictor`), already on its device and holding its weights.
+        inferer: the :class:`~pipeline.inference.sliding.DenseClassificationInferer`.
+        preprocessing: the training preprocessing chain without labels, starting with ``LoadImaged`` (see
+            :func:`split_loading`).
+        image_key: key of the image in the data dictionary.
+        positive_index: class index whose probability is reported and whose evidence is the heatmap.
+        input_device: device the preprocessed volume is put on before the sliding window (keep ``"cpu"`` and let
+            the inferer's ``sw_device`` move windows to the GPU, so the whole volume need not fit in GPU memory).
+        write_heatmap: write ``<case_id>.nii.gz`` in the source geometry.
+        write_montage: write ``<case_id>.png``.
+        heatmap_dtype: ``"uint8"`` (scaled, compact) or ``"float32"``; see
+            :func:`pipeline.inference.heatmap.write_heatmap_nifti`.
+        montage_slices: axial slices in the montage.
+        window_hu: display window of the montage.
+    """
+
+    def __init__(
+        self,
+        *,
+        network: torch.nn.Module,
+        inferer: DenseClassificationInferer,
+        preprocessing: Callable,
+        image_key: str = "image",
+        positive_index: int = 1,
+        input_device: torch.device | str = "cpu",
+        write_heatmap: bool = True,
+        write_montage: bool = True,
+        heatmap_dtype: str = "uint8",
+        montage_slices: int = 12,
+        window_hu: tuple[float, float] = LUNG_WINDOW_HU,
+    ) -> None:
+        self.network = network.eval()
+        self.inferer = inferer
+        self.load, self.preprocess = split_loading(preprocessing)
+        self.image_key = image_key
+        self.positive_index = positive_index
+        self.input_device = torch.device(input_device)
+        self.write_heatmap = write_heatmap
+        self.write_montage = write_montage
+        self.heatmap_dtype = heatmap_dtype
+        self.montage_slices = montage_slices
+        self.window_hu = tuple(window_hu)
+
+    def __call__(
+        self, image: str | os.PathLike, *, case_id: str, heatmap_dir: str | os.PathLike | None = None
+    ) -> CasePrediction:
+        """Run every stage on one image.
+
+        Args:
+            image: DICOM series folder or NIfTI file.
+            case_id: pseudonymous case id, used for file names and the montage title.
+            heatmap_dir: folder of ``<case_id>.nii.gz`` / ``<case_id>.png``; ``None`` writes neither.
+
+        Returns:
+            The :class:`CasePrediction`.
+
+        Raises:
+            CaseFailure: naming the failing stage. ``KeyboardInterrupt`` / ``SystemExit`` pass through untouched.
+        """
+        seconds: dict[str, float] = {}
+        path = Path(image)
+        if not path.exists():
+            raise CaseFailure("load", f"image not found: {path}")
+
+        with _StageTimer("load", seconds):
+            loaded = self.load({self.image_key: str(path)})
+        source = loaded[self.image_key]
+        source_affine, source_shape = _geometry(source)
+        with _StageTimer("preprocess", seconds):
+            prepared = self.preprocess(dict(loaded))[self.image_key]
+        with _StageTimer("inference", seconds):
+            batch = torch.as_tensor(prepared)[None].to(self.input_device)
+            prediction = self.inferer.predict(batch, self.network)
+            probabilities = prediction.probabilities[0].cpu().numpy()
+            logits = prediction.logits[0].cpu().numpy()
+
+        heatmap_path = montage_path = None
+        wants_heatmap = heatmap_dir is not None and (self.write_heatmap or self.write_montage)
+        if wants_heatmap:
+            heatmap_dir = Path(heatmap_dir)
+            with _StageTimer("heatmap", seconds):
+                evidence = positive_evidence(prediction.class_map, positive_index=self.positive_index)[0, 0]
+                prepared_affine, prepared_shape = _geometry(prepared)
+                heatmap = resample_to_grid(
+                    evidence,
+                    source_affine=map_affine(prepared_affine, prepared_shape, evidence.shape),
+                    target_affine=source_affine,
+                    target_shape=source_shape,
+                )
+                if self.write_heatmap:
+                    heatmap_path = write_heatmap_nifti(
+                        heatmap_dir / f"{case_id}.nii.gz", heatmap, source_affine, dtype=self.heatmap_dtype
+                    )
+            if self.write_montage:
+                with _StageTimer("montage", seconds):
+                    montage_path = write_montage_png(
+                        heatmap_dir / f"{case_id}.png",
+                        image=_spatial(source),
+                        heatmap=heatmap,
+                        affine=source_affine,
+                        n_slices=self.montage_slices,
+                        window_hu=self.window_hu,
+                        title=f"{case_id}   p(class {self.positive_index}) = {probabilities[self.positive_index]:.3f}",
+                    )
+        return CasePrediction(
+            probabilities=probabilities,
+            logits=logits,
+            stage_seconds=seconds,
+            heatmap=heatmap_path,
+            montage=montage_path,
+            map_shape=tuple(prediction.class_map.shape[2:]),
+            source_shape=tuple(source_shape),
+        )
+
+
+class _StageTimer:
+    """Time a stage into ``seconds[name]`` and turn any ``Exception`` raised in it into a :class:`CaseFailure`."""
+
+    def __init__(self, name: str, seconds: dict[str, float]) -> None:
+        self.name = name
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        self.seconds[self.name] = time.perf_counter() - self.start
+        if error is None or not isinstance(error, Exception) or isinstance(error, CaseFailure):
+            return False  # success, or KeyboardInterrupt / SystemExit: let it through
+        detail = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CaseFailure(self.name, f"{type(error).__name__}: {detail}") from error
+
+
+def _spatial(image) -> np.ndarray:
+    """The ``(X, Y, Z)`` array of a loaded image (a leading channel of one is dropped)."""
+    array = np.asarray(torch.as_tensor(image).detach().cpu(), dtype=np.float32)
+    while array.ndim > 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise CaseFailure("load", f"expected a 3D volume, got shape {tuple(array.shape)}")
+    return array
+
+
+def _geometry(image) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """``(4x4 RAS affine, spatial shape)`` of a MONAI MetaTensor, channel-first or not."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        meta: Mapping = getattr(image, "meta", {}) or {}
+        affine = meta.get("affine")
+    if affine is None:
+        raise CaseFailure("load", "the loaded image carries no affine (use a MONAI reader that sets it)")
+    shape = tuple(int(s) for s in image.shape[-3:])
+    return np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu()), shape  # type: ignore[return-value]

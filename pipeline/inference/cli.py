@@ -1,0 +1,223 @@
+"""``aamct evaluate-cohort`` (batch job for a new cohort) and ``aamct infer`` (score a few images).
+
+Both build everything from the bundle's ``configs/inference.json`` through MONAI's ``ConfigParser`` (the same objects
+``python -m monai.bundle run inference --config_file configs/inference.json`` builds), with the command-line options
+as config overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.errors import UserError
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate-cohort`` and ``infer`` to the ``aamct`` subcommands."""
+    cohort = sub.add_parser(
+        "evaluate-cohort",
+        help="score a cohort with a trained bundle (heatmaps, predictions.csv) and evaluate it where labels exist",
+        description=(
+            "Run whole-volume sliding-window inference on every case of a manifest (or every DICOM series / NIfTI "
+            "file under a folder), write predictions.csv with one row per case (status ok/error), heatmaps in each "
+            "source image's geometry and PNG montages, then the evaluation report when the cohort has labels. "
+            "Resumable: a rerun skips finished cases. Shards across torchrun ranks automatically (RANK/WORLD_SIZE), "
+            "or by --shard i/n followed by --merge."
+        ),
+    )
+    cohort.add_argument("--bundle", required=True, help="bundle folder, training run folder (models/model.pt) or zip")
+    source = cohort.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="manifest CSV (case_id, image[, label, site, split, fold])")
+    source.add_argument("--input", help="folder searched for DICOM series and NIfTI files (unlabelled)")
+    cohort.add_argument("--out", required=True, help="run folder (created; a rerun resumes it)")
+    cohort.add_argument("--split", help="only the manifest rows of this split (e.g. test)")
+    _add_common_options(cohort)
+    cohort.add_argument(
+        "--shard", help="score only shard i of n (0-based, e.g. 0/4); default: torchrun's RANK/WORLD_SIZE"
+    )
+    cohort.add_argument("--merge", action="store_true", help="only merge the shards' results and write the report")
+    cohort.add_argument("--retry-errors", action="store_true", help="rerun cases a previous run marked error")
+    cohort.add_argument("--no-report", action="store_true", help="skip the evaluation report")
+    cohort.set_defaults(func=_cmd_evaluate_cohort)
+
+    infer = sub.add_parser(
+        "infer",
+        help="score DICOM series folders / NIfTI files with a trained bundle and write their heatmaps",
+        description="Score images given on the command line (no labels, no report); outputs as evaluate-cohort.",
+    )
+    infer.add_argument("images", nargs="+", help="DICOM series folders or NIfTI files")
+    infer.add_argument("--bundle", required=True, help="bundle folder, training run folder (models/model.pt) or zip")
+    infer.add_argument("--out", required=True, help="output folder")
+    _add_common_options(infer)
+    infer.set_defaults(func=_cmd_infer)
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", type=_probability, help="operating threshold (default: the bundle's frozen one)")
+    parser.add_argument("--device", help="torch device for the network windows, e.g. cpu or cuda:0 (default: auto)")
+    parser.add_argument("--sw-batch-size", type=_positive_int, help="sliding windows per forward pass")
+    parser.add_argument("--overlap", type=_fraction, help="sliding-window overlap, 0 <= f < 1")
+    parser.add_argument("--no-heatmaps", action="store_true", help="score only: no heatmap NIfTI, no montage")
+    parser.add_argument("--no-montage", action="store_true", help="no PNG montage")
+    parser.add_argument("--heatmap-dtype", choices=("uint8", "float32"), help="heatmap storage (default uint8, scaled)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override any key of configs/inference.json, e.g. --set 'roi_size=[128,128,64]' (repeatable)",
+    )
+
+
+def _probability(text: str) -> float:
+    value = _number(text, float, "--threshold")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, float, "--overlap")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _number(text, int, "--sw-batch-size")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _number(text: str, kind: type, name: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: not a number: {text!r}") from None
+
+
+def _overrides(args: argparse.Namespace, *, output_dir: Path) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"output_dir": str(output_dir), "progress_bar": sys.stderr.isatty()}
+    if args.device:
+        overrides["device"] = f"$torch.device({args.device!r})"
+        overrides["amp"] = f"$torch.device({args.device!r}).type == 'cuda'"
+    if args.sw_batch_size is not None:
+        overrides["sw_batch_size"] = args.sw_batch_size
+    if args.overlap is not None:
+        overrides["overlap"] = args.overlap
+    if args.no_heatmaps:
+        overrides.update(write_heatmaps=False, write_montage=False)
+    if args.no_montage:
+        overrides["write_montage"] = False
+    if args.heatmap_dtype:
+        overrides["heatmap_dtype"] = args.heatmap_dtype
+    if args.threshold is not None:
+        overrides["frozen_threshold"] = f"$pipeline.inference.FrozenThreshold({args.threshold!r}, 'command line')"
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=JSON")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value  # a bare string, e.g. --set network_name=aam_resnet34
+    return overrides
+
+
+def _config(args: argparse.Namespace, out: Path, extra: dict[str, Any] | None = None):
+    from pipeline.inference.bundle import load_inference_config, resolve_bundle
+
+    root = resolve_bundle(args.bundle, extract_to=out)
+    return load_inference_config(root, {**_overrides(args, output_dir=out), **(extra or {})})
+
+
+def _parsed(parser, key: str):
+    """``parser.get_parsed_content(key)`` with user mistakes in the config reported in one line."""
+    try:
+        return parser.get_parsed_content(key)
+    except UserError:
+        raise
+    except Exception as err:
+        # instantiation errors from MONAI's config machinery wrap the real cause; report the innermost one
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"inference config: cannot build {key!r}: {type(cause).__name__}: {cause}") from None
+
+
+def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
+    from pipeline.inference.cohort import CohortRunner, Shard, read_cases, summary_dict
+
+    out = Path(args.out)
+    cases = read_cases(args.manifest or args.input, split=args.split)
+    parser = _config(args, out, {"retry_errors": bool(args.retry_errors), "evaluate": not args.no_report})
+    if args.merge:
+        # merging needs no network: build the runner from the settings only
+        from pipeline.inference.bundle import file_fingerprint
+
+        threshold = _parsed(parser, "frozen_threshold")
+        runner = CohortRunner(
+            predictor=None,
+            output_dir=out,
+            threshold=threshold.threshold,
+            threshold_source=threshold.source,
+            class_names=_parsed(parser, "class_names"),
+            positive_index=_parsed(parser, "positive_index"),
+            fingerprint=file_fingerprint(_parsed(parser, "checkpoint")),
+        )
+        runner.claim_output_dir()
+        merged = runner.merge(cases)
+        report, note = runner.write_report(merged) if not args.no_report else (None, "report skipped (--no-report)")
+        print(f"merged {len(merged)} cases: {int((merged['status'] == 'ok').sum())} ok -> {runner.predictions_path}")
+        print(f"report: {report}" if report else note)
+        return 0
+    shard = Shard.parse(args.shard) if args.shard else Shard.from_environment()
+    runner: CohortRunner = _parsed(parser, "runner")
+    threshold = _parsed(parser, "frozen_threshold")
+    if threshold.is_default:
+        logger.warning(
+            "the bundle has no frozen operating threshold: predicted labels use 0.5 (not chosen on validation)"
+        )
+    summary = runner.run(cases, shard=shard)
+    if shard.from_torchrun and shard.index != 0:
+        return 0
+    print(json.dumps(summary_dict(summary), indent=2))
+    if summary.report_note:
+        print(summary.report_note)
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from pipeline.inference.cohort import CohortCase, Shard
+
+    out = Path(args.out)
+    cases = []
+    for image in args.images:
+        path = Path(image)
+        if not path.exists():
+            raise UserError(f"{path}: image not found")
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+        cases.append(CohortCase(case_id=f"case-{digest}", image=path))
+    runner = _parsed(_config(args, out, {"evaluate": False}), "runner")
+    summary = runner.run(cases, shard=Shard())
+    frame = pd.read_csv(runner.predictions_path, keep_default_na=False)
+    by_id = {case.case_id: case.image for case in cases}
+    for row in frame.itertuples():
+        score = f"{row.probability:.4f} -> {row.predicted_label}" if row.status == "ok" else f"error: {row.reason}"
+        print(f"{row.case_id}  {by_id.get(row.case_id, '')}  {score}")
+    return 0 if summary.n_error == 0 else 1
