@@ -19,7 +19,12 @@ from pipeline.errors import UserError
 __all__ = ["build_parser", "main"]
 
 #: modules that contribute subcommands, in the order they appear in ``aamct --help``
-STAGE_CLI_MODULES: tuple[str, ...] = ("pipeline.data.cli", "pipeline.evaluation.cli")
+STAGE_CLI_MODULES: tuple[str, ...] = (
+    "pipeline.data.cli",
+    "pipeline.evaluation.cli",
+    "pipeline.inference.cli",
+    "pipeline.sharing.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

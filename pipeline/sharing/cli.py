@@ -1,0 +1,108 @@
+"""``aamct bundle export|verify|inspect``: share a trained bundle and check one received.
+
+Other stages may add their own actions under ``aamct bundle``: :func:`register` reuses the ``bundle`` group when it
+already exists instead of replacing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+__all__ = ["register"]
+
+
+def _bundle_group(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    existing = sub.choices.get("bundle")
+    if existing is not None:
+        for action in existing._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action
+    group = sub.add_parser("bundle", help="export, verify and inspect shareable bundle zips")
+    actions = group.add_subparsers(dest="bundle_command", metavar="<action>")
+    actions.required = True
+    return actions
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``bundle export``, ``bundle verify`` and ``bundle inspect`` to the top-level parser."""
+    actions = _bundle_group(sub)
+
+    export = actions.add_parser(
+        "export",
+        help="write NAME.zip: MONAI bundle layout, TorchScript model, model card, checksums",
+        description="Export a trained bundle as NAME.zip (NAME/configs, NAME/models/model.pt + model.ts, "
+        "NAME/docs/README.md model card, NAME/LICENSE, NAME/checksums.sha256) with a patch version bump and a "
+        "changelog entry. The source bundle is not modified.",
+    )
+    export.add_argument("--bundle", type=Path, required=True, help="source bundle folder (configs/, LICENSE)")
+    export.add_argument("--out", type=Path, required=True, help="zip to write; its stem is the bundle name")
+    export.add_argument("--checkpoint", type=Path, help="trained weights (default: BUNDLE/models/model.pt)")
+    export.add_argument("--report", type=Path, help="evaluation report metrics.json for the model card")
+    export.add_argument("--datalist", type=Path, help="training datalist JSON (data summary, PHI guard)")
+    export.add_argument("--name", help="bundle name (default: the zip's stem)")
+    export.add_argument("--bump", choices=("patch", "minor", "major"), default="patch", help="version part to bump")
+    export.add_argument("--message", help="changelog text for the new version")
+    export.add_argument("--network-config", help="config under configs/ holding network_def (default: inference.json)")
+    export.add_argument(
+        "--no-parity-check",
+        action="store_true",
+        help="skip the eager-vs-TorchScript-config probability check on a synthetic volume",
+    )
+    export.set_defaults(func=_cmd_export)
+
+    verify = actions.add_parser(
+        "verify",
+        help="check a bundle zip: checksums, metadata schema, weights, networks; list the code its configs run",
+        description="Verify NAME.zip offline. Exits non-zero with the first failure's reason.",
+    )
+    verify.add_argument("archive", type=Path, help="NAME.zip")
+    verify.add_argument("--schema", type=Path, help="metadata JSON schema (default: the repository's copy)")
+    verify.add_argument(
+        "--no-network-checks",
+        action="store_true",
+        help="do not load or run the models (nothing from the configs is evaluated)",
+    )
+    verify.set_defaults(func=_cmd_verify)
+
+    inspect = actions.add_parser("inspect", help="print the model card summary of a bundle zip")
+    inspect.add_argument("archive", type=Path, help="NAME.zip")
+    inspect.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.sharing.export import export_bundle
+
+    result = export_bundle(
+        args.bundle,
+        args.out,
+        checkpoint=args.checkpoint,
+        report=args.report,
+        datalist=args.datalist,
+        name=args.name,
+        bump=args.bump,
+        change=args.message,
+        network_config=args.network_config,
+        check_parity=not args.no_parity_check,
+    )
+    print(result.summary())
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.sharing.verify import verify_bundle
+
+    report = verify_bundle(args.archive, schema_path=args.schema, check_networks=not args.no_network_checks)
+    print("\n".join(report.lines()))
+    if not report.ok:
+        raise UserError(f"{args.archive}: verification failed: {report.first_failure.detail}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pipeline.sharing.inspection import inspect_bundle
+
+    print("\n".join(inspect_bundle(args.archive)))
+    return 0

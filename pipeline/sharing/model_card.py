@@ -1,0 +1,538 @@
+"""The model card of a shared bundle, built from its metadata, the evaluation report and the training datalist.
+
+A card is a plain dict (stored in the exported ``metadata.json`` under ``model_card``, so ``aamct bundle inspect``
+reads it back without parsing Markdown) rendered to ``docs/README.md``. Only aggregate, non-identifying values are
+copied in: counts by split, site and class, metrics with their intervals, the frozen threshold. Case ids, patient
+ids, paths and file names never enter a card, so a card cannot carry PHI the inputs may hold elsewhere.
+
+MONAI has no model-card generator (model-zoo READMEs are hand-written), hence this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+__all__ = [
+    "DEFAULT_LIMITATIONS",
+    "MODEL_CARD_KEY",
+    "build_model_card",
+    "class_names_from_metadata",
+    "read_report",
+    "render_model_card",
+    "summarize_datalist",
+    "summarize_report",
+    "summary_lines",
+]
+
+#: key of the card inside the exported metadata.json
+MODEL_CARD_KEY = "model_card"
+_SPLIT_KEYS = ("training", "validation", "test", "external")
+_PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+DEFAULT_LIMITATIONS: tuple[str, ...] = (
+    "Research use only. Not a medical device; it must not be used for diagnosis or any clinical decision.",
+    "Performance was measured only on the cohorts summarised above. Scanners, protocols, reconstruction kernels, "
+    "contrast phases and populations not represented there may give different results: evaluate on a labelled local "
+    "sample before relying on any number in this card.",
+    "The operating threshold was frozen on the development data; its sensitivity / specificity trade-off shifts with "
+    "prevalence and case mix, so re-check it on local data.",
+    "Input must be a single chest CT volume (DICOM series or NIfTI) in Hounsfield units; other modalities, "
+    "localisers and multi-phase series are not supported.",
+    "The heatmaps show where the network found evidence; they are not lesion segmentations.",
+)
+
+
+def _read_json(path: str | os.PathLike, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: {what} is not valid JSON ({err})") from None
+
+
+def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an evaluation report (``metrics.json`` of ``aamct evaluate`` / :func:`pipeline.evaluation.write_report`).
+
+    Raises:
+        UserError: if the file is missing, not JSON or not a JSON object.
+    """
+    data = _read_json(path, "evaluation report")
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path}: evaluation report must be a JSON object")
+    return dict(data)
+
+
+def class_names_from_metadata(metadata: Mapping[str, Any]) -> list[str]:
+    """Class names in label order: ``class_names`` / ``classes``, else the output ``channel_def``, else indices."""
+    for key in ("class_names", "classes"):
+        names = metadata.get(key)
+        if isinstance(names, list) and names:
+            return [str(n) for n in names]
+    outputs = (metadata.get("network_data_format") or {}).get("outputs") or {}
+    for spec in outputs.values():
+        channel_def = spec.get("channel_def") if isinstance(spec, Mapping) else None
+        if isinstance(channel_def, Mapping) and channel_def:
+            try:
+                return [str(channel_def[k]) for k in sorted(channel_def, key=int)]
+            except (TypeError, ValueError):
+                break
+    return []
+
+
+def summarize_datalist(datalist: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """Counts of a MONAI datalist by split, site and class, and patients per split -- numbers only, no ids.
+
+    Args:
+        datalist: path or parsed datalist (``{"classes": [...], "training": [...], "test": [...], ...}``).
+
+    Returns:
+        ``{"classes": [...], "splits": {split: {"cases": n, "patients": n, "by_site": {site: {class: n}}}}}``;
+        ``training`` also carries ``folds`` (number of distinct folds).
+
+    Raises:
+        UserError: if the file is unreadable or is not a datalist.
+    """
+    source = str(datalist) if not isinstance(datalist, Mapping) else "datalist"
+    data = datalist if isinstance(datalist, Mapping) else _read_json(datalist, "datalist")
+    if not isinstance(data, Mapping) or not any(isinstance(data.get(k), list) for k in _SPLIT_KEYS):
+        raise UserError(f"{source}: not a datalist (no 'training' / 'test' / 'external' lists)")
+    classes = [str(c) for c in data.get("classes") or []]
+    splits: dict[str, Any] = {}
+    for split in _SPLIT_KEYS:
+        rows = data.get(split)
+        if not isinstance(rows, list) or not rows:
+            continue
+        by_site: dict[str, Counter] = {}
+        patients = set()
+        folds = set()
+        for row in rows:
+            site = str(row.get("site") or "unspecified")
+            by_site.setdefault(site, Counter())[_class_name(row.get("label"), classes)] += 1
+            if row.get("patient_id") not in (None, ""):
+                patients.add(row["patient_id"])
+            if row.get("fold") not in (None, ""):
+                folds.add(row["fold"])
+        entry: dict[str, Any] = {
+            "cases": len(rows),
+            "patients": len(patients) if patients else None,
+            "by_site": {site: dict(sorted(counts.items())) for site, counts in sorted(by_site.items())},
+        }
+        if split == "training" and folds:
+            entry["folds"] = len(folds)
+        splits[split] = entry
+    return {"classes": classes, "splits": splits}
+
+
+def _class_name(label: Any, classes: Sequence[str]) -> str:
+    if label is None or label == "":
+        return "unlabelled"
+    if isinstance(label, bool):
+        label = int(label)
+    if isinstance(label, int) and 0 <= label < len(classes):
+        return classes[label]
+    return str(label)
+
+
+def _estimate(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping) or raw.get("value") is None:
+        return None
+    return {key: raw.get(key) for key in ("value", "ci", "numerator", "denominator")}
+
+
+def _split_metrics(raw: Mapping[str, Any]) -> dict[str, Any]:
+    auc = raw.get("auc") if isinstance(raw.get("auc"), Mapping) else {}
+    threshold_metrics = raw.get("threshold_metrics") if isinstance(raw.get("threshold_metrics"), Mapping) else {}
+    out: dict[str, Any] = {
+        "n": raw.get("n"),
+        "n_positive": raw.get("n_positive"),
+        "n_negative": raw.get("n_negative"),
+        "auc": auc.get("auc"),
+        "auc_ci": auc.get("delong_ci"),
+        "auc_bootstrap_ci": auc.get("bootstrap_ci"),
+        "confidence": auc.get("confidence", threshold_metrics.get("confidence")),
+    }
+    for name in _PROPORTIONS:
+        out[name] = _estimate(threshold_metrics.get(name))
+    per_site = []
+    for row in raw.get("per_site") or []:
+        if not isinstance(row, Mapping):
+            continue
+        site_row = {"site": str(row.get("site")), "n": row.get("n"), "auc": row.get("auc")}
+        for name in ("auc", "sensitivity", "specificity"):
+            lower, upper = row.get(f"{name}_ci_lower"), row.get(f"{name}_ci_upper")
+            if name != "auc":
+                site_row[name] = row.get(name)
+            site_row[f"{name}_ci"] = [lower, upper] if lower is not None and upper is not None else None
+        per_site.append(site_row)
+    out["per_site"] = per_site
+    return out
+
+
+def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of an evaluation report a model card shows (whitelisted: no paths, no case ids).
+
+    Args:
+        report: parsed ``metrics.json``.
+
+    Returns:
+        ``{"primary_split", "splits": {name: {n, auc, auc_ci, sensitivity: {value, ci, ...}, ..., per_site}},
+        "threshold": {...} | None, "cross_validation": [...] | None, "notes": [...]}``.
+    """
+    splits = report.get("splits") if isinstance(report.get("splits"), Mapping) else {}
+    operating = report.get("operating_point") if isinstance(report.get("operating_point"), Mapping) else {}
+    threshold_value = operating.get("threshold", report.get("threshold"))
+    threshold = None
+    if isinstance(threshold_value, (int, float)) and not isinstance(threshold_value, bool):
+        threshold = {
+            "value": float(threshold_value),
+            **{
+                key: operating.get(key)
+                for key in (
+                    "method",
+                    "chosen_on",
+                    "target_sensitivity",
+                    "n_validation",
+                    "validation_sensitivity",
+                    "validation_specificity",
+                )
+            },
+        }
+    cross_validation = None
+    cv = report.get("cross_validation")
+    if isinstance(cv, Mapping) and isinstance(cv.get("summary"), list):
+        cross_validation = [
+            {key: row.get(key) for key in ("metric", "mean", "sd")} for row in cv["summary"] if isinstance(row, Mapping)
+        ]
+    return {
+        "primary_split": report.get("primary_split"),
+        "splits": {str(name): _split_metrics(raw) for name, raw in splits.items() if isinstance(raw, Mapping)},
+        "threshold": threshold,
+        "cross_validation": cross_validation,
+        "notes": [str(n) for n in report.get("notes") or []],
+    }
+
+
+def build_model_card(
+    metadata: Mapping[str, Any],
+    *,
+    name: str,
+    report: Mapping[str, Any] | None = None,
+    data_summary: Mapping[str, Any] | None = None,
+    limitations: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Assemble the card (a JSON-serialisable dict).
+
+    Args:
+        metadata: the (released) bundle metadata.
+        name: bundle name (the zip's top-level folder).
+        report: parsed evaluation report, or ``None`` (the card then says no evaluation was supplied).
+        data_summary: from :func:`summarize_datalist`, or ``None``.
+        limitations: extra limitations, after :data:`DEFAULT_LIMITATIONS` and any ``limitations`` in the metadata.
+
+    Returns:
+        The card dict.
+    """
+    metrics = summarize_report(report) if report is not None else None
+    threshold = metrics["threshold"] if metrics else None
+    extra = metadata.get("limitations") or []
+    all_limitations = (
+        list(DEFAULT_LIMITATIONS)
+        + ([extra] if isinstance(extra, str) else [str(x) for x in extra])
+        + [str(x) for x in limitations]
+    )
+    if metrics:
+        all_limitations += [f"Evaluation note: {note}" for note in metrics["notes"]]
+    inputs = (metadata.get("network_data_format") or {}).get("inputs") or {}
+    image_spec = next(iter(inputs.values()), {}) if inputs else {}
+    return {
+        "name": name,
+        "version": metadata.get("version"),
+        "task": metadata.get("task"),
+        "description": metadata.get("description"),
+        "intended_use": metadata.get("intended_use") or "Research use only; not for clinical decisions.",
+        "authors": metadata.get("authors"),
+        "copyright": metadata.get("copyright"),
+        "classes": class_names_from_metadata(metadata),
+        "data_source": metadata.get("data_source"),
+        "input": {
+            key: image_spec.get(key) for key in ("modality", "format", "num_channels", "spatial_shape", "value_range")
+        },
+        "training_data": dict(data_summary) if data_summary is not None else None,
+        "metrics": metrics,
+        "operating_threshold": threshold,
+        "limitations": all_limitations,
+        "changelog": dict(metadata.get("changelog") or {}),
+        "software": {
+            key: metadata.get(key) for key in ("monai_version", "pytorch_version", "numpy_version") if key in metadata
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+
+
+def _pct(estimate: Mapping[str, Any] | None, confidence: float | None) -> str:
+    if not estimate or estimate.get("value") is None:
+        return "n/a"
+    text = f"{100 * estimate['value']:.1f}%"
+    parts = []
+    ci = estimate.get("ci")
+    if ci and None not in ci:
+        parts.append(f"{_level(confidence)} CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}")
+    if estimate.get("numerator") is not None and estimate.get("denominator") is not None:
+        parts.append(f"{estimate['numerator']}/{estimate['denominator']}")
+    return f"{text} ({'; '.join(parts)})" if parts else text
+
+
+def _auc(value: float | None, ci: Sequence[float] | None, confidence: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if ci and None not in ci:
+        return f"{value:.3f} ({_level(confidence)} CI {ci[0]:.3f}-{ci[1]:.3f})"
+    return f"{value:.3f}"
+
+
+def _level(confidence: float | None) -> str:
+    return f"{100 * (confidence or 0.95):g}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _data_section(summary: Mapping[str, Any] | None) -> list[str]:
+    if not summary:
+        return ["No training datalist was supplied at export, so the data cannot be summarised here."]
+    splits = summary.get("splits", {})
+    classes = list(summary.get("classes") or [])
+    # one column per class, plus any label the class list does not name (e.g. "unlabelled")
+    columns = classes + sorted(
+        {c for e in splits.values() for counts in e["by_site"].values() for c in counts} - set(classes)
+    )
+    lines = ["Counts of cases by split, site and class (no identifiers are included).", ""]
+    for split, entry in splits.items():
+        patients = f", {entry['patients']} patients" if entry.get("patients") else ""
+        folds = f", {entry['folds']} cross-validation folds" if entry.get("folds") else ""
+        lines.append(f"- {split}: {entry['cases']} cases{patients}{folds}")
+    rows = [
+        [split, site, *[counts.get(c, 0) for c in columns], sum(counts.values())]
+        for split, entry in splits.items()
+        for site, counts in entry["by_site"].items()
+    ]
+    return [*lines, "", *_table(["split", "site", *columns, "total"], rows)]
+
+
+def _metrics_section(metrics: Mapping[str, Any] | None) -> list[str]:
+    if not metrics or not metrics.get("splits"):
+        return [
+            "No evaluation report was supplied at export: this bundle has **no measured performance**. "
+            "Run `aamct evaluate` and export again with `--report metrics.json`."
+        ]
+    lines = [
+        f"Primary split: **{metrics.get('primary_split')}**. AUC intervals are DeLong; proportions carry their "
+        "binomial intervals and counts. Threshold metrics use the frozen operating threshold below.",
+        "",
+    ]
+    rows = []
+    for split, m in metrics["splits"].items():
+        conf = m.get("confidence")
+        rows.append(
+            [
+                split,
+                m.get("n"),
+                f"{m.get('n_positive')}/{m.get('n_negative')}",
+                _auc(m.get("auc"), m.get("auc_ci"), conf),
+                *[_pct(m.get(name), conf) for name in _PROPORTIONS],
+            ]
+        )
+    lines += _table(["split", "n", "pos/neg", "AUC", "sensitivity", "specificity", "PPV", "NPV", "accuracy"], rows)
+    for split, m in metrics["splits"].items():
+        if not m.get("per_site"):
+            continue
+        lines += ["", f"Per site ({split}):", ""]
+        conf = m.get("confidence")
+        site_rows = [
+            [
+                row["site"],
+                row.get("n"),
+                _auc(row.get("auc"), row.get("auc_ci"), conf),
+                _pct({"value": row.get("sensitivity"), "ci": row.get("sensitivity_ci")}, conf),
+                _pct({"value": row.get("specificity"), "ci": row.get("specificity_ci")}, conf),
+            ]
+            for row in m["per_site"]
+        ]
+        lines += _table(["site", "n", "AUC", "sensitivity", "specificity"], site_rows)
+    if metrics.get("cross_validation"):
+        lines += ["", "Cross-validation (mean ± sd over folds):", ""]
+        lines += _table(
+            ["metric", "mean", "sd"],
+            [
+                [row["metric"], _num(row.get("mean")), _num(row.get("sd"))]
+                for row in metrics["cross_validation"]
+                if row.get("metric") is not None
+            ],
+        )
+    return lines
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+
+
+def _threshold_text(threshold: Mapping[str, Any] | None) -> str:
+    if not threshold:
+        return "No frozen operating threshold was supplied; tools fall back to 0.5, which was not chosen on data."
+    how = {
+        "validation": f"chosen on {threshold.get('n_validation')} validation cases",
+        "given": "fixed in advance by the developers",
+        "default": "a default nobody chose (no validation data)",
+    }.get(str(threshold.get("chosen_on")), str(threshold.get("chosen_on")))
+    method = threshold.get("method")
+    target = threshold.get("target_sensitivity")
+    method_text = {
+        "youden": "maximising Youden's J",
+        "target_sensitivity": f"as the most specific threshold with sensitivity >= {target}",
+    }.get(str(method), str(method))
+    return (
+        f"Call a case positive when its positive-class probability is >= **{threshold['value']:.6g}** "
+        f"({how}, {method_text}). The threshold is frozen: apply it unchanged to new cohorts."
+    )
+
+
+def render_model_card(card: Mapping[str, Any]) -> str:
+    """The card as Markdown (``docs/README.md`` of the exported bundle).
+
+    Args:
+        card: from :func:`build_model_card`.
+
+    Returns:
+        Markdown text.
+    """
+    name = card["name"]
+    classes = ", ".join(f"{i} = {c}" for i, c in enumerate(card.get("classes") or [])) or "see metadata.json"
+    inp = card.get("input") or {}
+    lines = [
+        f"# {name} — model card",
+        "",
+        f"Version **{card.get('version')}**. {card.get('task') or ''}",
+        "",
+        "## Intended use",
+        "",
+        str(card.get("intended_use")),
+        "",
+        "## Model",
+        "",
+        str(card.get("description") or ""),
+        "",
+        f"- Input: {inp.get('num_channels')} channel {inp.get('modality') or ''} volume ({inp.get('format')}), "
+        f"network input size {inp.get('spatial_shape')} voxels (x, y, z) after preprocessing, values in "
+        f"{inp.get('value_range')}.",
+        f"- Output: class probabilities, index {classes}.",
+        "- Files: `models/model.pt` (state dict), `models/model.ts` (TorchScript: dense class-logit map for "
+        "sliding-window inference), `configs/` (MONAI bundle configs), `checksums.sha256`.",
+        "",
+        "## Training data",
+        "",
+        *([f"Source: {card['data_source']}", ""] if card.get("data_source") else []),
+        *_data_section(card.get("training_data")),
+        "",
+        "## Performance",
+        "",
+        *_metrics_section(card.get("metrics")),
+        "",
+        "## Operating threshold",
+        "",
+        _threshold_text(card.get("operating_threshold")),
+        "",
+        "## Limitations",
+        "",
+        *[f"- {item}" for item in card.get("limitations") or []],
+        "",
+        "## How to use",
+        "",
+        "Check the archive first (checksums, metadata schema, weights, and a listing of every `$` expression and "
+        "`_target_` the configs would run):",
+        "",
+        "```bash",
+        f"aamct bundle verify {name}.zip          # with aamct installed",
+        f"aamct bundle inspect {name}.zip",
+        f"cd {name} && sha256sum -c checksums.sha256   # without it, after unzipping",
+        "```",
+        "",
+        "Cohort inference with **only MONAI installed** (plus nibabel for NIfTI, pydicom for DICOM):",
+        "",
+        "```bash",
+        f"unzip {name}.zip",
+        f"python -m monai.bundle run inference --config_file {name}/configs/inference_torchscript.json \\",
+        f"    --meta_file {name}/configs/metadata.json --bundle_root {name} \\",
+        "    --dataset_dir /path/to/cohort --image_glob '*.nii.gz' --output_dir predictions",
+        "# DICOM: one sub-folder per series under dataset_dir, and --image_glob '*/'",
+        "```",
+        "",
+        "`predictions/predictions.csv` has one row per case: the input path, then one probability per class. "
+        "With aamct installed, `aamct infer` on the zip adds heatmaps and a status/reason per case.",
+        "",
+        "## Changelog",
+        "",
+        *[f"- {version}: {text}" for version, text in (card.get("changelog") or {}).items()],
+        "",
+        "## Authors and licence",
+        "",
+        f"{card.get('authors') or ''}. {card.get('copyright') or ''}. See `LICENSE`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary_lines(card: Mapping[str, Any]) -> list[str]:
+    """A short terminal summary of a card (``aamct bundle inspect``)."""
+    lines = [
+        f"bundle     {card.get('name')} {card.get('version')}",
+        f"task       {card.get('task')}",
+        f"use        {card.get('intended_use')}",
+        f"classes    {', '.join(card.get('classes') or [])}",
+    ]
+    data = card.get("training_data")
+    if data:
+        for split, entry in data.get("splits", {}).items():
+            sites = ", ".join(
+                f"{site} ({', '.join(f'{c} {n}' for c, n in counts.items())})"
+                for site, counts in entry["by_site"].items()
+            )
+            lines.append(f"data       {split}: {entry['cases']} cases; {sites}")
+    else:
+        lines.append("data       not summarised (no datalist at export)")
+    metrics = card.get("metrics")
+    if metrics and metrics.get("splits"):
+        for split, m in metrics["splits"].items():
+            conf = m.get("confidence")
+            lines.append(
+                f"metrics    {split}: n={m.get('n')} AUC {_auc(m.get('auc'), m.get('auc_ci'), conf)}; "
+                f"sens {_pct(m.get('sensitivity'), conf)}; spec {_pct(m.get('specificity'), conf)}"
+            )
+    else:
+        lines.append("metrics    none (no evaluation report at export)")
+    threshold = card.get("operating_threshold")
+    lines.append(
+        f"threshold  {threshold['value']:.6g} ({threshold.get('method')}, chosen on {threshold.get('chosen_on')})"
+        if threshold
+        else "threshold  none frozen (0.5 default)"
+    )
+    for item in (card.get("limitations") or [])[:2]:
+        lines.append(f"limitation {item}")
+    if len(card.get("limitations") or []) > 2:
+        lines.append(f"           (+{len(card['limitations']) - 2} more in docs/README.md)")
+    return lines
