@@ -3,8 +3,11 @@ figures and the report.
 
 Modules: :mod:`~pipeline.evaluation.roc`, :mod:`~pipeline.evaluation.operating_point`,
 :mod:`~pipeline.evaluation.calibration`, :mod:`~pipeline.evaluation.crossval`, :mod:`~pipeline.evaluation.plots`,
-:mod:`~pipeline.evaluation.report`, :mod:`~pipeline.evaluation.checks`. The names below are imported lazily, so that
-``aamct --help`` (which imports this package's ``cli``) does not pay for torch, MONAI and matplotlib.
+:mod:`~pipeline.evaluation.report`, :mod:`~pipeline.evaluation.checks`; the MONAI handlers in
+:mod:`~pipeline.evaluation.handlers`, the support of ``bundle/configs/evaluate.json`` in
+:mod:`~pipeline.evaluation.bundle` and ``aamct crossval`` in :mod:`~pipeline.evaluation.crossval_runner`. The
+names below are imported lazily, so that ``aamct --help`` (which imports this package's ``cli``) does not pay for
+torch, MONAI and matplotlib.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 __all__ = [
     "AUCResult",
     "BinaryMetrics",
+    "DeLongAUCHandler",
     "EvaluationReport",
+    "EvaluationReportHandler",
     "OperatingPoint",
     "TTestResult",
     "UndefinedStatisticError",
@@ -34,8 +39,10 @@ __all__ = [
     "evaluate_predictions",
     "fold_metrics",
     "paired_t_test",
+    "read_operating_point",
     "reliability_curve",
     "roc_auc",
+    "write_operating_point",
     "write_report",
 ]
 
@@ -52,6 +59,8 @@ _HOME = {
     "OperatingPoint": "operating_point",
     "binary_metrics": "operating_point",
     "choose_threshold": "operating_point",
+    "read_operating_point": "operating_point",
+    "write_operating_point": "operating_point",
     "brier_score": "calibration",
     "decision_curve": "calibration",
     "reliability_curve": "calibration",
@@ -64,6 +73,8 @@ _HOME = {
     "EvaluationReport": "report",
     "evaluate_predictions": "report",
     "write_report": "report",
+    "DeLongAUCHandler": "handlers",
+    "EvaluationReportHandler": "handlers",
 }
 
 

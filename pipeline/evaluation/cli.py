@@ -108,6 +108,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_ci_options(report)
     report.set_defaults(func=_cmd_report)
 
+    from pipeline.evaluation.crossval_runner import register as register_crossval
+
+    register_crossval(sub)
+
 
 def _cmd_auc(args: argparse.Namespace) -> int:
     import numpy as np

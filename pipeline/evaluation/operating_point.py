@@ -10,8 +10,12 @@ Clopper-Pearson exact). F1 is not a binomial proportion, so its interval is a pe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
@@ -19,6 +23,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from pipeline.errors import UserError
 from pipeline.evaluation.checks import UndefinedStatisticError, finite_scores, require_both_classes
+from pipeline.io import write_json_atomic
 
 __all__ = [
     "BinaryMetrics",
@@ -30,6 +35,8 @@ __all__ = [
     "confusion_counts",
     "fixed_threshold",
     "proportion_with_ci",
+    "read_operating_point",
+    "write_operating_point",
 ]
 
 CIMethod = Literal["wilson", "clopper-pearson"]
@@ -147,6 +154,59 @@ def choose_threshold(
         validation_specificity=float(1.0 - fpr[index]),
         n_validation=int(y.size),
     )
+
+
+def write_operating_point(
+    path: str | os.PathLike, operating_point: OperatingPoint, *, provenance: Mapping[str, Any] | None = None
+) -> Path:
+    """Freeze an operating point in a JSON file (atomically), e.g. a bundle's ``models/operating_point.json``.
+
+    The file holds the :class:`OperatingPoint` fields at the top level (``threshold`` first, the key inference and
+    export read) and, under ``provenance``, where it came from (checkpoint digest, fold, validation cases).
+
+    Args:
+        path: the JSON file to write.
+        operating_point: the frozen operating point.
+        provenance: plain-JSON facts about how it was chosen.
+
+    Returns:
+        The written path.
+    """
+    payload: dict[str, Any] = operating_point.to_dict()
+    payload["provenance"] = dict(provenance or {})
+    return write_json_atomic(path, payload)
+
+
+def read_operating_point(path: str | os.PathLike) -> tuple[OperatingPoint, dict[str, Any]]:
+    """Read an operating point written by :func:`write_operating_point` (or a hand-written ``{"threshold": t}``).
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        ``(operating point, provenance)``; a file with only ``threshold`` gives a ``"fixed"`` / ``"given"`` point.
+
+    Raises:
+        UserError: a missing or unreadable file, or a threshold that is not a finite number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: operating point file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable operating point JSON ({err})") from None
+    if not isinstance(data, Mapping):
+        raise UserError(f"{path}: an operating point file must hold a JSON object")
+    threshold = data.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+        raise UserError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
+    known = {f.name for f in fields(OperatingPoint)}
+    values = {key: value for key, value in data.items() if key in known}
+    values["threshold"] = float(threshold)
+    values.setdefault("method", "fixed")
+    provenance = data.get("provenance")
+    return OperatingPoint(**values), dict(provenance) if isinstance(provenance, Mapping) else {}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ confusion-matrix panels use scikit-learn's ``ConfusionMatrixDisplay``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ __all__ = [
     "plot_calibration",
     "plot_confusion_matrix",
     "plot_cv_roc",
+    "plot_cv_roc_comparison",
     "plot_decision_curve",
     "plot_roc",
 ]
@@ -182,6 +183,62 @@ def plot_cv_roc(
         linewidth=2.2,
         label=f"{name} mean: AUC {np.mean(aucs):.3f} \u00b1 {np.std(aucs, ddof=1):.3f}",
     )
+    _roc_axes(axes, title)
+    return _save(figure, path)
+
+
+def plot_cv_roc_comparison(
+    path: str | os.PathLike,
+    models: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    *,
+    title: str | None = "Cross-validated mean ROC",
+    grid_points: int = 101,
+) -> Path:
+    """Several models' cross-validated mean ROC curves on one axes, each with its ± 1 sd band over the folds.
+
+    Args:
+        path: PNG to write.
+        models: model name -> ``(labels, scores)`` of each fold's held-out cases.
+        title: axes title.
+        grid_points: FPR grid on which fold curves are interpolated.
+
+    Returns:
+        The written path.
+
+    Raises:
+        UserError: a model with fewer than two folds that contain both classes.
+    """
+    grid = np.linspace(0.0, 1.0, grid_points)
+    figure = _figure(5.5, 5.5)
+    axes = figure.add_subplot()
+    colours = [f"C{i}" for i in range(10)]
+    for index, (name, folds) in enumerate(models.items()):
+        curves, aucs = [], []
+        for fold, (labels, scores) in enumerate(folds):
+            y = np.asarray(labels)
+            s = finite_scores(scores, source=f"{name} fold {fold} scores", expected_length=y.size)
+            if len(np.unique(y)) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y, s)
+            curve = np.interp(grid, fpr, tpr)
+            curve[0] = 0.0
+            curves.append(curve)
+            aucs.append(roc_auc(y, s))
+        if len(curves) < 2:
+            raise UserError(f"{name}: a cross-validated ROC needs at least two folds that contain both classes")
+        mean, sd = np.mean(curves, axis=0), np.std(curves, axis=0, ddof=1)
+        mean[-1] = 1.0
+        colour = colours[index % len(colours)]
+        axes.fill_between(
+            grid, np.clip(mean - sd, 0, 1), np.clip(mean + sd, 0, 1), color=colour, alpha=0.15, linewidth=0
+        )
+        axes.plot(
+            grid,
+            mean,
+            color=colour,
+            linewidth=2.0,
+            label=f"{name}: AUC {np.mean(aucs):.3f} \u00b1 {np.std(aucs, ddof=1):.3f}",
+        )
     _roc_axes(axes, title)
     return _save(figure, path)
 

@@ -494,7 +494,7 @@ def _labelled(frame: pd.DataFrame, *, classes, positive, name: str) -> pd.DataFr
 def evaluate_predictions(
     predictions: str | os.PathLike | pd.DataFrame,
     *,
-    threshold: float | None = None,
+    threshold: float | OperatingPoint | None = None,
     validation: str | os.PathLike | pd.DataFrame | None = None,
     threshold_method: Literal["youden", "target_sensitivity"] = "youden",
     target_sensitivity: float | None = None,
@@ -516,7 +516,9 @@ def evaluate_predictions(
 
     Args:
         predictions: predictions CSV path or DataFrame (see the module docstring for the columns).
-        threshold: a frozen threshold (``probability >= threshold`` is positive).
+        threshold: a frozen threshold (``probability >= threshold`` is positive), or an :class:`OperatingPoint`
+            frozen earlier (e.g. read with :func:`~pipeline.evaluation.operating_point.read_operating_point`), which
+            the report then describes as it was chosen.
         validation: validation predictions (same columns) on which to choose the threshold.
         threshold_method: ``"youden"`` or ``"target_sensitivity"``.
         target_sensitivity: target for ``"target_sensitivity"``.
@@ -565,7 +567,9 @@ def evaluate_predictions(
     if evaluated.empty:
         raise UserError(f"{name}: no case has status ok and a label, nothing to evaluate")
     notes: list[str] = []
-    if threshold is not None:
+    if isinstance(threshold, OperatingPoint):
+        operating_point = threshold
+    elif threshold is not None:
         operating_point = fixed_threshold(threshold)
     elif validation is not None:
         validation_name = _source_name(validation, "validation predictions")
