@@ -29,7 +29,9 @@ STAGE_CLI_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``aamct`` argument parser with every stage's subcommands."""
-    parser = argparse.ArgumentParser(prog="aamct", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="aamct", description="aamct: MONAI pipeline for 3D CT classification, one subcommand per stage."
+    )
     parser.add_argument("--version", action="version", version=f"aamct {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="<command>")

@@ -12,8 +12,7 @@ torch, MONAI and matplotlib.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline._lazy import lazy_exports
 
 __all__ = [
     "AUCResult",
@@ -77,12 +76,4 @@ _HOME = {
     "EvaluationReportHandler": "handlers",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _HOME)

@@ -7,61 +7,41 @@
 * :mod:`~pipeline.inference.cohort`: :class:`CohortRunner`, the resumable, shardable batch job and its tables.
 * :mod:`~pipeline.inference.bundle`: bundle folder / zip, weights, frozen threshold and class names.
 * :mod:`~pipeline.inference.cli`: ``aamct evaluate-cohort`` and ``aamct infer``.
+
+Public names are imported lazily (see :mod:`pipeline._lazy`), so ``aamct --help`` does not load torch.
 """
 
-from pipeline.inference.bundle import (
-    FrozenThreshold,
-    inference_config_path,
-    load_weights,
-    read_class_names,
-    read_frozen_threshold,
-    resolve_bundle,
-)
-from pipeline.inference.case import STAGES, CaseFailure, CasePrediction, CasePredictor, split_loading
-from pipeline.inference.cohort import (
-    PREDICTION_COLUMNS,
-    CohortCase,
-    CohortRunner,
-    CohortSummary,
-    Shard,
-    discover_cases,
-    read_cases,
-    read_manifest_cases,
-)
-from pipeline.inference.heatmap import map_affine, resample_to_grid, write_heatmap_nifti, write_montage_png
-from pipeline.inference.sliding import (
-    DenseClassificationInferer,
-    DensePrediction,
-    as_dense_predictor,
-    positive_evidence,
-)
+from pipeline._lazy import lazy_exports
 
-__all__ = [
-    "PREDICTION_COLUMNS",
-    "STAGES",
-    "CaseFailure",
-    "CasePrediction",
-    "CasePredictor",
-    "CohortCase",
-    "CohortRunner",
-    "CohortSummary",
-    "DenseClassificationInferer",
-    "DensePrediction",
-    "FrozenThreshold",
-    "Shard",
-    "as_dense_predictor",
-    "discover_cases",
-    "inference_config_path",
-    "load_weights",
-    "map_affine",
-    "positive_evidence",
-    "read_cases",
-    "read_class_names",
-    "read_frozen_threshold",
-    "read_manifest_cases",
-    "resample_to_grid",
-    "resolve_bundle",
-    "split_loading",
-    "write_heatmap_nifti",
-    "write_montage_png",
-]
+_HOME = {
+    "CaseFailure": "case",
+    "CasePrediction": "case",
+    "CasePredictor": "case",
+    "CohortCase": "cohort",
+    "CohortRunner": "cohort",
+    "CohortSummary": "cohort",
+    "DenseClassificationInferer": "sliding",
+    "DensePrediction": "sliding",
+    "FrozenThreshold": "bundle",
+    "PREDICTION_COLUMNS": "cohort",
+    "STAGES": "case",
+    "Shard": "cohort",
+    "as_dense_predictor": "sliding",
+    "discover_cases": "cohort",
+    "inference_config_path": "bundle",
+    "load_weights": "bundle",
+    "map_affine": "heatmap",
+    "positive_evidence": "sliding",
+    "read_cases": "cohort",
+    "read_class_names": "bundle",
+    "read_frozen_threshold": "bundle",
+    "read_manifest_cases": "cohort",
+    "resample_to_grid": "heatmap",
+    "resolve_bundle": "bundle",
+    "split_loading": "case",
+    "write_heatmap_nifti": "heatmap",
+    "write_montage_png": "heatmap",
+}
+
+__all__ = sorted(_HOME)
+__getattr__, __dir__ = lazy_exports(__name__, _HOME)

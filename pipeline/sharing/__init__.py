@@ -12,8 +12,7 @@ Names are imported lazily so that ``aamct --help`` does not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pipeline._lazy import lazy_exports
 
 __all__ = [
     "METADATA_SCHEMA_PATH",
@@ -25,18 +24,14 @@ __all__ = [
     "verify_bundle",
 ]
 
-_HOMES = {
-    "METADATA_SCHEMA_PATH": "pipeline.sharing.metadata",
-    "metadata_problems": "pipeline.sharing.metadata",
-    "ExportResult": "pipeline.sharing.export",
-    "export_bundle": "pipeline.sharing.export",
-    "VerificationReport": "pipeline.sharing.verify",
-    "verify_bundle": "pipeline.sharing.verify",
-    "inspect_bundle": "pipeline.sharing.inspection",
+_HOME = {
+    "METADATA_SCHEMA_PATH": "metadata",
+    "metadata_problems": "metadata",
+    "ExportResult": "export",
+    "export_bundle": "export",
+    "VerificationReport": "verify",
+    "verify_bundle": "verify",
+    "inspect_bundle": "inspection",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'pipeline.sharing' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _HOME)
