@@ -1,0 +1,215 @@
+"""AAM-ResNet-3D: a ResNet with scaled residual units, Adaptive Attention Modules and a dense (CAM) classifier head.
+
+Layout (``spatial_dims``-generic through MONAI's ``Conv`` / ``Pool`` factories and ``get_norm_layer``)::
+
+    stem    : k^3 convolution (default 7x7x7, stride 2, no bias) + norm + act + 3x3x3 max-pool stride 2
+              (the torchvision / MONAI layout; MONAI's ResNet defaults to stride 1, which is ~8x slower on CPU)
+    layer1-4: scaled residual units (pipeline.networks.blocks), widths (64, 128, 256, 512) * width multiplier,
+              stride 2 at the start of layers 2-4, AAM on the residual branch of every unit ("block") or of the last
+              unit of each layer ("stage"), or nowhere ("none")
+    head    : 1x1x1 convolution C -> num_classes (a Linear applied per location)
+
+Total stride 32: any input of at least 32 voxels per axis works (odd sizes included). Because the classifier is
+linear and applied per location, ``class_activation(x)`` (per-location class logits at 1/32 resolution) averaged over
+space equals ``forward(x)``, so CAM heatmaps and sliding-window whole-volume inference come without Grad-CAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.layers.factories import Conv, Pool
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from pipeline.networks.attention import FUSION_MODES, AdaptiveAttention
+from pipeline.networks.blocks import SHORTCUT_MODES, ScaledResidualBasicBlock, ScaledResidualBottleneck
+
+__all__ = ["AAMResNet", "ATTENTION_PLACEMENTS", "DEPTHS"]
+
+#: depth -> (residual unit, units per layer), as in He et al. 2016 / MONAI's resnet18/34/50
+DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+}
+ATTENTION_PLACEMENTS: tuple[str, ...] = ("block", "stage", "none")
+_AFFINE_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_UNITS = {"basic": ScaledResidualBasicBlock, "bottleneck": ScaledResidualBottleneck}
+
+
+class AAMResNet(nn.Module):
+    """3D ResNet with learnable residual scaling, Adaptive Attention Modules and a class-activation head.
+
+    Args:
+        depth: 18 or 34 (basic units) or 50 (bottleneck units).
+        spatial_dims: number of spatial dimensions (3 for CT).
+        in_channels: input channels.
+        num_classes: number of classes (logits).
+        width: width multiplier applied to ``base_planes`` (rounded, at least 1 channel).
+        base_planes: per-layer widths before the multiplier (bottleneck outputs are 4x these).
+        layers: units per layer, overriding the ``depth`` table (the unit type still follows ``depth``).
+        stem_kernel: kernel size of the stem convolution.
+        stem_stride: stride of the stem convolution.
+        stem_max_pool: follow the stem with a 3x3x3 max-pool of stride 2.
+        attention: AAM placement, ``"block"`` (every unit), ``"stage"`` (last unit of each layer) or ``"none"``.
+        attention_reduction: reduction ratio ``r`` of the AAM branches.
+        attention_dilations: dilation rates of the AAM spatial branch.
+        attention_fusion: ``"product"`` or ``"sum"`` (see :mod:`pipeline.networks.attention`).
+        gamma_init: initial value of every residual scale ``gamma``.
+        shortcut: ``"auto"`` (1x1x1 projection only where the shape changes, identity elsewhere) or ``"projection"``
+            (1x1x1 projection on every shortcut).
+        dropout_prob: dropout on the pooled features before the classifier (training only).
+        act: activation (MONAI ``get_act_layer`` name or ``(name, args)``).
+        norm: normalisation (MONAI ``get_norm_layer`` name or ``(name, args)``).
+
+    Raises:
+        ValueError: for an unknown depth, placement, fusion or shortcut mode, or non-positive sizes.
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        width: float = 1.0,
+        base_planes: Sequence[int] = (64, 128, 256, 512),
+        layers: Sequence[int] | None = None,
+        stem_kernel: int = 7,
+        stem_stride: int = 2,
+        stem_max_pool: bool = True,
+        attention: str = "block",
+        attention_reduction: int = 16,
+        attention_dilations: Sequence[int] = (1, 2, 3),
+        attention_fusion: str = "product",
+        gamma_init: float = 0.5,
+        shortcut: str = "auto",
+        dropout_prob: float = 0.0,
+        act: str | tuple = ("relu", {"inplace": True}),
+        norm: str | tuple = "batch",
+    ) -> None:
+        super().__init__()
+        if depth not in DEPTHS:
+            raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth}")
+        if attention not in ATTENTION_PLACEMENTS:
+            raise ValueError(f"attention must be one of {ATTENTION_PLACEMENTS}, got {attention!r}")
+        if attention_fusion not in FUSION_MODES:
+            raise ValueError(f"attention_fusion must be one of {FUSION_MODES}, got {attention_fusion!r}")
+        if shortcut not in SHORTCUT_MODES:
+            raise ValueError(f"shortcut must be one of {SHORTCUT_MODES}, got {shortcut!r}")
+        if width <= 0 or in_channels < 1 or num_classes < 1:
+            raise ValueError(
+                f"width, in_channels and num_classes must be positive, got {width}, {in_channels}, {num_classes}"
+            )
+        if len(base_planes) != 4 or min(base_planes) < 1:
+            raise ValueError(f"base_planes must give 4 positive widths, got {tuple(base_planes)}")
+        unit_name, default_layers = DEPTHS[depth]
+        layers = tuple(int(n) for n in (layers if layers is not None else default_layers))
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"layers must give 4 positive unit counts, got {layers}")
+        unit = _UNITS[unit_name]
+
+        self.depth = depth
+        self.attention_placement = attention
+        conv_type = Conv[Conv.CONV, spatial_dims]
+        planes = [max(1, round(p * width)) for p in base_planes]
+        stem_kernel_size = ensure_tuple_rep(stem_kernel, spatial_dims)
+
+        stem: list[nn.Module] = [
+            conv_type(
+                in_channels,
+                planes[0],
+                kernel_size=stem_kernel_size,
+                stride=stem_stride,
+                padding=tuple(k // 2 for k in stem_kernel_size),
+                bias=False,
+            ),
+            get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes[0]),
+            get_act_layer(name=act),
+        ]
+        if stem_max_pool:
+            stem.append(Pool[Pool.MAX, spatial_dims](kernel_size=3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
+
+        channels = planes[0]
+        stages: list[nn.Module] = []
+        for index, (stage_planes, n_units) in enumerate(zip(planes, layers, strict=True)):
+            units: list[nn.Module] = []
+            for position in range(n_units):
+                out_channels = stage_planes * unit.expansion
+                wants_attention = attention == "block" or (attention == "stage" and position == n_units - 1)
+                aam = (
+                    AdaptiveAttention(
+                        spatial_dims=spatial_dims,
+                        channels=out_channels,
+                        reduction=attention_reduction,
+                        dilations=attention_dilations,
+                        fusion=attention_fusion,
+                        act=act,
+                        norm=norm,
+                    )
+                    if wants_attention
+                    else None
+                )
+                units.append(
+                    unit(
+                        channels,
+                        stage_planes,
+                        spatial_dims=spatial_dims,
+                        stride=2 if (index > 0 and position == 0) else 1,
+                        attention=aam,
+                        gamma_init=gamma_init,
+                        shortcut=shortcut,
+                        act=act,
+                        norm=norm,
+                    )
+                )
+                channels = out_channels
+            stages.append(nn.Sequential(*units))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.feature_channels = channels
+        self.global_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.dropout = nn.Dropout(p=float(dropout_prob))
+        self.classifier = conv_type(channels, num_classes, kernel_size=1, bias=True)
+        self._init_weights(conv_type)
+
+    def _init_weights(self, conv_type: type[nn.Module]) -> None:
+        # MONAI ResNet's scheme (Kaiming fan_out for convolutions, unit norms); the classifier keeps PyTorch's default
+        # (Linear-like) init so initial logits stay small, bias 0 as MONAI does for its fc
+        for module in self.modules():
+            if isinstance(module, conv_type) and module is not self.classifier:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, _AFFINE_NORMS) and module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.classifier.bias)
+
+    @torch.jit.export
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-layer feature map ``(B, feature_channels, d, h, w)`` at 1/32 of the input size (rounded up)."""
+        x = self.stem(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+    @torch.jit.export
+    def class_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-location class logits ``(B, num_classes, d, h, w)``; their spatial mean equals ``forward(x)``.
+
+        Args:
+            x: input ``(B, in_channels, D, H, W)``, every spatial size at least 32.
+
+        Returns:
+            The dense class-activation map (no dropout: use in eval mode for the equality with ``forward``).
+        """
+        return self.classifier(self.extract_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes)`` for ``x`` of shape ``(B, in_channels, D, H, W)``."""
+        pooled = self.dropout(self.global_pool(self.extract_features(x)))
+        return self.classifier(pooled).flatten(1)

@@ -1,0 +1,107 @@
+"""A dataset wrapper that survives a case failing to load, so one bad scan does not end a long training run.
+
+MONAI's datasets let a transform error propagate, which stops ``SupervisedTrainer`` in the middle of an epoch (and
+MONAI has no skip-on-error dataset). :class:`SkipFailedCases` wraps any map-style dataset (``Dataset``,
+``PersistentDataset``, ``CacheDataset``):
+
+* at run time, a case that raises is logged once with one ``WARNING`` line naming the case and the root cause, and
+  the next good case is returned in its place, so batches keep their size and training goes on;
+* with ``check_all=True`` every case is loaded once up front and the failing ones are dropped (the dataset gets
+  shorter). Use it for validation, where a stand-in case would be counted twice in the AUC; with a
+  ``PersistentDataset`` that pass also fills the cache, so it costs no more than the first validation would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.data import Dataset
+
+__all__ = ["SkipFailedCases", "root_cause"]
+
+logger = logging.getLogger(__name__)
+
+
+def root_cause(err: BaseException) -> str:
+    """One line naming the innermost exception of a chain.
+
+    MONAI wraps a failing transform as ``RuntimeError: applying transform <...>`` around the real error; the user
+    needs the real one (``FileNotFoundError``, a decoder error, ...).
+
+    Args:
+        err: the caught exception.
+
+    Returns:
+        ``"<ExceptionType>: <first line of its message>"`` of the innermost cause.
+    """
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+class SkipFailedCases(Dataset):
+    """Wrap a map-style dataset so that a case that fails to load is skipped with a warning.
+
+    Args:
+        dataset: the wrapped dataset; if it has a ``data`` list of dicts (MONAI datasets do), their ``case_id``
+            names the case in messages.
+        check_all: load every case once now and drop the failing ones (see the module docstring).
+
+    Raises:
+        RuntimeError: if ``check_all`` finds no loadable case (at construction), or if at run time every case
+            has failed.
+    """
+
+    def __init__(self, dataset: Dataset, *, check_all: bool = False) -> None:
+        self.dataset = dataset
+        self._failed: dict[int, str] = {}
+        self._indices: list[int] = list(range(len(dataset)))  # type: ignore[arg-type]
+        if check_all:
+            for index in self._indices:
+                self._load(index)
+            self._indices = [index for index in self._indices if index not in self._failed]
+            if not self._indices:
+                raise RuntimeError(f"none of the {len(dataset)} cases could be loaded")  # type: ignore[arg-type]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Cases that failed in this process so far: case name -> reason."""
+        return {self._case_name(index): reason for index, reason in self._failed.items()}
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> Any:
+        count = len(self._indices)
+        for step in range(count):
+            real = self._indices[(index + step) % count]
+            if real in self._failed:
+                continue
+            item = self._load(real)
+            if real not in self._failed:
+                return item
+        raise RuntimeError(f"every one of the {count} cases failed to load (see the warnings above)")
+
+    def _load(self, real: int) -> Any:
+        try:
+            return self.dataset[real]
+        except Exception as err:  # a bad case, whatever the reader or transform raised; reported, not fatal
+            reason = root_cause(err)
+            self._failed[real] = reason
+            logger.warning("skipping case %s, it failed to load: %s", self._case_name(real), reason)
+            return None
+
+    def _case_name(self, real: int) -> str:
+        data = getattr(self.dataset, "data", None)
+        if isinstance(data, Sequence) and real < len(data) and isinstance(data[real], dict):
+            entry = data[real]
+            return str(entry.get("case_id") or entry.get("image") or f"#{real}")
+        return f"#{real}"

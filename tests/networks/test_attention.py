@@ -1,0 +1,90 @@
+"""Adaptive Attention Module: weights in (0, 1), fusion formulas, stored maps, TorchScript."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from pipeline.networks.attention import AdaptiveAttention, hidden_channels, set_store_attention
+
+
+@pytest.fixture
+def features() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(2, 16, 7, 8, 9) * 3
+
+
+def test_attention_weights_lie_strictly_between_zero_and_one(features):
+    module = AdaptiveAttention(channels=16, reduction=4)
+    channel, spatial = module.attention_weights(features)
+    assert channel.shape == (2, 16, 1, 1, 1)
+    assert spatial.shape == (2, 1, 7, 8, 9)
+    for weights in (channel, spatial):
+        assert torch.all(weights > 0) and torch.all(weights < 1)
+
+
+@pytest.mark.parametrize("fusion", ["product", "sum"])
+def test_fusion_formula(features, fusion):
+    module = AdaptiveAttention(channels=16, reduction=4, fusion=fusion).eval()
+    with torch.no_grad():
+        channel, spatial = module.attention_weights(features)
+        out = module(features)
+    expected = features * channel * spatial if fusion == "product" else features * channel + features * spatial
+    torch.testing.assert_close(out, expected)
+
+
+def test_both_fusions_have_the_same_parameters():
+    counts = {
+        fusion: sum(p.numel() for p in AdaptiveAttention(channels=32, fusion=fusion).parameters())
+        for fusion in ("product", "sum")
+    }
+    assert counts["product"] == counts["sum"] > 0
+
+
+def test_dilated_spatial_branch_uses_the_requested_rates():
+    module = AdaptiveAttention(channels=16, dilations=(1, 2, 3))
+    assert [conv.dilation for conv in module.spatial.aspp.convs] == [(1, 1, 1), (2, 2, 2), (3, 3, 3)]
+    assert [conv.kernel_size for conv in module.spatial.aspp.convs] == [(3, 3, 3)] * 3
+
+
+def test_hidden_width_has_a_floor_for_narrow_features():
+    assert hidden_channels(256, 16) == 16
+    assert hidden_channels(16, 16) == 4
+    assert hidden_channels(2, 16) == 2
+    module = AdaptiveAttention(channels=8, reduction=16)
+    assert module.channel.fc[0].out_features == hidden_channels(8, 16)
+    with pytest.raises(ValueError):
+        hidden_channels(0, 16)
+
+
+def test_unknown_fusion_is_rejected():
+    with pytest.raises(ValueError, match="fusion"):
+        AdaptiveAttention(channels=8, fusion="max")
+
+
+def test_stored_maps_keep_the_graph_for_attention_transfer(features):
+    module = AdaptiveAttention(channels=16, reduction=4)
+    assert set_store_attention(module, True) == [module]
+    module(features)
+    assert module.last_channel_attention.shape == (2, 16, 1, 1, 1)
+    assert module.last_spatial_attention.shape == (2, 1, 7, 8, 9)
+    module.last_spatial_attention.mean().backward()
+    assert module.spatial.fuse.weight.grad is not None and module.spatial.fuse.weight.grad.abs().sum() > 0
+    set_store_attention(module, False)
+    assert module.last_spatial_attention.numel() == 0
+
+
+def test_torchscript_round_trip_with_stored_maps(features):
+    module = AdaptiveAttention(channels=16, reduction=4).eval()
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    loaded.store_attention = True
+    with torch.no_grad():
+        expected = module(features)
+        got = loaded(features)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(loaded.last_spatial_attention, module.attention_weights(features)[1].detach())

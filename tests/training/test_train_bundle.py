@@ -1,0 +1,154 @@
+"""The bundle's training run, driven exactly as the README says: the stock ``python -m monai.bundle run training``
+CLI in a subprocess from the repository root, on a tiny generated DICOM cohort (demo generator -> manifest -> split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+NETWORK = "aam_student_small"
+# small enough for a CPU test: 32^3 input, batches of 2, no DataLoader workers
+SMALL = ["--roi_size", "[32,32,32]", "--network_name", NETWORK, "--num_workers", "0", "--batch_size", "2"]
+PHI = re.compile(r"Demo\^Case|DEMO-\d{4}")  # the demo cohort's fake PatientName / PatientID
+
+
+def _bundle(*args: str, config: str = "bundle/configs/train.json", nproc: int | None = None):
+    """Run the stock bundle CLI from the repository root; returns the completed process."""
+    launcher = [sys.executable, "-m", "monai.bundle"]
+    if nproc:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "monai.bundle"]
+    command = [*launcher, "run", "training", "--config_file", config, "--bundle_root", "bundle", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc else os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+def _output(process) -> str:
+    return process.stdout + process.stderr
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """12 generated chest-CT DICOM series at 32x32, a manifest, a 2-fold split, and one training case whose
+    pixel data was cut short after the manifest was built (its headers still read)."""
+    from pipeline.data.datalist import load_datalist, select
+    from pipeline.data.demo import write_demo_cohort
+    from pipeline.data.manifest import build_manifest
+    from pipeline.data.splits import split_manifest
+
+    root = tmp_path_factory.mktemp("cohort")
+    demo = write_demo_cohort(root / "dicom", cases=12, size=32, seed=0)
+    key = root / "pseudonym.key"
+    key.write_text("k" * 32, encoding="utf-8")
+    manifest = root / "manifest.csv"
+    build_manifest(
+        dicom_root=root / "dicom", nifti_glob=None, labels_csv=demo.labels_csv, out=manifest, key_file=key, workers=1
+    )
+    split_manifest(manifest, test_fraction=0.2, n_folds=2, seed=0)
+    datalist = root / "manifest.datalist.json"
+    victim = select(load_datalist(datalist), "train", 0)[0]
+    slices = sorted(Path(victim["image"]).iterdir())
+    middle = slices[len(slices) // 2]
+    middle.write_bytes(middle.read_bytes()[:-200])
+    return {"root": root, "datalist": datalist, "manifest": manifest, "bad_case": victim["case_id"]}
+
+
+@pytest.fixture(scope="module")
+def trained(cohort, tmp_path_factory):
+    """One epoch through the README command."""
+    output = tmp_path_factory.mktemp("run")
+    process = _bundle("--datalist", str(cohort["datalist"]), "--output_dir", str(output), "--epochs", "1", *SMALL)
+    return {"process": process, "output": output}
+
+
+def test_readme_command_trains_and_writes_best_and_last_checkpoints(trained):
+    process, models = trained["process"], trained["output"] / "models"
+    assert process.returncode == 0, _output(process)[-3000:]
+    from pipeline.networks import build
+
+    network = build(NETWORK, in_channels=1, num_classes=2)
+    network.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # strict: a plain state dict
+    last = torch.load(models / "checkpoint_last.pt", weights_only=True)
+    assert set(last) == {"network", "optimizer", "trainer", "best_checkpoint", "early_stop"}
+    assert last["best_checkpoint"]["best_epoch"] == 1
+    assert re.search(r"epoch 1/1: loss \d\.\d{4}, val_auc \d\.\d{4} \(best", process.stdout)
+    assert list((trained["output"] / "tensorboard").glob("events.out.tfevents.*"))
+    history = json.loads((trained["output"] / "train_history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1]
+
+
+def test_bad_case_is_skipped_with_its_reason_and_the_run_goes_on(trained, cohort):
+    process = trained["process"]
+    assert process.returncode == 0
+    skipped = [line for line in process.stdout.splitlines() if f"skipping case {cohort['bad_case']}" in line]
+    assert skipped and "WARNING" in skipped[0]
+    assert re.search(r"it failed to load: \w+: \S", skipped[0])  # the decoder's own reason, on the same line
+    assert "epoch 1/1:" in process.stdout  # after which training carried on
+
+
+def test_no_phi_in_logs_or_outputs(trained):
+    assert not PHI.search(_output(trained["process"]))
+    assert not PHI.search((trained["output"] / "train_history.json").read_text())
+
+
+def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(trained, cohort, tmp_path):
+    assert trained["process"].returncode == 0
+    first = torch.load(trained["output"] / "models" / "checkpoint_last.pt", weights_only=True)
+    steps_per_epoch = int(first["trainer"]["epoch_length"])
+    assert int(first["optimizer"]["state"][0]["step"]) == steps_per_epoch
+    output = tmp_path / "run"
+    shutil.copytree(trained["output"], output)
+    process = _bundle(
+        "--datalist", str(cohort["datalist"]), "--output_dir", str(output), "--epochs", "2", "--resume", "true", *SMALL
+    )
+    assert process.returncode == 0, _output(process)[-3000:]
+    assert "continuing at epoch 2" in process.stdout
+    assert "epoch 1/2:" not in process.stdout and "epoch 2/2:" in process.stdout  # epoch 1 was not run again
+    last = torch.load(output / "models" / "checkpoint_last.pt", weights_only=True)
+    assert int(last["trainer"]["iteration"]) == 2 * steps_per_epoch
+    assert int(last["optimizer"]["state"][0]["step"]) == 2 * steps_per_epoch  # AdamW continued, not restarted
+    history = json.loads((output / "train_history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2] and history["resumed_at"] == [2]
+
+
+def test_torchrun_two_cpu_processes_with_gloo(cohort, tmp_path):
+    output = tmp_path / "ddp"
+    process = _bundle(
+        "--datalist",
+        str(cohort["datalist"]),
+        "--output_dir",
+        str(output),
+        "--epochs",
+        "1",
+        *SMALL,
+        config="['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']",
+        nproc=2,
+    )
+    assert process.returncode == 0, _output(process)[-3000:]
+    from pipeline.networks import build
+
+    build(NETWORK).load_state_dict(torch.load(output / "models" / "model.pt", weights_only=True))
+    last = torch.load(output / "models" / "checkpoint_last.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in last["network"])  # DDP unwrapped
+    assert len(re.findall(r"epoch 1/1: loss", _output(process))) == 1  # only rank 0 reports
+
+
+def test_missing_manifest_is_one_line_for_the_user(tmp_path):
+    process = _bundle("--datalist", str(tmp_path / "nope.csv"), "--output_dir", str(tmp_path / "run"))
+    assert process.returncode != 0
+    assert "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1] == (
+        f"aamct: error: {tmp_path / 'nope.csv'}: manifest not found (build it with `aamct manifest build`)"
+    )
