@@ -10,8 +10,16 @@ TORCH   ?= torch==2.13.0
 RUN     ?= runs/demo
 CASES   ?= 40
 SIZE    ?= 64
+EPOCHS  ?= 30
+NETWORK ?= aam_resnet18
+SPLIT   ?= test
+COHORT_SPLIT ?= test
+DATALIST ?= $(RUN)/manifest.datalist.json
+MANIFEST ?= $(RUN)/manifest.csv
+BUNDLE  := $(PY) -m monai.bundle run
+BUNDLE_ARGS = --meta_file bundle/configs/metadata.json --bundle_root bundle --datalist $(DATALIST) --output_dir $(RUN)
 
-.PHONY: help setup demo test lint format bench train evaluate export clean
+.PHONY: help setup demo test lint format bench train evaluate cohort export crossval distill clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -26,10 +34,28 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project with its dev tools
 
-demo: $(STAMP)  ## generate the demo cohort and run the main job on it, outputs under runs/demo/
+demo: $(STAMP)  ## the main job on the embedded demo cohort: data -> train -> evaluate -> infer -> export, under runs/demo/
 	$(AAMCT) demo-data --out $(RUN)/cohort_dicom --cases $(CASES) --size $(SIZE) --seed 0
 	$(AAMCT) manifest build --dicom-root $(RUN)/cohort_dicom --labels $(RUN)/cohort_dicom/labels.csv --out $(RUN)/manifest.csv
 	$(AAMCT) manifest split $(RUN)/manifest.csv --seed 0
+	$(MAKE) --no-print-directory train evaluate cohort export
+
+train: $(STAMP)  ## train through the bundle: python -m monai.bundle run training (DATALIST, RUN, EPOCHS, NETWORK)
+	$(BUNDLE) training --config_file bundle/configs/train.json $(BUNDLE_ARGS) --epochs $(EPOCHS) --network_name $(NETWORK)
+
+evaluate: $(STAMP)  ## evaluate the run's best checkpoint on a split (SPLIT=test): report, metrics.json, frozen threshold
+	$(BUNDLE) evaluating --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" $(BUNDLE_ARGS) --network_name $(NETWORK) --split $(SPLIT)
+	@echo "report: $(RUN)/eval_$(SPLIT)/report.html"
+
+cohort: $(STAMP)  ## batch-evaluate a cohort with the trained run (MANIFEST, COHORT_SPLIT) -> RUN/cohort/
+	$(AAMCT) evaluate-cohort --bundle $(RUN) --manifest $(MANIFEST) --split $(COHORT_SPLIT) --out $(RUN)/cohort
+
+export: $(STAMP)  ## export the trained run as a shareable bundle zip and verify it
+	$(AAMCT) bundle export --bundle bundle --checkpoint $(RUN)/models/model.pt --report $(RUN)/metrics.json --datalist $(DATALIST) --out $(RUN)/aamct_ct_classifier.zip
+	$(AAMCT) bundle verify $(RUN)/aamct_ct_classifier.zip
+
+crossval: $(STAMP)  ## 5-fold cross-validation of the AAM-ResNet against the baselines, with significance tests
+	$(AAMCT) crossval --datalist $(DATALIST) --out $(RUN)/crossval
 
 test: $(STAMP)  ## run the whole test suite
 	$(PY) -m pytest -q

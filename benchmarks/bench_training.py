@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m monai.bundle run training --config_file bundle/configs/train.json ...",
         "cohort": {
             "source": str(args.datalist) if args.datalist else f"demo cohort, {args.cases} cases at {args.size}",
-            "training_cases": None if data is None else len(data["training"]),
+            "datalist_training_rows": None if data is None else len(data["training"]),
             "seconds_to_write": None if args.datalist else _round(cohort_seconds, 1),
         },
         "settings": _settings(args),

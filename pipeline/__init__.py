@@ -4,6 +4,15 @@ Stages (one sub-package each): ``data`` (ingestion, manifests, splits, demo coho
 ``networks`` (AAM-ResNet-3D and baselines), ``training``, ``inference``, ``evaluation``, ``sharing``.
 """
 
+import logging as _logging
+import warnings as _warnings
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+# MONAI >= 1.5 announces on every import that NVIDIA's optional nvImageCodec decoder is absent (a warning log line
+# plus a UserWarning). pydicom's own decoders (pylibjpeg-openjpeg for JPEG 2000) are what this project uses, so the
+# notice is noise in every command's output.
+_logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(_logging.ERROR)
+_warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader", category=UserWarning)

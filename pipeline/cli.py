@@ -24,6 +24,7 @@ STAGE_CLI_MODULES: tuple[str, ...] = (
     "pipeline.evaluation.cli",
     "pipeline.inference.cli",
     "pipeline.sharing.cli",
+    "pipeline.bench.cli",
 )
 
 

@@ -120,7 +120,7 @@ def test_dicom_headers_are_complete_ct_with_fake_phi(cohort):
     assert (float(first.RescaleSlope), float(first.RescaleIntercept)) == (1.0, -1024.0)
     assert float(first.SliceThickness) == float(first.SpacingBetweenSlices) == case.slice_spacing_mm
     # fake, obviously synthetic identifiers that the pipeline must strip
-    assert str(first.PatientName).startswith("Demo^Case") and first.PatientID.startswith("DEMO-")
+    assert str(first.PatientName).startswith("Demopatient^Case") and first.PatientID.startswith("DEMO-")
     assert len(first.PatientBirthDate) == 8
     for uid_name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
         assert UID(first[uid_name].value).is_valid
@@ -207,7 +207,7 @@ def test_geometry_scales_from_demo_to_acquired_size():
 def test_cli_writes_cohort_and_reports_user_errors(tmp_path, capsys):
     assert main(["demo-data", "--out", str(tmp_path / "cli"), "--cases", "2", "--size", "32", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "wrote 2 demo CT series" in out and "Demo^" not in out and "DEMO-" not in out
+    assert "wrote 2 demo CT series" in out and "Demopatient" not in out and "DEMO-" not in out
     assert (tmp_path / "cli" / "labels.csv").is_file()
 
     assert main(["demo-data", "--out", str(tmp_path / "bad"), "--size", "8"]) == 2

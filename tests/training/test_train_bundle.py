@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 NETWORK = "aam_student_small"
 # small enough for a CPU test: 32^3 input, batches of 2, no DataLoader workers
 SMALL = ["--roi_size", "[32,32,32]", "--network_name", NETWORK, "--num_workers", "0", "--batch_size", "2"]
-PHI = re.compile(r"Demo\^Case|DEMO-\d{4}")  # the demo cohort's fake PatientName / PatientID
+PHI = re.compile(r"Demopatient\^Case|DEMO-\d{4}")  # the demo cohort's fake PatientName / PatientID
 
 
 def _bundle(*args: str, config: str = "bundle/configs/train.json", nproc: int | None = None):
@@ -110,11 +110,15 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(trained, co
     assert int(first["optimizer"]["state"][0]["step"]) == steps_per_epoch
     output = tmp_path / "run"
     shutil.copytree(trained["output"], output)
+    cached = sorted(p.name for p in (output / "cache").iterdir())
     process = _bundle(
         "--datalist", str(cohort["datalist"]), "--output_dir", str(output), "--epochs", "2", "--resume", "true", *SMALL
     )
     assert process.returncode == 0, _output(process)[-3000:]
     assert "continuing at epoch 2" in process.stdout
+    # the preprocessed cases came from the PersistentDataset cache of the first run, none recomputed
+    assert "Corrupt cache" not in _output(process)
+    assert sorted(p.name for p in (output / "cache").iterdir()) == cached
     assert "epoch 1/2:" not in process.stdout and "epoch 2/2:" in process.stdout  # epoch 1 was not run again
     last = torch.load(output / "models" / "checkpoint_last.pt", weights_only=True)
     assert int(last["trainer"]["iteration"]) == 2 * steps_per_epoch

@@ -1,0 +1,116 @@
+"""``aamct bench medmnist``: the MedMNIST v2 3D accuracy benchmark (see :mod:`pipeline.bench.medmnist`)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["register", "add_medmnist_arguments", "settings_from_args", "run_medmnist_command"]
+
+
+def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the MedMNIST benchmark's options to ``parser`` (shared by the CLI and ``benchmarks/bench_medmnist.py``).
+
+    Args:
+        parser: the parser to extend.
+
+    Returns:
+        The same parser.
+    """
+    from pipeline.bench.medmnist import DEFAULT_MODELS, DEFAULT_NPZ, DEFAULT_RESULTS_DIR, REPO_ROOT
+
+    parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="MedMNIST 3D npz file (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registry names")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs per training (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=8, help="early-stopping patience (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--roi-size", type=int, nargs=3, default=None, help="network input (default: the volumes' size, at least 32)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most N cases per split (smoke runs)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
+    parser.add_argument("--n-resamples", type=int, default=200, help="bootstrap resamples of the reports")
+    parser.add_argument("--ablation", action="store_true", help="also train the AAM-ResNet-50 ablation variants")
+    parser.add_argument("--quick", action="store_true", help="smoke run: --limit 64 --epochs 1 --seeds 1")
+    parser.add_argument(
+        "--work-dir", type=Path, default=REPO_ROOT / "runs" / "bench_medmnist", help="cohort, checkpoints, reports"
+    )
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="where the JSON/Markdown go")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
+    """Turn parsed options into :class:`pipeline.bench.medmnist.MedMNISTSettings`.
+
+    Args:
+        args: options parsed by a parser built with :func:`add_medmnist_arguments`.
+        command: the command line to record (default: this process's argv).
+
+    Returns:
+        The settings.
+
+    Raises:
+        UserError: for a non-positive seed count, epoch count, batch size or limit.
+    """
+    from pipeline.bench.medmnist import MedMNISTSettings
+    from pipeline.errors import UserError
+
+    limit, epochs, seeds = args.limit, args.epochs, args.seeds
+    if args.quick:
+        limit, epochs, seeds = limit or 64, 1, 1
+    for name, value in (("--seeds", seeds), ("--epochs", epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if limit is not None and limit < 4:
+        raise UserError(f"--limit must be at least 4 (two cases of each class per split), got {limit}")
+    return MedMNISTSettings(
+        npz=args.npz,
+        work_dir=args.work_dir,
+        results_dir=args.results_dir,
+        models=tuple(args.models),
+        seeds=tuple(range(seeds)),
+        epochs=epochs,
+        early_stop_patience=args.patience,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        roi_size=tuple(args.roi_size) if args.roi_size else None,
+        limit=limit,
+        num_workers=args.num_workers,
+        n_resamples=args.n_resamples,
+        ablation=args.ablation,
+        command=command if command is not None else shlex.join(["aamct", *sys.argv[1:]]),
+    )
+
+
+def run_medmnist_command(args: argparse.Namespace) -> int:
+    """Handler of ``aamct bench medmnist``: run the benchmark, print where the results went."""
+    from pipeline.bench.medmnist import run_medmnist
+
+    settings = settings_from_args(args)
+    result = run_medmnist(settings)
+    stem = result["dataset"]
+    print(f"results: {Path(settings.results_dir) / f'medmnist_{stem}.json'} (+ .md), {result['wall_seconds']:.0f} s")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``aamct bench medmnist`` to the ``aamct`` parser.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+    """
+    bench = subparsers.add_parser("bench", help="accuracy benchmarks (MedMNIST)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="<benchmark>")
+    bench_sub.required = True
+    medmnist = bench_sub.add_parser(
+        "medmnist",
+        help="MedMNIST v2 3D protocol through the bundle: train / select on val / report test",
+        description="Train each model with bundle/configs/train.json (aam_student with distill.json), select on "
+        "val, report test AUC (DeLong CI), ACC and paired DeLong tests; writes benchmarks/results/medmnist_<npz>.json",
+    )
+    add_medmnist_arguments(medmnist)
+    medmnist.set_defaults(func=run_medmnist_command)

@@ -1,0 +1,709 @@
+"""MedMNIST v2 3D protocol (train on ``train``, select on ``val``, report ``test``) through the bundle's own code.
+
+Every model is trained and evaluated by the stock MONAI bundle runner on the bundle's configs, so the benchmark
+measures the product, not a re-implementation of it::
+
+    npz  ->  NIfTI files (identity affine, 1 mm voxels) + a contract datalist (train rows fold 1, val rows fold 0)
+         ->  monai.bundle.run("training",   train.json)                    best checkpoint by val AUC
+         ->  monai.bundle.run("distilling", train.json + distill.json)     aam_student from the aam_resnet50 teacher
+         ->  monai.bundle.run("evaluating", train.json + evaluate.json)    eval_val (Youden threshold) + eval_test
+
+The MedMNIST volumes are binary masks {0, 255} already isotropic, so the CT-specific settings are overridden:
+``spacing [1, 1, 1]`` (the NIfTI files carry 1 mm voxels, so Spacingd is a no-op), ``hu_window [0, 255]`` and the
+bundle's foreground crop (HU > -500) keeps the whole volume. ``roi_size`` defaults to 32³ (the registry's minimum
+input size, DenseNet-121's three transitions collapse 28³ to nothing); the 28³ masks are resized by ``Resized``.
+
+Reported per model: per-seed test AUC with its DeLong CI (:func:`pipeline.evaluation.roc.delong_ci`), ACC at 0.5
+(softmax probability of the positive class, i.e. the argmax, as MedMNIST reports it) and ACC at the threshold chosen
+on ``val`` (Youden's J, the evaluate config's frozen operating point); mean ± sd over seeds; and the paired DeLong
+test (:func:`pipeline.evaluation.roc.delong_test`) of the AAM-ResNet and the student against each baseline on the
+seed-averaged test probabilities. Own code here is only the orchestration: MONAI has no MedMNIST runner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.io import write_json_atomic, write_text_atomic
+
+__all__ = [
+    "REPO_ROOT",
+    "DEFAULT_NPZ",
+    "DEFAULT_RESULTS_DIR",
+    "DEFAULT_MODELS",
+    "BASELINES",
+    "ABLATIONS",
+    "PUBLISHED_ADRENAL_28",
+    "PUBLISHED_SOURCE",
+    "MedMNISTSettings",
+    "load_npz_splits",
+    "write_cohort",
+    "run_training",
+    "run_distillation",
+    "run_evaluation",
+    "summarize",
+    "render_markdown",
+    "run_medmnist",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_NPZ = REPO_ROOT.parent / "shared" / "data" / "medmnist" / "adrenalmnist3d.npz"
+DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+BUNDLE_DIR = REPO_ROOT / "bundle"
+CONFIGS = BUNDLE_DIR / "configs"
+
+#: the models of issue 9: the AAM-ResNet teacher, its distilled student and the MedMNIST-style 3D baselines
+DEFAULT_MODELS: tuple[str, ...] = ("aam_resnet50", "aam_student", "resnet18", "resnet50", "densenet121")
+BASELINES: tuple[str, ...] = ("resnet18", "resnet50", "densenet121")
+#: models compared against every baseline with the paired DeLong test
+CANDIDATES: tuple[str, ...] = ("aam_resnet50", "aam_student")
+
+#: ablation variants of the AAM-ResNet-50 expressible through the registry's keyword arguments (``network_def#...``
+#: overrides). Channel-only / spatial-only attention and a fixed (non-learned) gamma need switches the network
+#: does not have yet; only the variants listed here are run.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "aam_resnet50 (attention in every block, product fusion)": {},
+    "attention per stage only": {"attention": "stage"},
+    "no attention (gamma-scaled residual only)": {"attention": "none"},
+    "sum fusion of channel + spatial attention": {"attention_fusion": "sum"},
+    "gamma initialised to 1.0": {"gamma_init": 1.0},
+}
+
+PUBLISHED_SOURCE = 'Yang et al., "MedMNIST v2", Scientific Data 2023 (AdrenalMNIST3D test split, 28³)'
+#: the published AdrenalMNIST3D rows, as listed in ../shared/data/README.md: (method, AUC, ACC)
+PUBLISHED_ADRENAL_28: tuple[tuple[str, float, float], ...] = (
+    ("ResNet-18 + 2.5D", 0.718, 0.772),
+    ("ResNet-18 + 3D", 0.827, 0.721),
+    ("ResNet-18 + ACS", 0.839, 0.754),
+    ("ResNet-50 + 2.5D", 0.732, 0.763),
+    ("ResNet-50 + 3D", 0.828, 0.745),
+    ("ResNet-50 + ACS", 0.828, 0.758),
+    ("auto-sklearn", 0.828, 0.802),
+    ("AutoKeras", 0.804, 0.705),
+)
+
+_SPLITS = ("train", "val", "test")
+_CLASSES = ["negative", "positive"]  # the bundle's class_names; positive = adrenal mass
+
+
+@dataclass(frozen=True, kw_only=True)
+class MedMNISTSettings:
+    """Settings of one MedMNIST benchmark run.
+
+    Args:
+        npz: the MedMNIST ``.npz`` file (keys ``{train,val,test}_{images,labels}``).
+        work_dir: NIfTI files, datalist and run folders (checkpoints, caches, reports).
+        results_dir: where ``medmnist_<npz stem>.json`` / ``.md`` are written.
+        models: registry names; ``aam_student`` is distilled from the same seed's ``aam_resnet50``.
+        seeds: the seeds (one training per model and seed).
+        epochs: maximum epochs per training (and per distillation stage).
+        early_stop_patience: epochs without a better val AUC before stopping.
+        batch_size: training and evaluation batch size.
+        learning_rate: AdamW learning rate.
+        roi_size: network input size, the volumes are resized to it; ``None``: the volumes' own size, at least 32
+            (the registry's minimum input: 28³ volumes are resized to 32³, 64³ ones kept).
+        limit: at most this many cases per split (class-stratified, for smoke runs); ``None`` uses all.
+        num_workers: DataLoader workers.
+        n_resamples: bootstrap resamples of the evaluation report.
+        ablation: also train the :data:`ABLATIONS` variants of ``aam_resnet50``.
+        command: the command line, recorded in the results.
+    """
+
+    npz: Path = DEFAULT_NPZ
+    work_dir: Path = REPO_ROOT / "runs" / "bench_medmnist"
+    results_dir: Path = DEFAULT_RESULTS_DIR
+    models: tuple[str, ...] = DEFAULT_MODELS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 30
+    early_stop_patience: int = 8
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    roi_size: tuple[int, int, int] | None = None
+    limit: int | None = None
+    num_workers: int = 0
+    n_resamples: int = 200
+    ablation: bool = False
+    command: str = ""
+
+
+def load_npz_splits(npz: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read a MedMNIST 3D ``.npz`` file.
+
+    Args:
+        npz: path of the file.
+
+    Returns:
+        ``{"train" | "val" | "test": (images (N, D, H, W) uint8, labels (N,) int64)}``.
+
+    Raises:
+        UserError: if the file is missing, unreadable or lacks a split's images or labels.
+    """
+    path = Path(npz)
+    if not path.is_file():
+        raise UserError(f"{path}: MedMNIST npz file not found")
+    try:
+        with np.load(path) as archive:
+            keys = set(archive.files)
+            missing = [f"{s}_{kind}" for s in _SPLITS for kind in ("images", "labels") if f"{s}_{kind}" not in keys]
+            if missing:
+                raise UserError(f"{path}: not a MedMNIST 3D file, missing {', '.join(missing)}")
+            splits = {s: (archive[f"{s}_images"], archive[f"{s}_labels"].reshape(-1).astype(np.int64)) for s in _SPLITS}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the npz file ({err})") from None
+    for split, (images, labels) in splits.items():
+        if images.ndim != 4 or len(images) != len(labels):
+            raise UserError(f"{path}: {split}_images must be (N, D, H, W) with one label each, got {images.shape}")
+        if set(np.unique(labels)) - {0, 1}:
+            raise UserError(f"{path}: {split}_labels must be binary 0/1")
+    return splits
+
+
+def _stratified_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Indices of at most ``limit`` cases keeping the class proportions (>= 2 per class, for a defined AUC)."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    chosen: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        share = max(2, round(limit * len(members) / len(labels)))
+        chosen.append(members[:share])  # the first cases of each class: deterministic, no seed needed
+    return np.sort(np.concatenate(chosen))
+
+
+def write_cohort(npz: str | os.PathLike, out_dir: str | os.PathLike, *, limit: int | None = None) -> Path:
+    """Write the npz volumes as NIfTI files and a datalist in the project's contract format.
+
+    MedMNIST ``train`` rows become datalist ``training`` rows with fold 1 and ``val`` rows ``training`` rows with
+    fold 0, so the bundle's ``fold 0`` selection trains on ``train`` and validates on ``val``; ``test`` rows go to
+    ``test``. Existing NIfTI files are reused (the cohort is written once per work folder).
+
+    Args:
+        npz: the MedMNIST ``.npz`` file.
+        out_dir: folder of ``images/`` and ``medmnist.datalist.json``.
+        limit: at most this many cases per split (class-stratified); ``None`` writes all.
+
+    Returns:
+        Path of the datalist JSON.
+
+    Raises:
+        UserError: see :func:`load_npz_splits`.
+    """
+    import nibabel as nib
+
+    npz = Path(npz).resolve()
+    out = Path(out_dir).resolve()
+    images_dir = out / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    datalist: dict[str, Any] = {
+        "classes": list(_CLASSES),
+        "manifest": str(npz),
+        "seed": 0,
+        "n_folds": 5,
+        "training": [],
+        "test": [],
+        "external": [],
+    }
+    for split, (images, labels) in load_npz_splits(npz).items():
+        for index in _stratified_subset(labels, limit):
+            case_id = f"{npz.stem}-{split}-{index:04d}"  # MedMNIST indices: no patient identifiers exist here
+            image_path = images_dir / f"{case_id}.nii.gz"
+            if not image_path.is_file():
+                # MedMNIST stores (D, H, W); written as the NIfTI's (i, j, k) with 1 mm voxels, RAS identity affine
+                volume = nib.Nifti1Image(np.ascontiguousarray(images[index]).astype(np.uint8), np.eye(4))
+                tmp = image_path.with_name(image_path.name + ".tmp.nii.gz")
+                nib.save(volume, tmp)
+                os.replace(tmp, image_path)
+            entry = {
+                "image": str(image_path),
+                "label": int(labels[index]),
+                "case_id": case_id,
+                "patient_id": case_id,
+                "site": "medmnist",
+            }
+            if split == "test":
+                datalist["test"].append(entry)
+            else:
+                datalist["training"].append({**entry, "fold": 0 if split == "val" else 1})
+    path = out / "medmnist.datalist.json"
+    write_json_atomic(path, datalist)
+    return path
+
+
+def _bundle_overrides(settings: MedMNISTSettings, *, datalist: Path, output_dir: Path, seed: int) -> dict[str, Any]:
+    """The overrides every bundle run shares: the mask-volume preprocessing and the run's schedule."""
+    if settings.roi_size is None:
+        raise ValueError("roi_size must be resolved before the bundle runs (run_medmnist does it)")
+    return {
+        "bundle_root": str(BUNDLE_DIR),
+        "datalist": str(datalist),
+        "output_dir": str(output_dir),
+        "roi_size": list(settings.roi_size),
+        "spacing": [1.0, 1.0, 1.0],
+        "hu_window": [0.0, 255.0],
+        "fold": 0,
+        "seed": int(seed),
+        "epochs": int(settings.epochs),
+        "early_stop_patience": int(settings.early_stop_patience),
+        "batch_size": int(settings.batch_size),
+        "learning_rate": float(settings.learning_rate),
+        "num_workers": int(settings.num_workers),
+        "progress_bar": False,
+    }
+
+
+def _run_bundle(run_id: str, config_files: Sequence[str], overrides: Mapping[str, Any]) -> float:
+    """Run one bundle workflow in this process; returns its wall-clock seconds."""
+    from monai.bundle import run
+
+    started = time.perf_counter()
+    run(
+        run_id,
+        config_file=[str(CONFIGS / name) for name in config_files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        **overrides,
+    )
+    return time.perf_counter() - started
+
+
+def run_training(
+    settings: MedMNISTSettings,
+    *,
+    datalist: Path,
+    run_dir: Path,
+    network_name: str,
+    seed: int,
+    network_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``network_name`` with ``bundle/configs/train.json`` (best checkpoint by val AUC).
+
+    Args:
+        settings: the benchmark settings.
+        datalist: the cohort's datalist.
+        run_dir: the run's output folder (``models/model.pt``, ``train_history.json``).
+        network_name: registry name.
+        seed: the run's seed.
+        network_kwargs: extra registry arguments (ablations), passed as ``network_def#<name>`` overrides.
+
+    Returns:
+        ``{"checkpoint", "train_seconds", "epochs_run", "best_epoch"}``.
+    """
+    overrides = _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed)
+    overrides["network_name"] = network_name
+    for key, value in (network_kwargs or {}).items():
+        overrides[f"network_def#{key}"] = value
+    seconds = _run_bundle("training", ["train.json"], overrides)
+    return {"checkpoint": str(run_dir / "models" / "model.pt"), "train_seconds": seconds, **_history(run_dir)}
+
+
+def _history(run_dir: Path) -> dict[str, Any]:
+    """Epochs run and best epoch from the ``EpochSummary`` history, where it exists."""
+    path = run_dir / "train_history.json"
+    if not path.is_file():
+        return {"epochs_run": None, "best_epoch": None}
+    history = json.loads(path.read_text(encoding="utf-8"))
+    epochs = history.get("epochs", history) if isinstance(history, dict) else history
+    if not isinstance(epochs, list) or not epochs:
+        return {"epochs_run": None, "best_epoch": None}
+    scored = [(e.get("val_auc"), e.get("epoch")) for e in epochs if isinstance(e, dict)]
+    scored = [(auc, epoch) for auc, epoch in scored if isinstance(auc, (int, float)) and not math.isnan(auc)]
+    return {"epochs_run": len(epochs), "best_epoch": max(scored)[1] if scored else None}
+
+
+def run_distillation(
+    settings: MedMNISTSettings, *, datalist: Path, run_dir: Path, teacher_ckpt: Path, seed: int
+) -> dict[str, Any]:
+    """Distil ``aam_student`` from an ``aam_resnet50`` checkpoint with ``bundle/configs/distill.json``.
+
+    The cascade is the config's own (teacher -> ``aam_assistant`` -> ``aam_student``), each stage trained for at
+    most ``settings.epochs`` epochs.
+
+    Args:
+        settings: the benchmark settings.
+        datalist: the cohort's datalist.
+        run_dir: the cascade's output folder (the student's weights land in ``models/model.pt``).
+        teacher_ckpt: the teacher's best checkpoint.
+        seed: the run's seed.
+
+    Returns:
+        ``{"checkpoint", "train_seconds", "cascade"}`` (``cascade``: the stages' summary entries).
+    """
+    overrides = _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed)
+    overrides.update(network_name="aam_resnet50", teacher_ckpt=str(teacher_ckpt), latency_repeats=1)
+    seconds = _run_bundle("distilling", ["train.json", "distill.json"], overrides)
+    summary_path = run_dir / "distill_summary.json"
+    cascade = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+    return {"checkpoint": str(run_dir / "models" / "model.pt"), "train_seconds": seconds, "cascade": cascade}
+
+
+def run_evaluation(
+    settings: MedMNISTSettings, *, datalist: Path, run_dir: Path, network_name: str, checkpoint: Path, seed: int
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``test`` with ``bundle/configs/evaluate.json`` (threshold frozen on ``val``).
+
+    Args:
+        settings: the benchmark settings.
+        datalist: the cohort's datalist.
+        run_dir: the run folder; the reports go to ``eval_val/`` and ``eval_test/`` in it.
+        network_name: registry name of the checkpoint's network.
+        checkpoint: the weights to evaluate.
+        seed: the run's seed (bootstrap resampling).
+
+    Returns:
+        ``{"case_ids", "labels", "probabilities", "threshold", "acc_at_threshold", "eval_seconds"}``.
+
+    Raises:
+        UserError: if the evaluation wrote no predictions or some test cases failed.
+    """
+    import pandas as pd
+
+    overrides = _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed)
+    overrides.update(
+        network_name=network_name,
+        checkpoint=str(checkpoint),
+        split="test",
+        n_resamples=int(settings.n_resamples),
+        roc_band_resamples=int(settings.n_resamples),
+    )
+    seconds = _run_bundle("evaluating", ["train.json", "evaluate.json"], overrides)
+    predictions_path = run_dir / "eval_test" / "predictions.csv"
+    if not predictions_path.is_file():
+        raise UserError(f"{predictions_path}: the evaluation wrote no predictions")
+    frame = pd.read_csv(predictions_path)
+    failed = frame[frame["status"] != "ok"]
+    if len(failed):
+        raise UserError(f"{predictions_path}: {len(failed)} test case(s) failed, first: {failed['reason'].iloc[0]}")
+    frame = frame.sort_values("case_id")
+    # predictions.csv names the classes; the class list's index is the integer label
+    labels = frame["label"].map(_class_index).to_numpy()
+    threshold = _frozen_threshold(Path(checkpoint).parent / "operating_point.json")
+    return {
+        "case_ids": frame["case_id"].astype(str).tolist(),
+        "labels": labels.tolist(),
+        "probabilities": frame["probability"].astype(float).tolist(),
+        "threshold": threshold,
+        "acc_at_threshold": float(np.mean(frame["predicted"].map(_class_index).to_numpy() == labels)),
+        "eval_seconds": seconds,
+    }
+
+
+def _class_index(value: Any) -> int:
+    """Integer label of a ``predictions.csv`` class (a class name, or already an integer)."""
+    text = str(value)
+    return _CLASSES.index(text) if text in _CLASSES else int(float(text))
+
+
+def _frozen_threshold(path: Path) -> float | None:
+    """The operating point the evaluate config froze on ``val`` (``None`` if the file is absent or unexpected)."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    value = data.get("threshold") if isinstance(data, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _auc_and_ci(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list[float] | None]:
+    from pipeline.evaluation.roc import UndefinedStatisticError, delong_ci, roc_auc
+
+    auc = roc_auc(labels, scores)
+    try:
+        return auc, list(delong_ci(labels, scores))
+    except UndefinedStatisticError:  # perfect or constant scores on a smoke subset: no interval, not an error
+        return auc, None
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    return float(statistics.fmean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
+
+
+def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, params: Mapping[str, int]) -> dict[str, Any]:
+    """Per-model figures over seeds and the paired DeLong tests against the baselines.
+
+    Args:
+        runs: ``{model: [one evaluation result per seed, with "seed", "labels", "probabilities", ...]}``, every
+            result on the same test cases.
+        params: trainable parameters per model.
+
+    Returns:
+        ``{"models": {name: {"test_auc", "test_auc_sd", "test_auc_ci", "test_acc", "test_acc_sd",
+        "test_acc_at_val_threshold", "params", "seeds": [...]}}, "delong": [...]}``; ``test_auc_ci`` is the DeLong
+        CI of the seed-averaged probabilities, the other figures are means over seeds.
+    """
+    from pipeline.evaluation.roc import UndefinedStatisticError, delong_test
+
+    models: dict[str, Any] = {}
+    averaged: dict[str, np.ndarray] = {}
+    labels: np.ndarray | None = None
+    for name, seed_runs in runs.items():
+        per_seed = []
+        for run in seed_runs:
+            y = np.asarray(run["labels"], dtype=int)
+            p = np.asarray(run["probabilities"], dtype=float)
+            if labels is None:
+                labels = y
+            elif not np.array_equal(labels, y):
+                raise ValueError(f"{name}: test labels differ from the other models' (different cases?)")
+            auc, ci = _auc_and_ci(y, p)
+            per_seed.append(
+                {
+                    "seed": run["seed"],
+                    "test_auc": auc,
+                    "test_auc_ci": ci,
+                    "test_acc": float(np.mean((p >= 0.5).astype(int) == y)),
+                    "test_acc_at_val_threshold": run.get("acc_at_threshold"),
+                    "val_threshold": run.get("threshold"),
+                    **{k: run.get(k) for k in ("train_seconds", "eval_seconds", "epochs_run", "best_epoch")},
+                }
+            )
+        if not per_seed:
+            continue
+        averaged[name] = np.mean([np.asarray(r["probabilities"], dtype=float) for r in seed_runs], axis=0)
+        auc_mean, auc_sd = _mean_sd([r["test_auc"] for r in per_seed])
+        acc_mean, acc_sd = _mean_sd([r["test_acc"] for r in per_seed])
+        thresholded = [r["test_acc_at_val_threshold"] for r in per_seed if r["test_acc_at_val_threshold"] is not None]
+        ensemble_auc, ensemble_ci = _auc_and_ci(labels, averaged[name])
+        models[name] = {
+            "test_auc": auc_mean,
+            "test_auc_sd": auc_sd,
+            "test_auc_ci": ensemble_ci,
+            "seed_averaged_auc": ensemble_auc,
+            "test_acc": acc_mean,
+            "test_acc_sd": acc_sd,
+            "test_acc_at_val_threshold": float(statistics.fmean(thresholded)) if thresholded else None,
+            "params": int(params.get(name, 0)) or None,
+            "seeds": per_seed,
+        }
+    comparisons = []
+    for candidate in (c for c in CANDIDATES if c in averaged):
+        for baseline in (b for b in BASELINES if b in averaged):
+            row: dict[str, Any] = {"model": candidate, "baseline": baseline}
+            try:
+                test = delong_test(labels, averaged[candidate], averaged[baseline])
+                row.update(
+                    auc_model=test.auc_a,
+                    auc_baseline=test.auc_b,
+                    difference=test.difference,
+                    difference_ci=list(test.difference_ci),
+                    p_value=test.p_value,
+                )
+            except UndefinedStatisticError as err:
+                row.update(p_value=None, note=str(err))
+            comparisons.append(row)
+    return {"models": models, "delong": comparisons}
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    """The Markdown table of a result (``run_medmnist``'s output) beside the published MedMNIST v2 rows.
+
+    Args:
+        result: the result dictionary written to ``medmnist_<name>.json``.
+
+    Returns:
+        Markdown text.
+    """
+    settings = result.get("settings", {})
+    lines = [
+        f"# MedMNIST benchmark: {result.get('dataset', '?')}",
+        "",
+        f"Command: `{result.get('command', '')}`",
+        "",
+        f"Protocol: train on `train`, select the checkpoint by val AUC, report `test` ({result.get('n_test', '?')} "
+        f"cases); seeds {settings.get('seeds')}; epochs <= {settings.get('epochs')}, roi {settings.get('roi_size')}. "
+        "AUC = mean ± sd over seeds (95% DeLong CI of the seed-averaged probabilities); ACC@0.5 = argmax of the "
+        "softmax (MedMNIST's rule); ACC@val = at the Youden threshold frozen on `val`.",
+        "",
+        "| method | AUC | 95% CI | ACC@0.5 | ACC@val | params | source |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in result.get("models", {}).items():
+        ci = row.get("test_auc_ci")
+        params = row.get("params")
+        lines.append(
+            f"| {name} | {_fmt(row.get('test_auc'))} ± {_fmt(row.get('test_auc_sd'))} | "
+            f"{'—' if not ci else f'{ci[0]:.3f}–{ci[1]:.3f}'} | {_fmt(row.get('test_acc'))} ± "
+            f"{_fmt(row.get('test_acc_sd'))} | {_fmt(row.get('test_acc_at_val_threshold'))} | "
+            f"{'—' if not params else f'{params / 1e6:.1f} M'} | measured |"
+        )
+    if result.get("published_applies", False):
+        for method, auc, acc in PUBLISHED_ADRENAL_28:
+            lines.append(f"| {method} | {auc:.3f} | — | {acc:.3f} | — | — | published |")
+        lines += ["", f"Published rows: {PUBLISHED_SOURCE}."]
+    comparisons = result.get("delong", [])
+    if comparisons:
+        lines += [
+            "",
+            "Paired DeLong test on the test split (seed-averaged probabilities):",
+            "",
+            "| model | baseline | AUC model | AUC baseline | difference (95% CI) | p |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in comparisons:
+            ci = row.get("difference_ci")
+            lines.append(
+                f"| {row['model']} | {row['baseline']} | {_fmt(row.get('auc_model'))} | "
+                f"{_fmt(row.get('auc_baseline'))} | {_fmt(row.get('difference'))}"
+                f"{'' if not ci else f' ({ci[0]:.3f}, {ci[1]:.3f})'} | {_fmt(row.get('p_value'), 4)} |"
+            )
+    ablation = result.get("ablation", {})
+    if ablation:
+        lines += [
+            "",
+            "Ablation of the AAM-ResNet-50 (same protocol):",
+            "",
+            "| variant | AUC | ACC@0.5 |",
+            "| --- | --- | --- |",
+        ]
+        for variant, row in ablation.items():
+            lines.append(
+                f"| {variant} | {_fmt(row.get('test_auc'))} ± {_fmt(row.get('test_auc_sd'))} | "
+                f"{_fmt(row.get('test_acc'))} |"
+            )
+    lines += ["", f"Wall time: {_fmt(result.get('wall_seconds', 0) / 60, 1)} min on {result.get('cpu_count')} CPU(s)."]
+    return "\n".join(lines) + "\n"
+
+
+def _count_params(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
+    from pipeline.networks import build
+
+    model = build(name, num_classes=len(_CLASSES), **dict(kwargs or {}))
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
+    """Run the benchmark and write ``medmnist_<npz stem>.json`` and ``.md`` in ``settings.results_dir``.
+
+    Args:
+        settings: what to run.
+
+    Returns:
+        The result dictionary (as written to the JSON file).
+
+    Raises:
+        UserError: for a missing or malformed npz file, unknown model names or a failed evaluation.
+    """
+    from pipeline.networks import available
+
+    unknown = sorted(set(settings.models) - set(available()))
+    if unknown:
+        raise UserError(f"unknown model(s) {', '.join(unknown)}; available: {', '.join(available())}")
+    if not settings.seeds:
+        raise UserError("at least one seed is needed")
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    npz = Path(settings.npz)
+    if settings.roi_size is None:
+        side = max(32, int(max(load_npz_splits(npz)["test"][0].shape[1:])))
+        settings = replace(settings, roi_size=(side, side, side))
+    work = Path(settings.work_dir).resolve()
+    datalist = write_cohort(npz, work / "cohort", limit=settings.limit)
+    data = json.loads(datalist.read_text(encoding="utf-8"))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings.models}
+    ablation_runs: dict[str, list[dict[str, Any]]] = {}
+    needs_teacher = "aam_student" in settings.models or settings.ablation
+    trained = [m for m in settings.models if m != "aam_student"]
+    if needs_teacher and "aam_resnet50" not in trained:
+        trained.insert(0, "aam_resnet50")
+    for seed in settings.seeds:
+        checkpoints: dict[str, Path] = {}
+        for name in trained:
+            run_dir = work / "runs" / f"{name}_seed{seed}"
+            logger.info("medmnist: training %s, seed %d", name, seed)
+            training = run_training(settings, datalist=datalist, run_dir=run_dir, network_name=name, seed=seed)
+            checkpoints[name] = Path(training["checkpoint"])
+            evaluation = run_evaluation(
+                settings,
+                datalist=datalist,
+                run_dir=run_dir,
+                network_name=name,
+                checkpoint=checkpoints[name],
+                seed=seed,
+            )
+            result = {"seed": seed, **training, **evaluation}
+            if name in runs:
+                runs[name].append(result)
+            if name == "aam_resnet50" and settings.ablation:
+                ablation_runs.setdefault(next(iter(ABLATIONS)), []).append(result)
+        if "aam_student" in settings.models:
+            run_dir = work / "runs" / f"aam_student_seed{seed}"
+            logger.info("medmnist: distilling aam_student, seed %d", seed)
+            distilled = run_distillation(
+                settings, datalist=datalist, run_dir=run_dir, teacher_ckpt=checkpoints["aam_resnet50"], seed=seed
+            )
+            evaluation = run_evaluation(
+                settings,
+                datalist=datalist,
+                run_dir=run_dir,
+                network_name="aam_student",
+                checkpoint=Path(distilled["checkpoint"]),
+                seed=seed,
+            )
+            runs["aam_student"].append({"seed": seed, **distilled, **evaluation})
+        if settings.ablation:
+            for variant, kwargs in list(ABLATIONS.items())[1:]:
+                run_dir = work / "runs" / f"ablation_{'_'.join(f'{k}-{v}' for k, v in kwargs.items())}_seed{seed}"
+                training = run_training(
+                    settings,
+                    datalist=datalist,
+                    run_dir=run_dir,
+                    network_name="aam_resnet50",
+                    seed=seed,
+                    network_kwargs=kwargs,
+                )
+                evaluation = run_evaluation(
+                    settings,
+                    datalist=datalist,
+                    run_dir=run_dir,
+                    network_name="aam_resnet50",
+                    checkpoint=Path(training["checkpoint"]),
+                    seed=seed,
+                )
+                ablation_runs.setdefault(variant, []).append({"seed": seed, **training, **evaluation})
+    params = {name: _count_params(name) for name in runs}
+    summary = summarize({k: v for k, v in runs.items() if v}, params=params)
+    result: dict[str, Any] = {
+        "benchmark": "medmnist",
+        "dataset": npz.stem,
+        "npz": str(npz.resolve()),
+        "command": settings.command,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        "n_train": sum(1 for e in data["training"] if e["fold"] != 0),
+        "n_val": sum(1 for e in data["training"] if e["fold"] == 0),
+        "n_test": len(data["test"]),
+        "published_applies": npz.stem == "adrenalmnist3d" and settings.limit is None,
+        "published": [{"method": m, "test_auc": a, "test_acc": c} for m, a, c in PUBLISHED_ADRENAL_28],
+        "published_source": PUBLISHED_SOURCE,
+        **summary,
+    }
+    if ablation_runs:
+        ablation = summarize(ablation_runs, params={v: _count_params("aam_resnet50", k) for v, k in ABLATIONS.items()})
+        result["ablation"] = ablation["models"]
+    result.update(
+        wall_seconds=time.perf_counter() - started,
+        cpu_count=os.cpu_count(),
+        machine=platform.machine(),
+        python=platform.python_version(),
+        load_average_at_start=list(load_start),
+        load_average_at_end=list(os.getloadavg()),
+    )
+    out_dir = Path(settings.results_dir)
+    write_json_atomic(out_dir / f"medmnist_{npz.stem}.json", result)
+    write_text_atomic(out_dir / f"medmnist_{npz.stem}.md", render_markdown(result))
+    return result

@@ -1,0 +1,153 @@
+"""MedMNIST benchmark: cohort writing in the datalist contract, statistics, Markdown, and one tiny bundle run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.data import load_decathlon_datalist
+
+from pipeline.bench import medmnist
+from pipeline.bench.cli import add_medmnist_arguments, settings_from_args
+from pipeline.data.datalist import select
+from pipeline.errors import UserError
+from pipeline.evaluation.roc import delong_test, roc_auc
+from tests.conftest import shared_path
+
+SIZE = 28  # MedMNIST's own resolution
+
+
+def _write_npz(path: Path, *, per_split: int = 8, seed: int = 0) -> Path:
+    """A MedMNIST-layout npz of blobs: positives are larger spheres, so a network can tell them apart."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij"))
+    arrays = {}
+    for split in ("train", "val", "test"):
+        labels = np.array([i % 2 for i in range(per_split)], dtype=np.uint8)
+        images = []
+        for label in labels:
+            radius = (8 if label else 4) + rng.uniform(-1, 1)
+            centre = rng.uniform(11, 17, size=3).reshape(3, 1, 1, 1)
+            images.append((((grid - centre) ** 2).sum(0) <= radius**2).astype(np.uint8) * 255)
+        arrays[f"{split}_images"] = np.stack(images)
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1)  # MedMNIST stores (N, 1)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_write_cohort_follows_the_datalist_contract(tmp_path):
+    npz = _write_npz(tmp_path / "tiny.npz", per_split=6)
+    datalist_path = medmnist.write_cohort(npz, tmp_path / "cohort")
+
+    data = json.loads(datalist_path.read_text())
+    assert data["classes"] == ["negative", "positive"]
+    assert len(load_decathlon_datalist(datalist_path, data_list_key="training")) == 12
+    train, val, test = select(data, "train", 0), select(data, "val", 0), select(data, "test", None)
+    assert [len(train), len(val), len(test)] == [6, 6, 6]
+    assert all("-train-" in e["case_id"] for e in train) and all("-val-" in e["case_id"] for e in val)
+    with np.load(npz) as archive:
+        expected = archive["test_images"][3]
+        expected_label = int(archive["test_labels"][3, 0])
+    entry = next(e for e in test if e["case_id"].endswith("-test-0003"))
+    assert entry["label"] == expected_label
+    image = nib.load(entry["image"])
+    np.testing.assert_array_equal(np.asarray(image.dataobj), expected)
+    np.testing.assert_array_equal(image.affine, np.eye(4))
+
+
+def test_limit_keeps_both_classes_and_their_proportion(tmp_path):
+    npz = _write_npz(tmp_path / "tiny.npz", per_split=20)
+    data = json.loads(medmnist.write_cohort(npz, tmp_path / "cohort", limit=6).read_text())
+    test_labels = [e["label"] for e in data["test"]]
+    assert len(test_labels) == 6 and sorted(set(test_labels)) == [0, 1]
+
+
+def test_bad_npz_is_a_one_line_user_error(tmp_path):
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, train_images=np.zeros((2, 4, 4, 4), np.uint8))
+    with pytest.raises(UserError, match="missing .*val_images"):
+        medmnist.load_npz_splits(broken)
+    with pytest.raises(UserError, match="not found"):
+        medmnist.load_npz_splits(tmp_path / "absent.npz")
+
+
+def test_real_adrenal_npz_has_the_documented_splits():
+    splits = medmnist.load_npz_splits(shared_path("medmnist", "adrenalmnist3d.npz"))
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 1188, "val": 98, "test": 298}
+    assert int(splits["test"][1].sum()) == 69
+
+
+def test_summarize_means_and_paired_delong_against_baselines():
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 30 + [1] * 20)
+    good = [labels * 0.6 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
+    weak = [labels * 0.1 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
+    runs = {
+        "aam_resnet50": [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(good)],
+        "resnet18": [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(weak)],
+    }
+    summary = medmnist.summarize(runs, params={"aam_resnet50": 10, "resnet18": 5})
+
+    aam = summary["models"]["aam_resnet50"]
+    assert aam["test_auc"] == pytest.approx(np.mean([roc_auc(labels, p) for p in good]))
+    assert aam["test_acc"] == pytest.approx(np.mean([np.mean((p >= 0.5) == labels) for p in good]))
+    assert len(aam["seeds"]) == 2 and aam["params"] == 10
+    (comparison,) = summary["delong"]
+    expected = delong_test(labels, np.mean(good, axis=0), np.mean(weak, axis=0))
+    assert comparison["baseline"] == "resnet18"
+    assert comparison["p_value"] == pytest.approx(expected.p_value)
+
+
+def test_markdown_puts_measured_rows_beside_published_ones():
+    result = {
+        "dataset": "adrenalmnist3d",
+        "published_applies": True,
+        "models": {
+            "aam_resnet50": {"test_auc": 0.871, "test_auc_sd": 0.01, "test_auc_ci": [0.8, 0.92], "test_acc": 0.81}
+        },
+        "delong": [
+            {"model": "aam_resnet50", "baseline": "resnet18", "auc_model": 0.871, "auc_baseline": 0.8, "p_value": 0.04}
+        ],
+        "wall_seconds": 120.0,
+    }
+    text = medmnist.render_markdown(result)
+    assert "| aam_resnet50 | 0.871 ± 0.010 | 0.800–0.920 |" in text
+    for method, auc, _ in medmnist.PUBLISHED_ADRENAL_28:
+        assert f"| {method} | {auc:.3f} |" in text
+    assert "MedMNIST v2" in text and "| resnet18 |" in text
+
+
+def test_quick_option_sets_the_smoke_run():
+    import argparse
+
+    args = add_medmnist_arguments(argparse.ArgumentParser()).parse_args(["--quick", "--models", "resnet18"])
+    settings = settings_from_args(args, command="x")
+    assert (settings.limit, settings.epochs, settings.seeds, settings.models) == (64, 1, (0,), ("resnet18",))
+
+
+def test_one_tiny_run_through_the_bundle(tmp_path):
+    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
+    settings = medmnist.MedMNISTSettings(
+        npz=npz,
+        work_dir=tmp_path / "work",
+        results_dir=tmp_path / "results",
+        models=("unet_encoder",),  # the registry's smallest network: the bundle path is under test, not accuracy
+        seeds=(0,),
+        epochs=1,
+        batch_size=8,
+        n_resamples=10,
+        command="test",
+    )
+    result = medmnist.run_medmnist(settings)
+
+    written = json.loads((tmp_path / "results" / "medmnist_tiny.json").read_text())
+    row = written["models"]["unet_encoder"]
+    assert written["n_train"] == written["n_val"] == written["n_test"] == 8
+    assert 0.0 <= row["test_auc"] <= 1.0 and 0.0 <= row["test_acc"] <= 1.0
+    assert row["params"] > 100_000 and row["seeds"][0]["seed"] == 0
+    assert (tmp_path / "work" / "runs" / "unet_encoder_seed0" / "models" / "model.pt").is_file()
+    assert result["published_applies"] is False
+    assert "| unet_encoder |" in (tmp_path / "results" / "medmnist_tiny.md").read_text()

@@ -1,0 +1,99 @@
+"""``benchmarks.summary`` and ``benchmarks.run_all``: rendering real-shaped results, recording failures."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from benchmarks import run_all, summary
+
+
+def _write(folder, name, data):
+    (folder / f"{name}.json").write_text(json.dumps(data))
+
+
+def test_summary_puts_each_figure_beside_its_peer_with_the_ratio(tmp_path):
+    _write(
+        tmp_path,
+        "networks",
+        {
+            "reference": "resnet50",
+            "load_average_start": [3.5, 3.0, 2.0],
+            "load_average_end": [4.25, 3.0, 2.0],
+            "networks": {
+                "aam_student": {"params": 13_000_000, "flops": 10.0, "latency_s": 2.0},
+                "resnet50": {"params": 52_000_000, "flops": 40.0, "latency_s": 8.0},
+            },
+        },
+    )
+    _write(
+        tmp_path,
+        "ingestion",
+        {
+            "command": "bench ingestion --repeats 7",
+            "read_uncompressed": {
+                "median_s": {
+                    "ours_default": 0.1,
+                    "pydicom_plain": 0.5,
+                    "monai_loadimage_itkreader": "skipped: itk not installed",
+                }
+            },
+        },
+    )
+    (tmp_path / "evaluation.json").write_text("{ half written")
+
+    text = summary.write_summary(tmp_path).read_text()
+
+    assert "| aam_student | 13,000,000 | 0.25 | 10 | 0.25 | 2 | 0.25 |" in text
+    assert "3.5 -> 4.25" in text  # the machine load at the time
+    assert "| pydicom_plain | 0.1 | 0.5 | 5 |" in text
+    assert "skipped: itk not installed" in text
+    assert "`bench ingestion --repeats 7`" in text
+    assert "unreadable" in text.split("## evaluation")[1].split("##")[0]
+    for absent in ("inference", "training", "distillation", "medmnist"):
+        assert "not run" in text.split(f"## {absent}")[1].split("\n## ")[0]
+
+
+def test_summary_renders_medmnist_against_the_published_best(tmp_path):
+    _write(
+        tmp_path,
+        "medmnist_adrenalmnist3d",
+        {
+            "published_applies": True,
+            "published": [
+                {"method": "A", "test_auc": 0.8, "test_acc": 0.7},
+                {"method": "B", "test_auc": 0.7, "test_acc": 0.8},
+            ],
+            "models": {"aam_resnet50": {"test_auc": 0.88, "test_acc": 0.84}},
+            "n_test": 298,
+        },
+    )
+    text = summary.write_summary(tmp_path).read_text()
+    assert "| aam_resnet50 | 0.88 | — | 0.8 | 1.1 | 0.84 | 0.8 | 1.05 |" in text
+
+
+def test_quick_commands_write_to_the_given_folder(tmp_path):
+    spec = next(s for s in run_all.BENCHMARKS if s.name == "networks")
+    full = run_all.benchmark_command(spec, results_dir=tmp_path, quick=False, python="py")
+    quick = run_all.benchmark_command(spec, results_dir=tmp_path, quick=True, python="py")
+    assert full == ["py", "-m", "benchmarks.bench_networks", "--output", str(tmp_path / "networks.json")]
+    assert quick[: len(full)] == full and len(quick) > len(full)
+
+
+def test_run_all_records_a_failure_and_goes_on(tmp_path):
+    record = run_all.run_all(
+        names=["evaluation"], quick=True, results_dir=tmp_path, python=str(tmp_path / "no-such-python")
+    )
+    outcome = record["benchmarks"]["evaluation"]
+    assert outcome["status"] == "failed" and outcome["returncode"] != 0
+    assert json.loads((tmp_path / "run_all.json").read_text())["benchmarks"]["evaluation"]["status"] == "failed"
+    assert "run by `benchmarks.run_all`: failed" in (tmp_path / "summary.md").read_text()
+
+
+def test_run_all_runs_a_real_benchmark_and_summarises_it(tmp_path):
+    record = run_all.run_all(names=["evaluation"], quick=True, results_dir=tmp_path, python=sys.executable)
+    assert record["benchmarks"]["evaluation"]["status"] == "ok", record["benchmarks"]["evaluation"]["stderr_tail"]
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    assert [size["n_cases"] for size in result["sizes"]] == [1000]
+    section = (tmp_path / "summary.md").read_text().split("## evaluation")[1].split("\n## ")[0]
+    assert "(quick settings)" in section and "| 1000 | delong_fast |" in section
