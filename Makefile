@@ -10,6 +10,8 @@ TORCH   ?= torch==2.13.0
 RUN     ?= runs/demo
 CASES   ?= 40
 SIZE    ?= 64
+ITK_DIR ?= .bench/itk
+ITK_V   ?= 5.4.*
 EPOCHS  ?= 30
 NETWORK ?= aam_resnet18
 SPLIT   ?= test
@@ -68,8 +70,10 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix pipeline tests benchmarks
 	$(VENV)/bin/ruff format pipeline tests benchmarks
 
-bench: $(STAMP)  ## run every benchmark, JSON results in benchmarks/results/
-	$(PY) -m benchmarks.run_all
+bench: $(STAMP)  ## every benchmark -> benchmarks/results/summary.md (BENCH_ARGS=--quick / --only NAME ...)
+	# itk is only a benchmark peer (MONAI ITKReader); 1.6 GB installed, so it stays out of the project's dependencies
+	test -d $(ITK_DIR)/itk || $(PY) -m pip install -q --no-deps --target $(ITK_DIR) "itk==$(ITK_V)" "itk-core==$(ITK_V)" "itk-numerics==$(ITK_V)" "itk-io==$(ITK_V)" "itk-filtering==$(ITK_V)" "itk-registration==$(ITK_V)" "itk-segmentation==$(ITK_V)"
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.run_all --itk-path $(ITK_DIR) $(BENCH_ARGS)
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf runs .pytest_cache

@@ -206,6 +206,7 @@ def write_cohort(npz: str | os.PathLike, out_dir: str | os.PathLike, *, limit: i
     import nibabel as nib
 
     npz = Path(npz).resolve()
+    splits = load_npz_splits(npz)  # before any folder is made: a bad path leaves nothing behind
     out = Path(out_dir).resolve()
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +219,7 @@ def write_cohort(npz: str | os.PathLike, out_dir: str | os.PathLike, *, limit: i
         "test": [],
         "external": [],
     }
-    for split, (images, labels) in load_npz_splits(npz).items():
+    for split, (images, labels) in splits.items():
         for index in _stratified_subset(labels, limit):
             case_id = f"{npz.stem}-{split}-{index:04d}"  # MedMNIST indices: no patient identifiers exist here
             image_path = images_dir / f"{case_id}.nii.gz"

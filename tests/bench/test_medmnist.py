@@ -71,7 +71,8 @@ def test_bad_npz_is_a_one_line_user_error(tmp_path):
     with pytest.raises(UserError, match="missing .*val_images"):
         medmnist.load_npz_splits(broken)
     with pytest.raises(UserError, match="not found"):
-        medmnist.load_npz_splits(tmp_path / "absent.npz")
+        medmnist.write_cohort(tmp_path / "absent.npz", tmp_path / "cohort")
+    assert not (tmp_path / "cohort").exists()
 
 
 def test_real_adrenal_npz_has_the_documented_splits():
