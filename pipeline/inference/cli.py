@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.errors import UserError
+from pipeline.overrides import parse_set_overrides
 
 __all__ = ["register"]
 
@@ -126,14 +127,7 @@ def _overrides(args: argparse.Namespace, *, output_dir: Path) -> dict[str, Any]:
         overrides["heatmap_dtype"] = args.heatmap_dtype
     if args.threshold is not None:
         overrides["frozen_threshold"] = f"$pipeline.inference.FrozenThreshold({args.threshold!r}, 'command line')"
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected KEY=JSON")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value  # a bare string, e.g. --set network_name=aam_resnet34
+    overrides.update(parse_set_overrides(args.set))
     return overrides
 
 

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.overrides import parse_set_overrides
 
 __all__ = ["register"]
 
@@ -46,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--bump", choices=("patch", "minor", "major"), default="patch", help="version part to bump")
     export.add_argument("--message", help="changelog text for the new version")
     export.add_argument("--network-config", help="config under configs/ holding network_def (default: inference.json)")
+    export.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a key of the exported inference config, e.g. --set network_name=aam_student (repeatable)",
+    )
     export.add_argument(
         "--no-parity-check",
         action="store_true",
@@ -85,6 +93,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         bump=args.bump,
         change=args.message,
         network_config=args.network_config,
+        overrides=parse_set_overrides(args.set),
         check_parity=not args.no_parity_check,
     )
     print(result.summary())

@@ -399,6 +399,7 @@ def export_bundle(
     change: str | None = None,
     network_config: str | None = None,
     net_id: str = "network_def",
+    overrides: Mapping[str, Any] | None = None,
     check_parity: bool = True,
     check_phi: bool = True,
 ) -> ExportResult:
@@ -420,6 +421,8 @@ def export_bundle(
         network_config: config file under ``configs/`` holding ``net_id`` (default: first of
             :data:`EAGER_CONFIG_CANDIDATES` that has it).
         net_id: id of the network definition in that config.
+        overrides: keys replaced in the exported copy of that config (e.g. ``{"network_name": "aam_student"}`` for
+            a run trained with a network other than the config's default); the source bundle is not touched.
         check_parity: run the eager-vs-TorchScript-config check on a synthetic volume (recommended).
         check_phi: search the staged bundle for the datalist's DICOM patient identifiers.
 
@@ -506,6 +509,13 @@ def export_bundle(
         meta_path = write_json_atomic(root / "configs" / "metadata.json", released)
 
         eager_staged = root / "configs" / eager_source.name
+        if overrides:
+            staged = json.loads(eager_staged.read_text(encoding="utf-8"))
+            unknown = sorted(set(overrides) - set(staged))
+            if unknown:
+                raise UserError(f"{eager_source}: --set {unknown[0]}: no such key in the config")
+            staged.update(overrides)
+            write_text_atomic(eager_staged, json.dumps(staged, indent=2) + "\n")
         eager = _eager_parser(eager_staged, meta_path, root)
         eager["device"] = "$torch.device('cpu')"
         from pipeline.inference.bundle import load_weights
