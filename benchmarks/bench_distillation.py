@@ -55,7 +55,7 @@ from pipeline.io import write_json_atomic
 from pipeline.networks import build
 from pipeline.training.cascade import DistillationCascade, load_state_dict, predict_scores
 
-__all__ = ["adrenal_splits", "demo_splits", "main", "run_comparison"]
+__all__ = ["adrenal_splits", "demo_splits", "interleaved_latency", "main", "run_comparison"]
 
 logger = logging.getLogger("benchmarks.bench_distillation")
 
@@ -156,6 +156,51 @@ def _paired(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> d
         return delong_test(labels, scores_a, scores_b).to_dict()
     except UndefinedStatisticError as err:
         return {"undefined": str(err)}
+
+
+def interleaved_latency(
+    networks: Sequence[str], roi_size: Sequence[int], *, threads: Sequence[int] = (1, 2), repeats: int = 15
+) -> dict[str, Any]:
+    """CPU latency of several networks measured in turn, so that they share the same background load.
+
+    The per-stage latencies of the cascade summary are measured minutes apart; on a shared CPU the load changes in
+    between, so their ratio can be off by a large factor. Here one forward pass of each network alternates with the
+    others', ``repeats`` rounds after a warm-up round, at each thread count (weights do not matter for latency, so
+    freshly built networks are used).
+
+    Args:
+        networks: registry names; the first is taken as the teacher for the ratios.
+        roi_size: spatial input size.
+        threads: intra-op thread counts to measure at.
+        repeats: timed rounds.
+
+    Returns:
+        ``{"threads=<n>": {"median_ms": {name: ms}, "ratio_to_first": {name: ratio}}, "repeats": ..., "roi_size": ...}``.
+    """
+    models = {name: build(name).eval() for name in dict.fromkeys(networks)}
+    x = torch.zeros((1, 1, *roi_size))
+    previous = torch.get_num_threads()
+    out: dict[str, Any] = {"repeats": repeats, "roi_size": list(roi_size)}
+    try:
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            timings: dict[str, list[float]] = {name: [] for name in models}
+            with torch.inference_mode():
+                for round_index in range(repeats + 1):
+                    for name, model in models.items():
+                        start = time.perf_counter()
+                        model(x)
+                        if round_index:  # round 0 is the warm-up
+                            timings[name].append((time.perf_counter() - start) * 1000.0)
+            medians = {name: float(np.median(values)) for name, values in timings.items()}
+            first = medians[networks[0]]
+            out[f"threads={n_threads}"] = {
+                "median_ms": medians,
+                "ratio_to_first": {name: value / first for name, value in medians.items()},
+            }
+    finally:
+        torch.set_num_threads(previous)
+    return out
 
 
 def _model_entry(entry: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
@@ -285,8 +330,13 @@ def run_comparison(
         "params_ratio_student_to_resnet50": summary["student"]["params_ratio_to_resnet50"],
         "teacher_cpu_latency_ms": summary["teacher"]["cpu_latency_ms"],
         "student_cpu_latency_ms": summary["stages"][-1]["cpu_latency_ms"],
+        "latency_interleaved": interleaved_latency(_networks(args), roi_size),
         "wall_seconds": time.perf_counter() - started,
     }
+
+
+def _networks(args: argparse.Namespace) -> list[str]:
+    return [name for name in (args.teacher, args.assistant, args.student, args.small_student) if name]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -316,6 +366,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 2 epochs, 64 cases per split")
     parser.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only (re)measure interleaved latencies of existing results"
+    )
     parser.add_argument("--fresh", action="store_true", help="drop results of datasets not run this time")
     return parser
 
@@ -343,7 +396,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out.is_file() and not args.fresh:
         # datasets not run this time keep their earlier results (each block carries its own command)
         previous = json.loads(args.out.read_text(encoding="utf-8"))
-        results["datasets"].update(previous.get("datasets", {}))
+        for name, block in previous.get("datasets", {}).items():
+            # files from before per-dataset metadata kept the command and settings at the top level
+            carried = {k: previous[k] for k in ("command", "settings", "machine") if k in previous and k not in block}
+            results["datasets"][name] = {**carried, **block}
+    if args.latency_only:
+        for dataset in args.datasets:
+            block = results["datasets"].get(dataset)
+            if block is None:
+                raise SystemExit(f"{args.out}: no {dataset} results to add latencies to; run the comparison first")
+            block["latency_interleaved"] = {
+                "command": command,
+                "load_average": list(os.getloadavg()),
+                **interleaved_latency(_networks(args), block["roi_size"]),
+            }
+            write_json_atomic(args.out, results)
+        logger.info("wrote %s", args.out)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench_distillation_") as scratch:
         work_root = args.work_dir or Path(scratch)
         for dataset in args.datasets:

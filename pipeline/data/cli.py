@@ -22,10 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--dicom-root", type=Path, help="folder searched recursively for DICOM files")
     build.add_argument("--nifti-glob", help="glob of NIfTI files, e.g. 'data/**/*.nii.gz'")
-    build.add_argument("--labels", type=Path, help="CSV mapping series/studies/paths to labels (see data_manifests/README.md)")
+    build.add_argument(
+        "--labels", type=Path, help="CSV mapping series/studies/paths to labels (see data_manifests/README.md)"
+    )
     build.add_argument("--site", help="site name for cases whose site is not given in the labels CSV")
     build.add_argument("--min-slices", type=int, default=None, help="fewest slices a series may have")
-    build.add_argument("--key-file", type=Path, help="secret key for pseudonymous ids (default: env AAMCT_PSEUDONYM_KEY or a per-user key file)")
+    build.add_argument(
+        "--key-file",
+        type=Path,
+        help="secret key for pseudonymous ids (default: env AAMCT_PSEUDONYM_KEY or a per-user key file)",
+    )
     build.add_argument("--workers", type=int, default=None, help="header-reading threads (default: CPU count)")
     build.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
     build.set_defaults(func=_cmd_build)
@@ -38,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     split.add_argument("--test-fraction", type=float, default=0.3, help="share of patients in the test split")
     split.add_argument("--folds", type=int, default=5, help="cross-validation folds over the training split")
     split.add_argument("--seed", type=int, default=0)
-    split.add_argument("--classes", help="comma-separated class names, index = integer label (default: from the labels)")
+    split.add_argument(
+        "--classes", help="comma-separated class names, index = integer label (default: from the labels)"
+    )
     split.add_argument("--datalist", type=Path, help="datalist JSON to write (default: <manifest>.datalist.json)")
     split.set_defaults(func=_cmd_split)
 
