@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,28 +35,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.timing import time_median  # noqa: E402 (after the sys.path set-up above)
+
 __all__ = ["binormal_cohort", "main", "time_median"]
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "evaluation.json"
-
-
-def time_median(func: Callable[[], Any], repeats: int) -> dict[str, Any]:
-    """Median wall time of ``func`` over ``repeats`` runs after one warm-up run.
-
-    Args:
-        func: the call to time.
-        repeats: timed runs.
-
-    Returns:
-        ``{"median_s": ..., "runs_s": [...]}``.
-    """
-    func()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        runs.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(runs), "runs_s": [round(r, 6) for r in runs]}
 
 
 def binormal_cohort(n_cases: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -38,23 +37,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the series writer lives with the tests
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.timing import time_median  # noqa: E402 (after the sys.path set-up above)
+
 __all__ = ["main", "time_median"]
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "ingestion.json"
 REAL_SERIES = (
     Path(os.environ.get("AAMCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "dicom" / "totalseg_abdomen_ct"
 )
-
-
-def time_median(func: Callable[[], Any], repeats: int) -> dict[str, Any]:
-    """Median wall time of ``func`` over ``repeats`` runs after one warm-up run."""
-    func()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        runs.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(runs), "runs_s": [round(r, 5) for r in runs]}
 
 
 def _files(folder: Path) -> list[Path]:
