@@ -377,7 +377,10 @@ def _count_upstream(rejections: str | os.PathLike | None) -> tuple[int | None, d
     return int(len(frame)), dict(reasons.most_common())
 
 
-def _evaluate_site(part: pd.DataFrame, operating_point: OperatingPoint, settings: dict, site: str, split: str) -> dict:
+def _discrimination(
+    part: pd.DataFrame, operating_point: OperatingPoint, settings: dict
+) -> tuple[np.ndarray, np.ndarray, AUCResult, BinaryMetrics]:
+    """Truth, scores, AUC with its CIs and the thresholded metrics of one group of cases (a split or a site)."""
     y, p = part["y"].to_numpy(dtype=np.int64), part["probability"].to_numpy(dtype=np.float64)
     auc = auc_summary(
         y,
@@ -396,6 +399,11 @@ def _evaluate_site(part: pd.DataFrame, operating_point: OperatingPoint, settings
         n_resamples=settings["n_resamples"],
         seed=settings["seed"],
     )
+    return y, p, auc, metrics
+
+
+def _evaluate_site(part: pd.DataFrame, operating_point: OperatingPoint, settings: dict, site: str, split: str) -> dict:
+    y, p, auc, metrics = _discrimination(part, operating_point, settings)
     row = {
         "split": split,
         "site": site,
@@ -420,24 +428,7 @@ def _evaluate_site(part: pd.DataFrame, operating_point: OperatingPoint, settings
 def _evaluate_split(
     name: str, part: pd.DataFrame, operating_point: OperatingPoint, settings: dict, class_names: tuple[str, str]
 ) -> SplitEvaluation:
-    y, p = part["y"].to_numpy(dtype=np.int64), part["probability"].to_numpy(dtype=np.float64)
-    auc = auc_summary(
-        y,
-        p,
-        confidence=settings["confidence"],
-        n_resamples=settings["n_resamples"],
-        bootstrap_method=settings["bootstrap_method"],
-        seed=settings["seed"],
-    )
-    metrics = binary_metrics(
-        y,
-        p,
-        threshold=operating_point,
-        ci_method=settings["ci_method"],
-        confidence=settings["confidence"],
-        n_resamples=settings["n_resamples"],
-        seed=settings["seed"],
-    )
+    y, p, auc, metrics = _discrimination(part, operating_point, settings)
     reliability = decision = band = None
     calibration_reason = None
     try:
