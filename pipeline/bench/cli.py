@@ -24,7 +24,7 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="MedMNIST 3D npz file (default: %(default)s)")
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registry names")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=30, help="maximum epochs per training (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=8, help="maximum epochs per training (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
@@ -35,6 +35,22 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     parser.add_argument("--n-resamples", type=int, default=200, help="bootstrap resamples of the reports")
     parser.add_argument("--ablation", action="store_true", help="also train the AAM-ResNet-50 ablation variants")
+    parser.add_argument(
+        "--ablation-seeds", type=int, default=None, help="seeds 0..N-1 of the ablation variants (default: --seeds)"
+    )
+    parser.add_argument(
+        "--distill-stages",
+        nargs="+",
+        default=["aam_student"],
+        help="cascade after the aam_resnet50 teacher, ending in aam_student (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="cosine",
+        help="learning-rate schedule (default: %(default)s)",
+    )
+    parser.add_argument("--name", default=None, help="results file stem (default: medmnist_<npz stem>)")
     parser.add_argument("--quick", action="store_true", help="smoke run: --limit 64 --epochs 1 --seeds 1")
     parser.add_argument(
         "--work-dir", type=Path, default=REPO_ROOT / "runs" / "bench_medmnist", help="cohort, checkpoints, reports"
@@ -65,6 +81,8 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
     for name, value in (("--seeds", seeds), ("--epochs", epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
+    if args.distill_stages[-1] != "aam_student":
+        raise UserError(f"--distill-stages must end in aam_student, got {' '.join(args.distill_stages)}")
     if limit is not None and limit < 4:
         raise UserError(f"--limit must be at least 4 (two cases of each class per split), got {limit}")
     return MedMNISTSettings(
@@ -82,6 +100,10 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         num_workers=args.num_workers,
         n_resamples=args.n_resamples,
         ablation=args.ablation,
+        ablation_seeds=None if args.ablation_seeds is None else tuple(range(args.ablation_seeds)),
+        distill_stages=tuple(args.distill_stages),
+        lr_schedule=args.lr_schedule,
+        name=args.name,
         command=command if command is not None else shlex.join(["aamct", *sys.argv[1:]]),
     )
 
@@ -92,8 +114,10 @@ def run_medmnist_command(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     result = run_medmnist(settings)
-    stem = result["dataset"]
-    print(f"results: {Path(settings.results_dir) / f'medmnist_{stem}.json'} (+ .md), {result['wall_seconds']:.0f} s")
+    from pipeline.bench.medmnist import results_stem
+
+    stem = results_stem(settings)
+    print(f"results: {Path(settings.results_dir) / f'{stem}.json'} (+ .md), {result['wall_seconds']:.0f} s")
     return 0
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "run_evaluation",
     "summarize",
     "render_markdown",
+    "results_stem",
     "run_medmnist",
 ]
 
@@ -73,15 +74,14 @@ BASELINES: tuple[str, ...] = ("resnet18", "resnet50", "densenet121")
 #: models compared against every baseline with the paired DeLong test
 CANDIDATES: tuple[str, ...] = ("aam_resnet50", "aam_student")
 
-#: ablation variants of the AAM-ResNet-50 expressible through the registry's keyword arguments (``network_def#...``
-#: overrides). Channel-only / spatial-only attention and a fixed (non-learned) gamma need switches the network
-#: does not have yet; only the variants listed here are run.
+#: ablation variants of the AAM-ResNet-50, as registry keyword arguments (``network_def#...`` overrides); the first
+#: is the full model (its runs are the main table's, not retrained)
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "aam_resnet50 (attention in every block, product fusion)": {},
-    "attention per stage only": {"attention": "stage"},
-    "no attention (gamma-scaled residual only)": {"attention": "none"},
-    "sum fusion of channel + spatial attention": {"attention_fusion": "sum"},
-    "gamma initialised to 1.0": {"gamma_init": 1.0},
+    "AAM-ResNet-50 (learned gamma, channel + spatial attention)": {},
+    "without gamma (fixed at 1: plain residual sum)": {"learn_gamma": False, "gamma_init": 1.0},
+    "without channel attention (spatial branch only)": {"attention_branches": "spatial"},
+    "without spatial attention (channel branch only)": {"attention_branches": "channel"},
+    "without attention (gamma-scaled residual only)": {"attention": "none"},
 }
 
 PUBLISHED_SOURCE = 'Yang et al., "MedMNIST v2", Scientific Data 2023 (AdrenalMNIST3D test split, 28³)'
@@ -121,6 +121,11 @@ class MedMNISTSettings:
         num_workers: DataLoader workers.
         n_resamples: bootstrap resamples of the evaluation report.
         ablation: also train the :data:`ABLATIONS` variants of ``aam_resnet50``.
+        ablation_seeds: the seeds of the ablation variants (``None``: all ``seeds``).
+        distill_stages: the distillation cascade after the ``aam_resnet50`` teacher, ending in ``aam_student``
+            (default: the student directly; ``("aam_assistant", "aam_student")`` is the bundle's full cascade).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (see :mod:`pipeline.training.schedule`).
+        name: the results' file stem (default ``medmnist_<npz stem>``).
         command: the command line, recorded in the results.
     """
 
@@ -129,7 +134,7 @@ class MedMNISTSettings:
     results_dir: Path = DEFAULT_RESULTS_DIR
     models: tuple[str, ...] = DEFAULT_MODELS
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 30
+    epochs: int = 8
     early_stop_patience: int = 8
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -138,6 +143,10 @@ class MedMNISTSettings:
     num_workers: int = 0
     n_resamples: int = 200
     ablation: bool = False
+    ablation_seeds: tuple[int, ...] | None = None
+    distill_stages: tuple[str, ...] = ("aam_student",)
+    lr_schedule: str = "cosine"
+    name: str | None = None
     command: str = ""
 
 
@@ -262,6 +271,7 @@ def _bundle_overrides(settings: MedMNISTSettings, *, datalist: Path, output_dir:
         "early_stop_patience": int(settings.early_stop_patience),
         "batch_size": int(settings.batch_size),
         "learning_rate": float(settings.learning_rate),
+        "lr_schedule": settings.lr_schedule,
         "num_workers": int(settings.num_workers),
         "progress_bar": False,
     }
@@ -330,8 +340,8 @@ def run_distillation(
 ) -> dict[str, Any]:
     """Distil ``aam_student`` from an ``aam_resnet50`` checkpoint with ``bundle/configs/distill.json``.
 
-    The cascade is the config's own (teacher -> ``aam_assistant`` -> ``aam_student``), each stage trained for at
-    most ``settings.epochs`` epochs.
+    The cascade is ``settings.distill_stages`` after the teacher (default: the student directly), each stage trained
+    for at most ``settings.epochs`` epochs.
 
     Args:
         settings: the benchmark settings.
@@ -344,7 +354,12 @@ def run_distillation(
         ``{"checkpoint", "train_seconds", "cascade"}`` (``cascade``: the stages' summary entries).
     """
     overrides = _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed)
-    overrides.update(network_name="aam_resnet50", teacher_ckpt=str(teacher_ckpt), latency_repeats=1)
+    overrides.update(
+        network_name="aam_resnet50",
+        teacher_ckpt=str(teacher_ckpt),
+        stages=list(settings.distill_stages),
+        latency_repeats=1,
+    )
     seconds = _run_bundle("distilling", ["train.json", "distill.json"], overrides)
     summary_path = run_dir / "distill_summary.json"
     cascade = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
@@ -352,7 +367,14 @@ def run_distillation(
 
 
 def run_evaluation(
-    settings: MedMNISTSettings, *, datalist: Path, run_dir: Path, network_name: str, checkpoint: Path, seed: int
+    settings: MedMNISTSettings,
+    *,
+    datalist: Path,
+    run_dir: Path,
+    network_name: str,
+    checkpoint: Path,
+    seed: int,
+    network_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``test`` with ``bundle/configs/evaluate.json`` (threshold frozen on ``val``).
 
@@ -363,6 +385,7 @@ def run_evaluation(
         network_name: registry name of the checkpoint's network.
         checkpoint: the weights to evaluate.
         seed: the run's seed (bootstrap resampling).
+        network_kwargs: the registry arguments the checkpoint was trained with (ablation variants).
 
     Returns:
         ``{"case_ids", "labels", "probabilities", "threshold", "acc_at_threshold", "eval_seconds"}``.
@@ -380,6 +403,8 @@ def run_evaluation(
         n_resamples=int(settings.n_resamples),
         roc_band_resamples=int(settings.n_resamples),
     )
+    for key, value in (network_kwargs or {}).items():
+        overrides[f"network_def#{key}"] = value
     seconds = _run_bundle("evaluating", ["train.json", "evaluate.json"], overrides)
     predictions_path = run_dir / "eval_test" / "predictions.csv"
     if not predictions_path.is_file():
@@ -622,45 +647,33 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
     trained = [m for m in settings.models if m != "aam_student"]
     if needs_teacher and "aam_resnet50" not in trained:
         trained.insert(0, "aam_resnet50")
-    for seed in settings.seeds:
+    ablation_seeds = settings.seeds if settings.ablation_seeds is None else settings.ablation_seeds
+    for seed in sorted(set(settings.seeds) | (set(ablation_seeds) if settings.ablation else set())):
+        main_seed = seed in settings.seeds
         checkpoints: dict[str, Path] = {}
-        for name in trained:
+        for name in trained if main_seed else ["aam_resnet50"]:
             run_dir = work / "runs" / f"{name}_seed{seed}"
-            logger.info("medmnist: training %s, seed %d", name, seed)
-            training = run_training(settings, datalist=datalist, run_dir=run_dir, network_name=name, seed=seed)
-            checkpoints[name] = Path(training["checkpoint"])
-            evaluation = run_evaluation(
-                settings,
-                datalist=datalist,
-                run_dir=run_dir,
-                network_name=name,
-                checkpoint=checkpoints[name],
-                seed=seed,
-            )
-            result = {"seed": seed, **training, **evaluation}
-            if name in runs:
+            result = _train_and_evaluate(settings, datalist=datalist, run_dir=run_dir, network_name=name, seed=seed)
+            checkpoints[name] = Path(result["checkpoint"])
+            if name in runs and main_seed:
                 runs[name].append(result)
-            if name == "aam_resnet50" and settings.ablation:
+            if name == "aam_resnet50" and settings.ablation and seed in ablation_seeds:
                 ablation_runs.setdefault(next(iter(ABLATIONS)), []).append(result)
-        if "aam_student" in settings.models:
+        if "aam_student" in settings.models and main_seed:
             run_dir = work / "runs" / f"aam_student_seed{seed}"
-            logger.info("medmnist: distilling aam_student, seed %d", seed)
-            distilled = run_distillation(
-                settings, datalist=datalist, run_dir=run_dir, teacher_ckpt=checkpoints["aam_resnet50"], seed=seed
-            )
-            evaluation = run_evaluation(
+            result = _train_and_evaluate(
                 settings,
                 datalist=datalist,
                 run_dir=run_dir,
                 network_name="aam_student",
-                checkpoint=Path(distilled["checkpoint"]),
                 seed=seed,
+                teacher_ckpt=checkpoints["aam_resnet50"],
             )
-            runs["aam_student"].append({"seed": seed, **distilled, **evaluation})
-        if settings.ablation:
+            runs["aam_student"].append(result)
+        if settings.ablation and seed in ablation_seeds:
             for variant, kwargs in list(ABLATIONS.items())[1:]:
                 run_dir = work / "runs" / f"ablation_{'_'.join(f'{k}-{v}' for k, v in kwargs.items())}_seed{seed}"
-                training = run_training(
+                result = _train_and_evaluate(
                     settings,
                     datalist=datalist,
                     run_dir=run_dir,
@@ -668,15 +681,7 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
                     seed=seed,
                     network_kwargs=kwargs,
                 )
-                evaluation = run_evaluation(
-                    settings,
-                    datalist=datalist,
-                    run_dir=run_dir,
-                    network_name="aam_resnet50",
-                    checkpoint=Path(training["checkpoint"]),
-                    seed=seed,
-                )
-                ablation_runs.setdefault(variant, []).append({"seed": seed, **training, **evaluation})
+                ablation_runs.setdefault(variant, []).append(result)
     params = {name: _count_params(name) for name in runs}
     summary = summarize({k: v for k, v in runs.items() if v}, params=params)
     result: dict[str, Any] = {
@@ -705,6 +710,74 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
         load_average_at_end=list(os.getloadavg()),
     )
     out_dir = Path(settings.results_dir)
-    write_json_atomic(out_dir / f"medmnist_{npz.stem}.json", result)
-    write_text_atomic(out_dir / f"medmnist_{npz.stem}.md", render_markdown(result))
+    stem = results_stem(settings)
+    write_json_atomic(out_dir / f"{stem}.json", result)
+    write_text_atomic(out_dir / f"{stem}.md", render_markdown(result))
+    return result
+
+
+def results_stem(settings: MedMNISTSettings) -> str:
+    """File stem of a run's results: ``settings.name`` or ``medmnist_<npz stem>``."""
+    return settings.name or f"medmnist_{Path(settings.npz).stem}"
+
+
+_RUN_RECORD = "medmnist_run.json"
+
+
+def _train_and_evaluate(
+    settings: MedMNISTSettings,
+    *,
+    datalist: Path,
+    run_dir: Path,
+    network_name: str,
+    seed: int,
+    network_kwargs: Mapping[str, Any] | None = None,
+    teacher_ckpt: Path | None = None,
+) -> dict[str, Any]:
+    """Train (or distil, given ``teacher_ckpt``) and evaluate one model and seed, or reuse a finished run.
+
+    Each finished run leaves ``medmnist_run.json`` in its folder with the settings that produced it; a rerun with the
+    same settings reuses it, so an interrupted benchmark resumes at the first unfinished model and an ablation run
+    reuses the main table's ``aam_resnet50`` runs.
+    """
+    key = {
+        "network": network_name,
+        "network_kwargs": dict(network_kwargs or {}),
+        "teacher_ckpt": None if teacher_ckpt is None else str(teacher_ckpt),
+        "distill_stages": list(settings.distill_stages) if teacher_ckpt is not None else None,
+        "seed": int(seed),
+        **{k: v for k, v in _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed).items()},
+        "limit": settings.limit,
+        "n_resamples": settings.n_resamples,
+    }
+    record_path = run_dir / _RUN_RECORD
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("key") == json.loads(json.dumps(key)):
+            logger.info("medmnist: reusing %s (finished earlier with the same settings)", run_dir.name)
+            return record["result"]
+    if teacher_ckpt is None:
+        logger.info("medmnist: training %s %s, seed %d", network_name, dict(network_kwargs or {}), seed)
+        training = run_training(
+            settings,
+            datalist=datalist,
+            run_dir=run_dir,
+            network_name=network_name,
+            seed=seed,
+            network_kwargs=network_kwargs,
+        )
+    else:
+        logger.info("medmnist: distilling %s from %s, seed %d", network_name, teacher_ckpt, seed)
+        training = run_distillation(settings, datalist=datalist, run_dir=run_dir, teacher_ckpt=teacher_ckpt, seed=seed)
+    evaluation = run_evaluation(
+        settings,
+        datalist=datalist,
+        run_dir=run_dir,
+        network_name=network_name,
+        checkpoint=Path(training["checkpoint"]),
+        seed=seed,
+        network_kwargs=network_kwargs,
+    )
+    result = {"seed": seed, **training, **evaluation}
+    write_json_atomic(record_path, {"key": key, "result": result})
     return result

@@ -14,6 +14,7 @@ from torch import nn
 
 from pipeline.networks.aam_resnet import ATTENTION_PLACEMENTS, DEPTHS, AAMResNet
 from pipeline.networks.attention import (
+    ATTENTION_BRANCHES,
     FUSION_MODES,
     AdaptiveAttention,
     attention_modules,
@@ -26,6 +27,7 @@ from pipeline.networks.registry import NetworkSpec, available, build, network_sp
 __all__ = [
     "ATTENTION_PLACEMENTS",
     "DEPTHS",
+    "ATTENTION_BRANCHES",
     "FUSION_MODES",
     "AAMResNet",
     "AdaptiveAttention",

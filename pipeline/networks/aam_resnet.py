@@ -24,7 +24,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from pipeline.networks.attention import FUSION_MODES, AdaptiveAttention
+from pipeline.networks.attention import ATTENTION_BRANCHES, FUSION_MODES, AdaptiveAttention
 from pipeline.networks.blocks import SHORTCUT_MODES, ScaledResidualBasicBlock, ScaledResidualBottleneck
 
 __all__ = ["AAMResNet", "ATTENTION_PLACEMENTS", "DEPTHS"]
@@ -58,7 +58,10 @@ class AAMResNet(nn.Module):
         attention_reduction: reduction ratio ``r`` of the AAM branches.
         attention_dilations: dilation rates of the AAM spatial branch.
         attention_fusion: ``"product"`` or ``"sum"`` (see :mod:`pipeline.networks.attention`).
+        attention_branches: ``"both"`` (the AAM), ``"channel"`` or ``"spatial"`` (one branch only: ablation).
         gamma_init: initial value of every residual scale ``gamma``.
+        learn_gamma: learn ``gamma`` (default) or keep it fixed at ``gamma_init`` (ablation: ``gamma_init=1``,
+            ``learn_gamma=False`` is the plain residual ``F(x) + Ws(x)``).
         shortcut: ``"auto"`` (1x1x1 projection only where the shape changes, identity elsewhere) or ``"projection"``
             (1x1x1 projection on every shortcut).
         dropout_prob: dropout on the pooled features before the classifier (training only).
@@ -86,7 +89,9 @@ class AAMResNet(nn.Module):
         attention_reduction: int = 16,
         attention_dilations: Sequence[int] = (1, 2, 3),
         attention_fusion: str = "product",
+        attention_branches: str = "both",
         gamma_init: float = 0.5,
+        learn_gamma: bool = True,
         shortcut: str = "auto",
         dropout_prob: float = 0.0,
         act: str | tuple = ("relu", {"inplace": True}),
@@ -99,6 +104,8 @@ class AAMResNet(nn.Module):
             raise ValueError(f"attention must be one of {ATTENTION_PLACEMENTS}, got {attention!r}")
         if attention_fusion not in FUSION_MODES:
             raise ValueError(f"attention_fusion must be one of {FUSION_MODES}, got {attention_fusion!r}")
+        if attention_branches not in ATTENTION_BRANCHES:
+            raise ValueError(f"attention_branches must be one of {ATTENTION_BRANCHES}, got {attention_branches!r}")
         if shortcut not in SHORTCUT_MODES:
             raise ValueError(f"shortcut must be one of {SHORTCUT_MODES}, got {shortcut!r}")
         if width <= 0 or in_channels < 1 or num_classes < 1:
@@ -149,6 +156,7 @@ class AAMResNet(nn.Module):
                         reduction=attention_reduction,
                         dilations=attention_dilations,
                         fusion=attention_fusion,
+                        branches=attention_branches,
                         act=act,
                         norm=norm,
                     )
@@ -163,6 +171,7 @@ class AAMResNet(nn.Module):
                         stride=2 if (index > 0 and position == 0) else 1,
                         attention=aam,
                         gamma_init=gamma_init,
+                        learn_gamma=learn_gamma,
                         shortcut=shortcut,
                         act=act,
                         norm=norm,

@@ -34,6 +34,7 @@ from monai.networks.layers.factories import Conv
 from torch import nn
 
 __all__ = [
+    "ATTENTION_BRANCHES",
     "FUSION_MODES",
     "AdaptiveAttention",
     "ChannelAttention",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 FUSION_MODES: tuple[str, ...] = ("product", "sum")
+#: which AAM branches are built: both (the AAM), or one of them alone (the ablation variants)
+ATTENTION_BRANCHES: tuple[str, ...] = ("both", "channel", "spatial")
 
 
 def hidden_channels(channels: int, reduction: int, *, minimum: int = 4) -> int:
@@ -153,11 +156,14 @@ class AdaptiveAttention(nn.Module):
         reduction: reduction ratio ``r`` of both branches (hidden width from :func:`hidden_channels`).
         dilations: dilation rates of the spatial branch's 3x3x3 convolutions.
         fusion: ``"product"`` (``x * a_c * a_s``) or ``"sum"`` (``x * a_c + x * a_s``).
+        branches: ``"both"`` (the AAM), ``"channel"`` (``x * a_c``, no spatial branch built) or ``"spatial"``
+            (``x * a_s``, no channel branch built); the single-branch forms are the ablation variants, for which the
+            missing branch's weights read as ones.
         act: activation inside the branches.
         norm: normalisation inside the spatial branch.
 
     Raises:
-        ValueError: for an unknown ``fusion`` or bad ``channels`` / ``reduction`` / ``dilations``.
+        ValueError: for an unknown ``fusion`` / ``branches`` or bad ``channels`` / ``reduction`` / ``dilations``.
     """
 
     def __init__(
@@ -168,18 +174,30 @@ class AdaptiveAttention(nn.Module):
         reduction: int = 16,
         dilations: Sequence[int] = (1, 2, 3),
         fusion: str = "product",
+        branches: str = "both",
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
     ) -> None:
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, got {fusion!r}")
+        if branches not in ATTENTION_BRANCHES:
+            raise ValueError(f"branches must be one of {ATTENTION_BRANCHES}, got {branches!r}")
         hidden = hidden_channels(channels, reduction)
         self.fusion = fusion
+        self.branches = branches
         self.fuse_by_sum = fusion == "sum"
-        self.channel = ChannelAttention(spatial_dims=spatial_dims, channels=channels, hidden=hidden, act=act)
-        self.spatial = SpatialAttention(
-            spatial_dims=spatial_dims, channels=channels, hidden=hidden, dilations=dilations, act=act, norm=norm
+        self.channel = (
+            ChannelAttention(spatial_dims=spatial_dims, channels=channels, hidden=hidden, act=act)
+            if branches != "spatial"
+            else None
+        )
+        self.spatial = (
+            SpatialAttention(
+                spatial_dims=spatial_dims, channels=channels, hidden=hidden, dilations=dilations, act=act, norm=norm
+            )
+            if branches != "channel"
+            else None
         )
         self.store_attention = False
         # plain tensor attributes (not buffers: nothing to save), replaced on each forward while store_attention is on
@@ -194,9 +212,18 @@ class AdaptiveAttention(nn.Module):
             x: features ``(B, C, *spatial)``.
 
         Returns:
-            ``(a_c, a_s)`` with shapes ``(B, C, 1, ..., 1)`` and ``(B, 1, *spatial)``, values in (0, 1).
+            ``(a_c, a_s)`` with shapes ``(B, C, 1, ..., 1)`` and ``(B, 1, *spatial)``, values in (0, 1); a branch
+            that is not built (``branches`` ablation) gives ones.
         """
-        return self.channel.attention_weights(x), self.spatial(x)
+        if self.channel is not None:
+            channel_weights = self.channel.attention_weights(x)
+        else:
+            channel_weights = torch.ones([x.shape[0], x.shape[1]] + [1] * (x.ndim - 2), dtype=x.dtype, device=x.device)
+        if self.spatial is not None:
+            spatial_weights = self.spatial(x)
+        else:
+            spatial_weights = torch.ones_like(x[:, :1])
+        return channel_weights, spatial_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reweight ``x`` of shape ``(B, C, *spatial)``; same shape out."""
@@ -204,12 +231,16 @@ class AdaptiveAttention(nn.Module):
         if self.store_attention:
             self.last_channel_attention = channel_weights
             self.last_spatial_attention = spatial_weights
+        if self.channel is None:
+            return x * spatial_weights
+        if self.spatial is None:
+            return x * channel_weights
         if self.fuse_by_sum:
             return x * channel_weights + x * spatial_weights
         return x * (channel_weights * spatial_weights)
 
     def extra_repr(self) -> str:
-        return f"fusion={self.fusion!r}"
+        return f"fusion={self.fusion!r}, branches={self.branches!r}"
 
 
 def attention_modules(model: nn.Module) -> list[AdaptiveAttention]:

@@ -55,9 +55,17 @@ def make_shortcut(
     )
 
 
-def _channel_scale(channels: int, spatial_dims: int, init: float) -> nn.Parameter:
-    # stored already broadcastable, (1, C, 1, ..., 1), so forward needs no reshape (and stays TorchScript-friendly)
-    return nn.Parameter(torch.full((1, channels) + (1,) * spatial_dims, float(init)))
+def _set_channel_scale(module: nn.Module, channels: int, spatial_dims: int, init: float, learn: bool) -> None:
+    """Give ``module`` its ``gamma``: a learnable parameter, or (``learn=False``, the ablation) a fixed buffer.
+
+    Stored already broadcastable, ``(1, C, 1, ..., 1)``, so forward needs no reshape (and stays TorchScript-friendly);
+    either way it is saved in the state dict under the same name.
+    """
+    value = torch.full((1, channels) + (1,) * spatial_dims, float(init))
+    if learn:
+        module.gamma = nn.Parameter(value)
+    else:
+        module.register_buffer("gamma", value)
 
 
 class ScaledResidualBasicBlock(nn.Module):
@@ -71,6 +79,8 @@ class ScaledResidualBasicBlock(nn.Module):
         attention: module applied to the residual branch before scaling; ``None`` for none. It must map
             ``(B, planes, ...)`` to the same shape.
         gamma_init: initial value of the per-channel scale ``gamma``.
+        learn_gamma: ``False`` keeps ``gamma`` fixed at ``gamma_init`` (a buffer; the ablation "without gamma" uses
+            ``gamma_init=1``, the plain residual sum).
         shortcut: one of :data:`SHORTCUT_MODES`.
         act: activation (MONAI ``get_act_layer`` name or ``(name, args)``).
         norm: normalisation (MONAI ``get_norm_layer`` name or ``(name, args)``).
@@ -87,6 +97,7 @@ class ScaledResidualBasicBlock(nn.Module):
         stride: int = 1,
         attention: nn.Module | None = None,
         gamma_init: float = 0.5,
+        learn_gamma: bool = True,
         shortcut: str = "auto",
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
@@ -100,7 +111,7 @@ class ScaledResidualBasicBlock(nn.Module):
         self.conv2 = conv_type(planes, out_channels, kernel_size=3, padding=1, bias=False)
         self.bn2 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_channels)
         self.attention = attention if attention is not None else nn.Identity()
-        self.gamma = _channel_scale(out_channels, spatial_dims, gamma_init)
+        _set_channel_scale(self, out_channels, spatial_dims, gamma_init, learn_gamma)
         self.shortcut = make_shortcut(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
@@ -131,6 +142,8 @@ class ScaledResidualBottleneck(nn.Module):
         attention: module applied to the residual branch before scaling (``(B, 4 * planes, ...)`` in and out);
             ``None`` for none.
         gamma_init: initial value of the per-channel scale ``gamma``.
+        learn_gamma: ``False`` keeps ``gamma`` fixed at ``gamma_init`` (a buffer; the ablation "without gamma" uses
+            ``gamma_init=1``, the plain residual sum).
         shortcut: one of :data:`SHORTCUT_MODES`.
         act: activation (MONAI ``get_act_layer`` name or ``(name, args)``).
         norm: normalisation (MONAI ``get_norm_layer`` name or ``(name, args)``).
@@ -147,6 +160,7 @@ class ScaledResidualBottleneck(nn.Module):
         stride: int = 1,
         attention: nn.Module | None = None,
         gamma_init: float = 0.5,
+        learn_gamma: bool = True,
         shortcut: str = "auto",
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
@@ -162,7 +176,7 @@ class ScaledResidualBottleneck(nn.Module):
         self.bn3 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_channels)
         self.act = get_act_layer(name=act)
         self.attention = attention if attention is not None else nn.Identity()
-        self.gamma = _channel_scale(out_channels, spatial_dims, gamma_init)
+        _set_channel_scale(self, out_channels, spatial_dims, gamma_init, learn_gamma)
         self.shortcut = make_shortcut(
             spatial_dims=spatial_dims,
             in_channels=in_channels,

@@ -38,6 +38,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (
     ROCAUC,
     EarlyStopHandler,
+    LrScheduleHandler,
     ValidationHandler,
     from_engine,
     stopping_fn_from_metric,
@@ -52,6 +53,7 @@ from pipeline.io import atomic_path, write_json_atomic
 from pipeline.training.checkpoints import AtomicCheckpointSaver
 from pipeline.training.distillation import LAYER_SOURCES, DistillationLoss, DistillationTrainer, distillation_layers
 from pipeline.training.handlers import EpochSummary
+from pipeline.training.schedule import LR_SCHEDULES, make_scheduler
 
 __all__ = [
     "MONAI_RESNET50_3D_PARAMS",
@@ -340,6 +342,8 @@ class DistillationCascade:
         latency_repeats: timed passes (median reported).
         auc_bootstrap_resamples: stratified bootstrap resamples for the AUC's bootstrap CI (0 = DeLong only).
         seed: seed set with :func:`monai.utils.set_determinism` before every stage.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (cosine annealing over the stage's ``max_epochs`` down to 1 % of
+            the initial rate, stepped per epoch by MONAI's ``LrScheduleHandler``), as in ``train.json``.
 
     Raises:
         UserError: an empty stage list or a duplicate stage name.
@@ -377,7 +381,11 @@ class DistillationCascade:
         latency_repeats: int = 7,
         auc_bootstrap_resamples: int = 0,
         seed: int = 0,
+        lr_schedule: str = "constant",
     ) -> None:
+        if lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         self.stages = [StageSpec.parse(stage) for stage in stages]
         if not self.stages:
             raise UserError("the cascade needs at least one stage after the teacher")
@@ -532,6 +540,9 @@ class DistillationCascade:
             # after the ValidationHandler, so each line has the epoch's validation AUC
             EpochSummary(evaluator=evaluator, metric_name=VAL_METRIC, history_path=stage_dir / "train_history.json"),
         ]
+        if self.lr_schedule != "constant":
+            scheduler = make_scheduler(self.lr_schedule, optimizer, int(settings["max_epochs"]))
+            train_handlers.append(LrScheduleHandler(lr_scheduler=scheduler, print_lr=False))
         common = {
             "device": self.device,
             "max_epochs": int(settings["max_epochs"]),
