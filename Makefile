@@ -19,6 +19,11 @@ NETWORK ?= aam_student_small
 LR      ?= 3e-4
 SPLIT   ?= test
 STAGES  ?= ['aam_assistant','aam_student']
+# the demo's short cascade: the trained network teaches DEMO_STAGES (make distill STAGES=...)
+DEMO_STAGES ?= ['aam_student_small']
+# the run whose models/model.pt evaluate / cohort / export use (the demo points it at the distilled student);
+# its models/run.json says which network and preprocessing the weights need
+MODEL_RUN ?= $(RUN)
 COHORT_SPLIT ?= test
 DATALIST ?= $(RUN)/manifest.datalist.json
 MANIFEST ?= $(RUN)/manifest.csv
@@ -41,28 +46,30 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project with its dev tools
 
-demo: $(STAMP)  ## the main job on the embedded demo cohort: data -> train -> evaluate -> infer -> export, under runs/demo/
+demo: $(STAMP)  ## the main job on the demo cohort: data -> train -> evaluate -> distil -> evaluate -> infer -> export (runs/demo/)
 	$(AAMCT) demo-data --out $(RUN)/cohort_dicom --cases $(CASES) --size $(SIZE) --seed 0
 	$(AAMCT) manifest build --dicom-root $(RUN)/cohort_dicom --labels $(RUN)/cohort_dicom/labels.csv --out $(RUN)/manifest.csv
 	$(AAMCT) manifest split $(RUN)/manifest.csv --seed 0
-	$(MAKE) --no-print-directory train evaluate cohort export
+	$(MAKE) --no-print-directory train evaluate
+	$(MAKE) --no-print-directory distill STAGES="$(DEMO_STAGES)"
+	$(MAKE) --no-print-directory evaluate cohort export MODEL_RUN=$(RUN)/distill
 
 train: $(STAMP)  ## train through the bundle: python -m monai.bundle run training (DATALIST, RUN, EPOCHS, NETWORK)
 	$(BUNDLE) training --config_file bundle/configs/train.json $(BUNDLE_ARGS) --epochs $(EPOCHS) --network_name $(NETWORK) --learning_rate $(LR)
 
-evaluate: $(STAMP)  ## evaluate the run's best checkpoint on a split (SPLIT=test): report, metrics.json, frozen threshold
-	$(BUNDLE) evaluating --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" $(BUNDLE_ARGS) --network_name $(NETWORK) --split $(SPLIT)
-	@echo "report: $(RUN)/eval_$(SPLIT)/report.html"
+evaluate: $(STAMP)  ## evaluate MODEL_RUN's best checkpoint on a split (SPLIT=test): report, metrics.json, frozen threshold
+	$(BUNDLE) evaluating --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" $(BUNDLE_COMMON) --output_dir $(MODEL_RUN) --split $(SPLIT)
+	@echo "report: $(MODEL_RUN)/eval_$(SPLIT)/report.html"
 
-cohort: $(STAMP)  ## batch-evaluate a cohort with the trained run (MANIFEST, COHORT_SPLIT) -> RUN/cohort/
-	$(AAMCT) evaluate-cohort --bundle $(RUN) --manifest $(MANIFEST) --split $(COHORT_SPLIT) --out $(RUN)/cohort --set network_name=$(NETWORK)
+cohort: $(STAMP)  ## batch-evaluate a cohort with MODEL_RUN's model (MANIFEST, COHORT_SPLIT) -> MODEL_RUN/cohort/
+	$(AAMCT) evaluate-cohort --bundle $(MODEL_RUN) --manifest $(MANIFEST) --split $(COHORT_SPLIT) --out $(MODEL_RUN)/cohort
 
-export: $(STAMP)  ## export the trained run as a shareable bundle zip and verify it
-	$(AAMCT) bundle export --bundle bundle --checkpoint $(RUN)/models/model.pt --report $(RUN)/metrics.json --datalist $(DATALIST) --out $(RUN)/aamct_ct_classifier.zip --set network_name=$(NETWORK)
-	$(AAMCT) bundle verify $(RUN)/aamct_ct_classifier.zip
+export: $(STAMP)  ## export MODEL_RUN's model as a shareable bundle zip and verify it
+	$(AAMCT) bundle export --bundle bundle --checkpoint $(MODEL_RUN)/models/model.pt --report $(MODEL_RUN)/metrics.json --datalist $(DATALIST) --out $(MODEL_RUN)/aamct_ct_classifier.zip
+	$(AAMCT) bundle verify $(MODEL_RUN)/aamct_ct_classifier.zip
 
 distill: $(STAMP)  ## cascade distillation from the run's best checkpoint (STAGES) -> RUN/distill/distill_summary.json
-	$(BUNDLE) distilling --config_file "['bundle/configs/train.json','bundle/configs/distill.json']" $(BUNDLE_COMMON) --network_name $(NETWORK) --teacher_ckpt $(RUN)/models/model.pt --output_dir $(RUN)/distill --stages "$(STAGES)" --epochs $(EPOCHS)
+	$(BUNDLE) distilling --config_file "['bundle/configs/train.json','bundle/configs/distill.json']" $(BUNDLE_COMMON) --teacher_ckpt $(RUN)/models/model.pt --output_dir $(RUN)/distill --stages "$(STAGES)" --epochs $(EPOCHS) --learning_rate $(LR)
 
 crossval: $(STAMP)  ## 5-fold cross-validation of the AAM-ResNet against the baselines, with significance tests
 	$(AAMCT) crossval --datalist $(DATALIST) --out $(RUN)/crossval

@@ -22,7 +22,9 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     from pipeline.bench.medmnist import DEFAULT_MODELS, DEFAULT_NPZ, DEFAULT_RESULTS_DIR, REPO_ROOT
 
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="MedMNIST 3D npz file (default: %(default)s)")
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registry names")
+    parser.add_argument(
+        "--models", nargs="*", default=list(DEFAULT_MODELS), help="registry names (none: only the --ablation runs)"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=8, help="maximum epochs per training (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience (default: %(default)s)")
@@ -35,6 +37,9 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
     parser.add_argument("--n-resamples", type=int, default=200, help="bootstrap resamples of the reports")
     parser.add_argument("--ablation", action="store_true", help="also train the AAM-ResNet-50 ablation variants")
+    parser.add_argument(
+        "--ablation-network", default="aam_resnet50", help="the AAM-ResNet the ablation varies (default: %(default)s)"
+    )
     parser.add_argument(
         "--ablation-seeds", type=int, default=None, help="seeds 0..N-1 of the ablation variants (default: --seeds)"
     )
@@ -81,6 +86,8 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
     for name, value in (("--seeds", seeds), ("--epochs", epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
+    if not args.models and not args.ablation:
+        raise UserError("nothing to run: give --models and/or --ablation")
     if args.distill_stages[-1] != "aam_student":
         raise UserError(f"--distill-stages must end in aam_student, got {' '.join(args.distill_stages)}")
     if limit is not None and limit < 4:
@@ -100,6 +107,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         num_workers=args.num_workers,
         n_resamples=args.n_resamples,
         ablation=args.ablation,
+        ablation_network=args.ablation_network,
         ablation_seeds=None if args.ablation_seeds is None else tuple(range(args.ablation_seeds)),
         distill_stages=tuple(args.distill_stages),
         lr_schedule=args.lr_schedule,

@@ -74,10 +74,10 @@ BASELINES: tuple[str, ...] = ("resnet18", "resnet50", "densenet121")
 #: models compared against every baseline with the paired DeLong test
 CANDIDATES: tuple[str, ...] = ("aam_resnet50", "aam_student")
 
-#: ablation variants of the AAM-ResNet-50, as registry keyword arguments (``network_def#...`` overrides); the first
-#: is the full model (its runs are the main table's, not retrained)
+#: ablation variants of an AAM-ResNet, as registry keyword arguments (``network_def#...`` overrides); the first is
+#: the full model (trained from scratch; when it is also in the main table, that run is reused)
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "AAM-ResNet-50 (learned gamma, channel + spatial attention)": {},
+    "full (learned gamma, channel + spatial attention)": {},
     "without gamma (fixed at 1: plain residual sum)": {"learn_gamma": False, "gamma_init": 1.0},
     "without channel attention (spatial branch only)": {"attention_branches": "spatial"},
     "without spatial attention (channel branch only)": {"attention_branches": "channel"},
@@ -120,7 +120,8 @@ class MedMNISTSettings:
         limit: at most this many cases per split (class-stratified, for smoke runs); ``None`` uses all.
         num_workers: DataLoader workers.
         n_resamples: bootstrap resamples of the evaluation report.
-        ablation: also train the :data:`ABLATIONS` variants of ``aam_resnet50``.
+        ablation: also train the :data:`ABLATIONS` variants of ``ablation_network`` (from scratch).
+        ablation_network: the AAM-ResNet the ablation varies.
         ablation_seeds: the seeds of the ablation variants (``None``: all ``seeds``).
         distill_stages: the distillation cascade after the ``aam_resnet50`` teacher, ending in ``aam_student``
             (default: the student directly; ``("aam_assistant", "aam_student")`` is the bundle's full cascade).
@@ -143,6 +144,7 @@ class MedMNISTSettings:
     num_workers: int = 0
     n_resamples: int = 200
     ablation: bool = False
+    ablation_network: str = "aam_resnet50"
     ablation_seeds: tuple[int, ...] | None = None
     distill_stages: tuple[str, ...] = ("aam_student",)
     lr_schedule: str = "cosine"
@@ -456,13 +458,17 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return float(statistics.fmean(values)), float(statistics.stdev(values)) if len(values) > 1 else 0.0
 
 
-def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, params: Mapping[str, int]) -> dict[str, Any]:
+def summarize(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], *, params: Mapping[str, int], reference: str | None = None
+) -> dict[str, Any]:
     """Per-model figures over seeds and the paired DeLong tests against the baselines.
 
     Args:
         runs: ``{model: [one evaluation result per seed, with "seed", "labels", "probabilities", ...]}``, every
             result on the same test cases.
         params: trainable parameters per model.
+        reference: compare every other model with this one (the ablation's full model) instead of the
+            candidates with the baselines.
 
     Returns:
         ``{"models": {name: {"test_auc", "test_auc_sd", "test_auc_ci", "test_acc", "test_acc_sd",
@@ -514,21 +520,24 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]], *, params: Mappin
             "seeds": per_seed,
         }
     comparisons = []
-    for candidate in (c for c in CANDIDATES if c in averaged):
-        for baseline in (b for b in BASELINES if b in averaged):
-            row: dict[str, Any] = {"model": candidate, "baseline": baseline}
-            try:
-                test = delong_test(labels, averaged[candidate], averaged[baseline])
-                row.update(
-                    auc_model=test.auc_a,
-                    auc_baseline=test.auc_b,
-                    difference=test.difference,
-                    difference_ci=list(test.difference_ci),
-                    p_value=test.p_value,
-                )
-            except UndefinedStatisticError as err:
-                row.update(p_value=None, note=str(err))
-            comparisons.append(row)
+    if reference is None:
+        pairs = [(c, b) for c in CANDIDATES if c in averaged for b in BASELINES if b in averaged]
+    else:
+        pairs = [(name, reference) for name in averaged if name != reference]
+    for candidate, baseline in pairs:
+        row: dict[str, Any] = {"model": candidate, "baseline": baseline}
+        try:
+            test = delong_test(labels, averaged[candidate], averaged[baseline])
+            row.update(
+                auc_model=test.auc_a,
+                auc_baseline=test.auc_b,
+                difference=test.difference,
+                difference_ci=list(test.difference_ci),
+                p_value=test.p_value,
+            )
+        except UndefinedStatisticError as err:
+            row.update(p_value=None, note=str(err))
+        comparisons.append(row)
     return {"models": models, "delong": comparisons}
 
 
@@ -590,17 +599,23 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             )
     ablation = result.get("ablation", {})
     if ablation:
+        versus = {row["model"]: row for row in result.get("ablation_delong", [])}
         lines += [
             "",
-            "Ablation of the AAM-ResNet-50 (same protocol):",
+            f"Ablation of {result.get('ablation_network', 'aam_resnet50')}, trained from scratch (same protocol); "
+            "p: paired DeLong test of the variant against the full model (seed-averaged probabilities):",
             "",
-            "| variant | AUC | ACC@0.5 |",
-            "| --- | --- | --- |",
+            "| variant | AUC | 95% CI | ACC@0.5 | params | difference to full (95% CI) | p |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for variant, row in ablation.items():
+            ci, params, test = row.get("test_auc_ci"), row.get("params"), versus.get(variant, {})
+            diff_ci = test.get("difference_ci")
             lines.append(
                 f"| {variant} | {_fmt(row.get('test_auc'))} ± {_fmt(row.get('test_auc_sd'))} | "
-                f"{_fmt(row.get('test_acc'))} |"
+                f"{'—' if not ci else f'{ci[0]:.3f}–{ci[1]:.3f}'} | {_fmt(row.get('test_acc'))} | "
+                f"{'—' if not params else f'{params / 1e6:.2f} M'} | {_fmt(test.get('difference'))}"
+                f"{'' if not diff_ci else f' ({diff_ci[0]:.3f}, {diff_ci[1]:.3f})'} | {_fmt(test.get('p_value'), 4)} |"
             )
     lines += ["", f"Wall time: {_fmt(result.get('wall_seconds', 0) / 60, 1)} min on {result.get('cpu_count')} CPU(s)."]
     return "\n".join(lines) + "\n"
@@ -643,23 +658,19 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
     data = json.loads(datalist.read_text(encoding="utf-8"))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings.models}
     ablation_runs: dict[str, list[dict[str, Any]]] = {}
-    needs_teacher = "aam_student" in settings.models or settings.ablation
     trained = [m for m in settings.models if m != "aam_student"]
-    if needs_teacher and "aam_resnet50" not in trained:
-        trained.insert(0, "aam_resnet50")
+    if "aam_student" in settings.models and "aam_resnet50" not in trained:
+        trained.insert(0, "aam_resnet50")  # the student's teacher
     ablation_seeds = settings.seeds if settings.ablation_seeds is None else settings.ablation_seeds
     for seed in sorted(set(settings.seeds) | (set(ablation_seeds) if settings.ablation else set())):
-        main_seed = seed in settings.seeds
         checkpoints: dict[str, Path] = {}
-        for name in trained if main_seed else ["aam_resnet50"]:
+        for name in trained if seed in settings.seeds else []:
             run_dir = work / "runs" / f"{name}_seed{seed}"
             result = _train_and_evaluate(settings, datalist=datalist, run_dir=run_dir, network_name=name, seed=seed)
             checkpoints[name] = Path(result["checkpoint"])
-            if name in runs and main_seed:
+            if name in runs:
                 runs[name].append(result)
-            if name == "aam_resnet50" and settings.ablation and seed in ablation_seeds:
-                ablation_runs.setdefault(next(iter(ABLATIONS)), []).append(result)
-        if "aam_student" in settings.models and main_seed:
+        if "aam_student" in settings.models and seed in settings.seeds:
             run_dir = work / "runs" / f"aam_student_seed{seed}"
             result = _train_and_evaluate(
                 settings,
@@ -671,15 +682,13 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
             )
             runs["aam_student"].append(result)
         if settings.ablation and seed in ablation_seeds:
-            for variant, kwargs in list(ABLATIONS.items())[1:]:
-                run_dir = work / "runs" / f"ablation_{'_'.join(f'{k}-{v}' for k, v in kwargs.items())}_seed{seed}"
+            base = settings.ablation_network
+            for variant, kwargs in ABLATIONS.items():
+                # the full variant shares the main table's run folder (and so its finished run)
+                tag = "_".join(f"{k}-{v}" for k, v in kwargs.items())
+                run_dir = work / "runs" / (f"ablation_{base}_{tag}_seed{seed}" if tag else f"{base}_seed{seed}")
                 result = _train_and_evaluate(
-                    settings,
-                    datalist=datalist,
-                    run_dir=run_dir,
-                    network_name="aam_resnet50",
-                    seed=seed,
-                    network_kwargs=kwargs,
+                    settings, datalist=datalist, run_dir=run_dir, network_name=base, seed=seed, network_kwargs=kwargs
                 )
                 ablation_runs.setdefault(variant, []).append(result)
     params = {name: _count_params(name) for name in runs}
@@ -699,8 +708,15 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
         **summary,
     }
     if ablation_runs:
-        ablation = summarize(ablation_runs, params={v: _count_params("aam_resnet50", k) for v, k in ABLATIONS.items()})
+        full = next(iter(ABLATIONS))
+        ablation = summarize(
+            ablation_runs,
+            params={v: _count_params(settings.ablation_network, k) for v, k in ABLATIONS.items()},
+            reference=full if full in ablation_runs else None,
+        )
         result["ablation"] = ablation["models"]
+        result["ablation_network"] = settings.ablation_network
+        result["ablation_delong"] = ablation["delong"]
     result.update(
         wall_seconds=time.perf_counter() - started,
         cpu_count=os.cpu_count(),

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import UserError
+from pipeline.training.run_record import RECORDED_SETTINGS
 
 __all__ = [
     "DEFAULT_CLASS_NAMES",
@@ -41,8 +42,8 @@ DEFAULT_CLASS_NAMES: tuple[str, str] = ("negative", "positive")
 #: the project's own bundle, used for run folders that carry weights but no inference config
 PROJECT_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 _THRESHOLD_KEYS = ("operating_threshold", "threshold")
-#: settings that must be the ones the model was trained with; read from a run folder's configs/train.json if present
-TRAINING_SETTINGS: tuple[str, ...] = ("network_name", "roi_size", "spacing", "hu_window")
+#: settings that must be the ones the model was trained with (read from a run folder's models/run.json)
+TRAINING_SETTINGS: tuple[str, ...] = RECORDED_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,9 @@ def inference_config_path(bundle_root: str | os.PathLike) -> Path:
 def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
     """Parse a bundle's inference config with MONAI's ``ConfigParser``, pointed at ``bundle_root``.
 
-    When the config is the project's default (a run folder without ``configs/inference.json``) and the folder has a
-    ``configs/train.json``, the training settings (:data:`TRAINING_SETTINGS`) are taken from it, so the network and
-    preprocessing match the weights.
+    When the config is the project's default (a run folder without ``configs/inference.json``), the training
+    settings (:data:`TRAINING_SETTINGS`) are taken from the run's ``models/run.json`` (written by training and
+    distillation) or else from its ``configs/train.json``, so the network and preprocessing match the weights.
 
     Args:
         bundle_root: from :func:`resolve_bundle`.
@@ -164,19 +165,27 @@ def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str
         parser.read_config(config_path)
     except (json.JSONDecodeError, ValueError) as err:
         raise UserError(f"{config_path}: not a readable bundle config ({err})") from None
-    train_config = root / "configs" / "train.json"
-    if config_path.parent != root / "configs" and train_config.is_file():
-        trained = _read_json(train_config) or {}
-        # literal values only: an expression or reference ("$...", "@...") means something in train.json's own scope
-        parser.update(
-            {
-                key: trained[key]
-                for key in TRAINING_SETTINGS
-                if key in trained and not (isinstance(trained[key], str) and trained[key][:1] in "$@%")
-            }
-        )
+    if config_path.parent != root / "configs":
+        # a run folder without its own inference config: the network and preprocessing its weights were trained with
+        parser.update(_training_settings(root))
     parser.update({"bundle_root": str(root), **dict(overrides or {})})
     return parser
+
+
+def _training_settings(root: Path) -> dict[str, Any]:
+    """The settings a run folder's weights need: its ``models/run.json``, else literal values of ``configs/train.json``."""
+    from pipeline.training.run_record import recorded_settings
+
+    recorded = recorded_settings(root)
+    if recorded:
+        return recorded
+    trained = _read_json(root / "configs" / "train.json") or {}
+    # literal values only: an expression or reference ("$...", "@...") means something in train.json's own scope
+    return {
+        key: trained[key]
+        for key in TRAINING_SETTINGS
+        if key in trained and not (isinstance(trained[key], str) and trained[key][:1] in "$@%")
+    }
 
 
 def load_weights(

@@ -387,6 +387,17 @@ def _eval_metrics(card: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _recorded_overrides(checkpoint: Path, config: Path) -> dict[str, Any]:
+    """The run record's settings that the exported config has as keys (nothing without a record)."""
+    from pipeline.training.run_record import recorded_settings
+
+    keys = set(json.loads(config.read_text(encoding="utf-8")))
+    recorded = recorded_settings(checkpoint)
+    if recorded:
+        logger.info("%s: network and preprocessing from the run record: %s", checkpoint, recorded)
+    return {key: value for key, value in recorded.items() if key in keys or key.split("#")[0] in keys}
+
+
 def export_bundle(
     bundle_dir: str | os.PathLike,
     out_zip: str | os.PathLike,
@@ -509,12 +520,18 @@ def export_bundle(
         meta_path = write_json_atomic(root / "configs" / "metadata.json", released)
 
         eager_staged = root / "configs" / eager_source.name
+        # the run's models/run.json (network and preprocessing of these weights) unless the caller overrides a key
+        overrides = {**_recorded_overrides(checkpoint_path, eager_staged), **dict(overrides or {})}
         if overrides:
             staged = json.loads(eager_staged.read_text(encoding="utf-8"))
-            unknown = sorted(set(overrides) - set(staged))
-            if unknown:
-                raise UserError(f"{eager_source}: --set {unknown[0]}: no such key in the config")
-            staged.update(overrides)
+            for key, value in overrides.items():
+                *parents, leaf = key.split("#")  # "network_def#width" is the bundle CLI's nested form
+                scope = staged
+                for part in parents:
+                    scope = scope.get(part) if isinstance(scope, dict) else None
+                if not isinstance(scope, dict) or (not parents and leaf not in scope):
+                    raise UserError(f"{eager_source}: --set {key}: no such key in the config")
+                scope[leaf] = value
             write_text_atomic(eager_staged, json.dumps(staged, indent=2) + "\n")
         eager = _eager_parser(eager_staged, meta_path, root)
         eager["device"] = "$torch.device('cpu')"

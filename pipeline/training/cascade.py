@@ -53,6 +53,7 @@ from pipeline.io import atomic_path, write_json_atomic
 from pipeline.training.checkpoints import AtomicCheckpointSaver
 from pipeline.training.distillation import LAYER_SOURCES, DistillationLoss, DistillationTrainer, distillation_layers
 from pipeline.training.handlers import EpochSummary
+from pipeline.training.run_record import write_run_record
 from pipeline.training.schedule import LR_SCHEDULES, make_scheduler
 
 __all__ = [
@@ -342,6 +343,8 @@ class DistillationCascade:
         latency_repeats: timed passes (median reported).
         auc_bootstrap_resamples: stratified bootstrap resamples for the AUC's bootstrap CI (0 = DeLong only).
         seed: seed set with :func:`monai.utils.set_determinism` before every stage.
+        run_record: preprocessing settings (``spacing``, ``hu_window``, ``class_names``) recorded with the final
+            student in ``<output_dir>/models/run.json`` (see :mod:`pipeline.training.run_record`).
         lr_schedule: ``"constant"`` or ``"cosine"`` (cosine annealing over the stage's ``max_epochs`` down to 1 % of
             the initial rate, stepped per epoch by MONAI's ``LrScheduleHandler``), as in ``train.json``.
 
@@ -382,10 +385,12 @@ class DistillationCascade:
         auc_bootstrap_resamples: int = 0,
         seed: int = 0,
         lr_schedule: str = "constant",
+        run_record: Mapping[str, Any] | None = None,
     ) -> None:
         if lr_schedule not in LR_SCHEDULES:
             raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
+        self.run_record = dict(run_record or {})
         self.stages = [StageSpec.parse(stage) for stage in stages]
         if not self.stages:
             raise UserError("the cascade needs at least one stage after the teacher")
@@ -664,6 +669,15 @@ class DistillationCascade:
         weights = self.output_dir / "models" / "model.pt"
         with atomic_path(weights) as tmp:
             shutil.copyfile(final["checkpoint"], tmp)
+        write_run_record(
+            weights.parent,
+            network_name=final["network"],
+            network_kwargs=self.stages[-1].network_kwargs,
+            roi_size=self.roi_size,
+            written_by="distilling",
+            teacher=self.teacher_network,
+            **{k: self.run_record.get(k) for k in ("spacing", "hu_window", "class_names")},
+        )
         summary = {
             "reference": {
                 "network": "monai.networks.nets.resnet50(spatial_dims=3, n_input_channels=1, num_classes=2)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -152,3 +153,54 @@ def test_one_tiny_run_through_the_bundle(tmp_path):
     assert (tmp_path / "work" / "runs" / "unet_encoder_seed0" / "models" / "model.pt").is_file()
     assert result["published_applies"] is False
     assert "| unet_encoder |" in (tmp_path / "results" / "medmnist_tiny.md").read_text()
+
+
+def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, monkeypatch):
+    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
+    settings = medmnist.MedMNISTSettings(
+        npz=npz,
+        work_dir=tmp_path / "work",
+        results_dir=tmp_path / "results",
+        models=(),
+        ablation=True,
+        ablation_network="aam_student_small",
+        seeds=(0,),
+        epochs=1,
+        batch_size=8,
+        n_resamples=10,
+        name="ablation_tiny",
+        command="test",
+    )
+    result = medmnist.run_medmnist(settings)
+    ablation = result["ablation"]
+    assert list(ablation) == list(medmnist.ABLATIONS)
+    params = {variant: row["params"] for variant, row in ablation.items()}
+    full = params["full (learned gamma, channel + spatial attention)"]
+    assert params["without channel attention (spatial branch only)"] < full
+    assert params["without spatial attention (channel branch only)"] < full
+    assert params["without attention (gamma-scaled residual only)"] < min(
+        params["without channel attention (spatial branch only)"],
+        params["without spatial attention (channel branch only)"],
+    )
+    assert 0 < full - params["without gamma (fixed at 1: plain residual sum)"] < 10_000  # only the gammas
+    assert {row["baseline"] for row in result["ablation_delong"]} == {next(iter(medmnist.ABLATIONS))}
+    assert len(result["ablation_delong"]) == len(medmnist.ABLATIONS) - 1
+    text = (tmp_path / "results" / "ablation_tiny.md").read_text()
+    assert "Ablation of aam_student_small" in text and "| without spatial attention (channel branch only) |" in text
+
+    weights = sorted((tmp_path / "work" / "runs").glob("*/models/model.pt"))
+    assert len(weights) == len(medmnist.ABLATIONS)
+    stamps = [w.stat().st_mtime_ns for w in weights]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished run was trained or evaluated again")
+
+    for stage in ("run_training", "run_distillation", "run_evaluation"):
+        monkeypatch.setattr(medmnist, stage, must_not_run)
+    again = medmnist.run_medmnist(settings)
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    assert again["ablation"] == ablation
+
+    # a changed setting is a different run: it is trained again, not reused
+    with pytest.raises(AssertionError, match="trained or evaluated again"):
+        medmnist.run_medmnist(replace(settings, epochs=2))

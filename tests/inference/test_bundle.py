@@ -30,8 +30,11 @@ def test_inference_config_uses_the_training_settings():
     if not train.is_file():
         pytest.skip(f"{train} not written yet")
     inference, training = json.loads(CONFIG.read_text()), json.loads(train.read_text())
-    for key in TRAINING_SETTINGS:
+    for key in (k for k in TRAINING_SETTINGS if k != "network_name"):
         assert inference[key] == training[key], key
+    # the network is the distilled student: the last stage of distill.json's default cascade
+    distill = json.loads((PROJECT_BUNDLE / "configs" / "distill.json").read_text())
+    assert inference["network_name"] == distill["stages"][-1] == "aam_student"
     # class names come from the bundle metadata, as in train.json
     metadata = json.loads((PROJECT_BUNDLE / "configs" / "metadata.json").read_text())
     assert read_class_names(PROJECT_BUNDLE) == metadata["class_names"]
@@ -55,6 +58,25 @@ def test_run_folder_without_configs_takes_the_settings_of_its_train_config(tmp_p
     parser = load_inference_config(tmp_path, {"output_dir": "x"})
     assert parser["roi_size"] == [96, 96, 48] and parser["network_name"] == "resnet18"
     assert parser["bundle_root"] == str(tmp_path.resolve())
+
+
+def test_run_record_beats_the_train_config_and_carries_registry_arguments(tmp_path):
+    from pipeline.training.run_record import write_run_record
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text(json.dumps({"roi_size": [96, 96, 48], "network_name": "resnet18"}))
+    write_run_record(
+        tmp_path / "models",
+        network_name="aam_student_small",
+        network_kwargs={"attention_branches": "channel"},
+        roi_size=(48, 48, 24),
+        spacing=(2.0, 2.0, 4.0),
+        hu_window=(-900, 300),
+    )
+    parser = load_inference_config(tmp_path, {"output_dir": "x"})
+    assert parser["network_name"] == "aam_student_small" and parser["roi_size"] == [48, 48, 24]
+    assert parser["spacing"] == [2.0, 2.0, 4.0] and parser["hu_window"] == [-900, 300]
+    assert parser["network_def"]["attention_branches"] == "channel"
 
 
 def test_frozen_threshold_lookup(tmp_path):

@@ -88,3 +88,26 @@ def test_torchscript_round_trip_with_stored_maps(features):
         got = loaded(features)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(loaded.last_spatial_attention, module.attention_weights(features)[1].detach())
+
+
+@pytest.mark.parametrize("branches", ["channel", "spatial"])
+def test_single_branch_ablation_builds_and_applies_only_that_branch(features, branches):
+    module = AdaptiveAttention(channels=16, reduction=4, branches=branches).eval()
+    full = AdaptiveAttention(channels=16, reduction=4)
+    kept = module.channel if branches == "channel" else module.spatial
+    dropped = module.spatial if branches == "channel" else module.channel
+    assert kept is not None and dropped is None
+    assert sum(p.numel() for p in module.parameters()) < sum(p.numel() for p in full.parameters())
+    with torch.no_grad():
+        channel, spatial = module.attention_weights(features)
+        expected = features * (channel if branches == "channel" else spatial)
+        assert torch.allclose(module(features), expected)
+        missing = spatial if branches == "channel" else channel
+        assert torch.all(missing == 1)  # the branch that is not built reads as ones
+        scripted = torch.jit.script(module)
+        assert torch.allclose(scripted(features), module(features), atol=1e-6)
+
+
+def test_unknown_branches_are_rejected():
+    with pytest.raises(ValueError, match="branches must be one of"):
+        AdaptiveAttention(channels=16, branches="none")

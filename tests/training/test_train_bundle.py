@@ -81,8 +81,12 @@ def test_readme_command_trains_and_writes_best_and_last_checkpoints(trained):
     network = build(NETWORK, in_channels=1, num_classes=2)
     network.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # strict: a plain state dict
     last = torch.load(models / "checkpoint_last.pt", weights_only=True)
-    assert set(last) == {"network", "optimizer", "trainer", "best_checkpoint", "early_stop"}
+    assert set(last) == {"network", "optimizer", "lr_scheduler", "trainer", "best_checkpoint", "early_stop"}
     assert last["best_checkpoint"]["best_epoch"] == 1
+    # the run records what its weights are, so evaluation / evaluate-cohort / export need not be told again
+    record = json.loads((models / "run.json").read_text())
+    assert record["network_name"] == NETWORK and record["written_by"] == "training"
+    assert record["class_names"] == ["negative", "positive"] and len(record["roi_size"]) == 3
     assert re.search(r"epoch 1/1: loss \d\.\d{4}, val_auc \d\.\d{4} \(best", process.stdout)
     assert list((trained["output"] / "tensorboard").glob("events.out.tfevents.*"))
     history = json.loads((trained["output"] / "train_history.json").read_text())
