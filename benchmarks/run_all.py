@@ -55,6 +55,8 @@ class BenchmarkSpec:
         output_flag: its option naming the output file (or folder, for ``medmnist``).
         output_is_dir: ``output_flag`` takes a folder rather than a file.
         quick_args: options that make it a smoke run.
+        args: options it always gets (a second configuration of the same module).
+        module_name: the module, when it is not ``benchmarks.bench_<name>``.
     """
 
     name: str
@@ -62,11 +64,13 @@ class BenchmarkSpec:
     output_flag: str
     output_is_dir: bool = False
     quick_args: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    module_name: str | None = None
 
     @property
     def module(self) -> str:
         """The ``python -m`` module name."""
-        return f"benchmarks.bench_{self.name}"
+        return self.module_name or f"benchmarks.bench_{self.name}"
 
 
 #: every benchmark, in the order ``make bench`` runs them (fast ones first, so a late failure still leaves results)
@@ -105,6 +109,25 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
     BenchmarkSpec(
         name="medmnist", result_file=None, output_flag="--results-dir", output_is_dir=True, quick_args=("--quick",)
     ),
+    # the gamma / channel / spatial ablation, on the student-sized AAM-ResNet (one seed: the two-hour budget)
+    BenchmarkSpec(
+        name="medmnist_ablation",
+        module_name="benchmarks.bench_medmnist",
+        result_file=None,
+        output_flag="--results-dir",
+        output_is_dir=True,
+        quick_args=("--quick",),
+        args=(
+            "--models",
+            "--ablation",
+            "--ablation-network",
+            "aam_student",
+            "--seeds",
+            "1",
+            "--name",
+            "medmnist_adrenalmnist3d_ablation",
+        ),
+    ),
 )
 
 
@@ -130,7 +153,7 @@ def benchmark_command(
         The argument list.
     """
     output = results_dir if spec.output_is_dir else results_dir / str(spec.result_file)
-    command = [python, "-m", spec.module, spec.output_flag, str(output)]
+    command = [python, "-m", spec.module, spec.output_flag, str(output), *spec.args]
     return command + list(spec.quick_args) if quick else command
 
 

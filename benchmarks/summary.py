@@ -316,7 +316,7 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
         "",
     ]
     headers = ["model", "test AUC", "sd", "published AUC", "ratio", "ACC@0.5", "published ACC", "ratio"]
-    lines += _table(headers, rows) if rows else ["not run", ""]
+    lines += _table(headers, rows) if rows else ([] if _get(data, "ablation") else ["not run", ""])
     delong = _get(data, "delong", default=[]) or []
     if delong:
         lines += _table(
@@ -331,6 +331,27 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
                     _get(r, "p_value"),
                 ]
                 for r in delong
+            ],
+        )
+    ablation = _get(data, "ablation", default={}) or {}
+    if ablation:
+        versus = {_get(r, "model"): r for r in _get(data, "ablation_delong", default=[]) or []}
+        lines += [
+            f"ablation of {_get(data, 'ablation_network')} (difference and paired DeLong p against the full model)",
+            "",
+        ]
+        lines += _table(
+            ["variant", "test AUC", "sd", "params", "difference to full", "p"],
+            [
+                [
+                    variant,
+                    _get(row, "test_auc"),
+                    _get(row, "test_auc_sd"),
+                    _get(row, "params"),
+                    _get(versus.get(variant), "difference"),
+                    _get(versus.get(variant), "p_value"),
+                ]
+                for variant, row in ablation.items()
             ],
         )
     wall = _get(data, "wall_seconds")
@@ -406,7 +427,8 @@ def render_summary(results: Mapping[str, Any], run_log: Json | None = None) -> s
             if not stems:
                 lines += _section("medmnist", None, _render_medmnist, runs.get("medmnist"))
             for stem in stems:
-                lines += _section(stem, results[stem], _render_medmnist, runs.get("medmnist"))
+                run = runs.get("medmnist_ablation" if stem.endswith("_ablation") else "medmnist")
+                lines += _section(stem, results[stem], _render_medmnist, run)
         else:
             lines += _section(name, results.get(name), RENDERERS[name], runs.get(name))
     known = set(KNOWN_BENCHMARKS) | {Path(RUN_LOG_NAME).stem}
