@@ -565,9 +565,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "AUC = mean ± sd over seeds (95% DeLong CI of the seed-averaged probabilities); ACC@0.5 = argmax of the "
         "softmax (MedMNIST's rule); ACC@val = at the Youden threshold frozen on `val`.",
         "",
-        "| method | AUC | 95% CI | ACC@0.5 | ACC@val | params | source |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if result.get("models"):
+        lines += [
+            "| method | AUC | 95% CI | ACC@0.5 | ACC@val | params | source |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for name, row in result.get("models", {}).items():
         ci = row.get("test_auc_ci")
         params = row.get("params")
@@ -577,7 +580,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             f"{_fmt(row.get('test_acc_sd'))} | {_fmt(row.get('test_acc_at_val_threshold'))} | "
             f"{'—' if not params else f'{params / 1e6:.1f} M'} | measured |"
         )
-    if result.get("published_applies", False):
+    if result.get("published_applies", False) and result.get("models"):
         for method, auc, acc in PUBLISHED_ADRENAL_28:
             lines.append(f"| {method} | {auc:.3f} | — | {acc:.3f} | — | — | published |")
         lines += ["", f"Published rows: {PUBLISHED_SOURCE}."]
