@@ -55,6 +55,9 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         default="cosine",
         help="learning-rate schedule (default: %(default)s)",
     )
+    parser.add_argument(
+        "--student-scratch", action="store_true", help="also train aam_student from scratch (vs the distilled one)"
+    )
     parser.add_argument("--name", default=None, help="results file stem (default: medmnist_<npz stem>)")
     parser.add_argument("--quick", action="store_true", help="smoke run: --limit 64 --epochs 1 --seeds 1")
     parser.add_argument(
@@ -108,6 +111,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         n_resamples=args.n_resamples,
         ablation=args.ablation,
         ablation_network=args.ablation_network,
+        student_scratch=args.student_scratch,
         ablation_seeds=None if args.ablation_seeds is None else tuple(range(args.ablation_seeds)),
         distill_stages=tuple(args.distill_stages),
         lr_schedule=args.lr_schedule,

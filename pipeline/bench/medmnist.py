@@ -73,6 +73,8 @@ DEFAULT_MODELS: tuple[str, ...] = ("aam_resnet50", "aam_student", "resnet18", "r
 BASELINES: tuple[str, ...] = ("resnet18", "resnet50", "densenet121")
 #: models compared against every baseline with the paired DeLong test
 CANDIDATES: tuple[str, ...] = ("aam_resnet50", "aam_student")
+#: the table's name of ``aam_student`` trained from scratch (``student_scratch``), compared with the distilled one
+SCRATCH_STUDENT = "aam_student (from scratch)"
 
 #: ablation variants of an AAM-ResNet, as registry keyword arguments (``network_def#...`` overrides); the first is
 #: the full model (trained from scratch; when it is also in the main table, that run is reused)
@@ -122,6 +124,8 @@ class MedMNISTSettings:
         n_resamples: bootstrap resamples of the evaluation report.
         ablation: also train the :data:`ABLATIONS` variants of ``ablation_network`` (from scratch).
         ablation_network: the AAM-ResNet the ablation varies.
+        student_scratch: also train ``aam_student`` from scratch (row :data:`SCRATCH_STUDENT`, paired DeLong
+            against the distilled student).
         ablation_seeds: the seeds of the ablation variants (``None``: all ``seeds``).
         distill_stages: the distillation cascade after the ``aam_resnet50`` teacher, ending in ``aam_student``
             (default: the student directly; ``("aam_assistant", "aam_student")`` is the bundle's full cascade).
@@ -145,6 +149,7 @@ class MedMNISTSettings:
     n_resamples: int = 200
     ablation: bool = False
     ablation_network: str = "aam_resnet50"
+    student_scratch: bool = False
     ablation_seeds: tuple[int, ...] | None = None
     distill_stages: tuple[str, ...] = ("aam_student",)
     lr_schedule: str = "cosine"
@@ -521,7 +526,7 @@ def summarize(
         }
     comparisons = []
     if reference is None:
-        pairs = [(c, b) for c in CANDIDATES if c in averaged for b in BASELINES if b in averaged]
+        pairs = [(c, b) for c in CANDIDATES if c in averaged for b in (*BASELINES, SCRATCH_STUDENT) if b in averaged]
     else:
         pairs = [(name, reference) for name in averaged if name != reference]
     for candidate, baseline in pairs:
@@ -684,6 +689,12 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
                 teacher_ckpt=checkpoints["aam_resnet50"],
             )
             runs["aam_student"].append(result)
+            if settings.student_scratch:  # the same student without its teacher: what distillation adds
+                run_dir = work / "runs" / f"aam_student_scratch_seed{seed}"
+                result = _train_and_evaluate(
+                    settings, datalist=datalist, run_dir=run_dir, network_name="aam_student", seed=seed
+                )
+                runs.setdefault(SCRATCH_STUDENT, []).append(result)
         if settings.ablation and seed in ablation_seeds:
             base = settings.ablation_network
             for variant, kwargs in ABLATIONS.items():
@@ -694,7 +705,7 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
                     settings, datalist=datalist, run_dir=run_dir, network_name=base, seed=seed, network_kwargs=kwargs
                 )
                 ablation_runs.setdefault(variant, []).append(result)
-    params = {name: _count_params(name) for name in runs}
+    params = {name: _count_params("aam_student" if name == SCRATCH_STUDENT else name) for name in runs}
     summary = summarize({k: v for k, v in runs.items() if v}, params=params)
     result: dict[str, Any] = {
         "benchmark": "medmnist",

@@ -204,3 +204,19 @@ def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, 
     # a changed setting is a different run: it is trained again, not reused
     with pytest.raises(AssertionError, match="trained or evaluated again"):
         medmnist.run_medmnist(replace(settings, epochs=2))
+
+
+def test_distilled_student_is_compared_with_the_same_student_from_scratch():
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 30 + [1] * 20)
+    distilled = [labels * 0.5 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
+    scratch = [labels * 0.2 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
+    runs = {
+        "aam_student": [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(distilled)],
+        medmnist.SCRATCH_STUDENT: [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(scratch)],
+    }
+    summary = medmnist.summarize(runs, params={"aam_student": 13, medmnist.SCRATCH_STUDENT: 13})
+    (row,) = summary["delong"]
+    assert (row["model"], row["baseline"]) == ("aam_student", medmnist.SCRATCH_STUDENT)
+    expected = delong_test(labels, np.mean(distilled, axis=0), np.mean(scratch, axis=0))
+    assert row["p_value"] == pytest.approx(expected.p_value) and row["difference"] > 0
