@@ -141,7 +141,17 @@ def preprocessing_transforms(
     if body_threshold_hu is not None:
         # cropped in HU, before windowing: after the window, dense tissue and bone saturate together and the
         # threshold would depend on the window chosen
-        chain.append(CropForegroundd(keys=IMAGE_KEY, source_key=IMAGE_KEY, select_fn=HUAbove(float(body_threshold_hu))))
+        # no start/end coordinate keys in the item: a PersistentDataset turns them into tensors, so a batch mixing
+        # cached and freshly loaded cases could not be collated (the crop is in the image's meta data anyway)
+        chain.append(
+            CropForegroundd(
+                keys=IMAGE_KEY,
+                source_key=IMAGE_KEY,
+                select_fn=HUAbove(float(body_threshold_hu)),
+                start_coord_key=None,
+                end_coord_key=None,
+            )
+        )
     chain += [
         ScaleIntensityRanged(keys=IMAGE_KEY, a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True),
         # "area" (box averaging): the usual step is a downsampling, where plain interpolation aliases; MONAI's

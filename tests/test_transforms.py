@@ -189,3 +189,16 @@ def test_real_ct_dicom_and_nifti_through_the_eval_chain():
         assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
         # an abdomen cropped to the body: mostly soft tissue (~0.7 in the lung window), little air
         assert 0.4 < float(image.mean()) < 0.9, path
+
+
+def test_a_batch_mixing_cached_and_fresh_cases_collates(tmp_path, phantom):
+    from monai.data import DataLoader
+
+    other = _write_nifti(tmp_path / "other.nii.gz", _chest_phantom(body_half_axes=(20.0, 15.0)))
+    data = [{"image": phantom, "label": 0}, {"image": other, "label": 1}]
+    chain = train_transforms(roi_size=(32, 32, 16))
+    dataset = PersistentDataset(data, transform=chain, cache_dir=tmp_path / "cache")
+    dataset[0]  # only the first case is cached, as after a run interrupted in its first epoch
+    batch = next(iter(DataLoader(dataset, batch_size=2, num_workers=0)))
+    assert batch["image"].shape == (2, 1, 32, 32, 16)
+    assert not any(key.startswith("foreground_") for key in batch)

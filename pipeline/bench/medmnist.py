@@ -315,15 +315,14 @@ def run_training(
         run_dir: the run's output folder (``models/model.pt``, ``train_history.json``).
         network_name: registry name.
         seed: the run's seed.
-        network_kwargs: extra registry arguments (ablations), passed as ``network_def#<name>`` overrides.
+        network_kwargs: extra registry arguments (ablations), the config's ``network_kwargs``.
 
     Returns:
         ``{"checkpoint", "train_seconds", "epochs_run", "best_epoch"}``.
     """
     overrides = _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed)
     overrides["network_name"] = network_name
-    for key, value in (network_kwargs or {}).items():
-        overrides[f"network_def#{key}"] = value
+    overrides["network_kwargs"] = dict(network_kwargs or {})  # built with them and recorded in models/run.json
     seconds = _run_bundle("training", ["train.json"], overrides)
     return {"checkpoint": str(run_dir / "models" / "model.pt"), "train_seconds": seconds, **_history(run_dir)}
 
@@ -410,8 +409,7 @@ def run_evaluation(
         n_resamples=int(settings.n_resamples),
         roc_band_resamples=int(settings.n_resamples),
     )
-    for key, value in (network_kwargs or {}).items():
-        overrides[f"network_def#{key}"] = value
+    overrides["network_kwargs"] = dict(network_kwargs or {})
     seconds = _run_bundle("evaluating", ["train.json", "evaluate.json"], overrides)
     predictions_path = run_dir / "eval_test" / "predictions.csv"
     if not predictions_path.is_file():

@@ -276,3 +276,12 @@ def run_evaluators(*evaluators: Any) -> None:
             evaluator.run()
         except UserError as err:
             fail(str(err))
+        except RuntimeError as err:  # MONAI's CheckpointLoader: weights of another network (or another width)
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+            fail(
+                "the checkpoint does not fit the configured network"
+                + (f" ({details[0][:160]})" if details else "")
+                + "; evaluate it with the network it was trained with (its models/run.json, or --network_name)"
+            )

@@ -172,7 +172,14 @@ def network_spec(name: str) -> NetworkSpec:
         raise UserError(f"network {name!r}: unknown name; available: {', '.join(_REGISTRY)}") from None
 
 
-def build(name: str, *, in_channels: int = 1, num_classes: int = 2, **kwargs: Any) -> nn.Module:
+def build(
+    name: str,
+    *,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Build the network called ``name`` (3D, ``(B, in_channels, D, H, W)`` -> ``(B, num_classes)`` logits).
 
     Args:
@@ -181,6 +188,8 @@ def build(name: str, *, in_channels: int = 1, num_classes: int = 2, **kwargs: An
         num_classes: number of classes.
         **kwargs: further keyword arguments of the entry's factory (e.g. ``width``, ``attention_fusion`` for the
             AAM-ResNets; ``conv1_t_stride`` for the MONAI ResNets); they override the entry's defaults.
+        options: the same as a mapping (what a bundle config passes: ``"options": "@network_kwargs"``, the
+            registry arguments a run records in ``models/run.json``); ``kwargs`` win over it.
 
     Returns:
         The network, in training mode, on the CPU.
@@ -189,6 +198,7 @@ def build(name: str, *, in_channels: int = 1, num_classes: int = 2, **kwargs: An
         UserError: for an unknown name, an argument the network does not take, or a value it rejects.
     """
     spec = network_spec(name)
+    kwargs = {**dict(options or {}), **kwargs}
     accepted = spec.accepted_arguments()
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

@@ -343,6 +343,8 @@ class DistillationCascade:
         latency_repeats: timed passes (median reported).
         auc_bootstrap_resamples: stratified bootstrap resamples for the AUC's bootstrap CI (0 = DeLong only).
         seed: seed set with :func:`monai.utils.set_determinism` before every stage.
+        keep_later_ties: each stage keeps the latest of equally scored epochs (see
+            :class:`~pipeline.training.checkpoints.AtomicCheckpointSaver`), as ``train.json``'s ``keep_later_ties``.
         run_record: preprocessing settings (``spacing``, ``hu_window``, ``class_names``) recorded with the final
             student in ``<output_dir>/models/run.json`` (see :mod:`pipeline.training.run_record`).
         lr_schedule: ``"constant"`` or ``"cosine"`` (cosine annealing over the stage's ``max_epochs`` down to 1 % of
@@ -386,11 +388,13 @@ class DistillationCascade:
         seed: int = 0,
         lr_schedule: str = "constant",
         run_record: Mapping[str, Any] | None = None,
+        keep_later_ties: bool = False,
     ) -> None:
         if lr_schedule not in LR_SCHEDULES:
             raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
         self.run_record = dict(run_record or {})
+        self.keep_later_ties = bool(keep_later_ties)
         self.stages = [StageSpec.parse(stage) for stage in stages]
         if not self.stages:
             raise UserError("the cascade needs at least one stage after the teacher")
@@ -526,7 +530,10 @@ class DistillationCascade:
             ]
         )
         best_saver = AtomicCheckpointSaver(
-            save_path=stage_dir / "model.pt", save_dict={"model": student}, metric_name=VAL_METRIC
+            save_path=stage_dir / "model.pt",
+            save_dict={"model": student},
+            metric_name=VAL_METRIC,
+            keep_later_ties=self.keep_later_ties,
         )
         val_handlers: list[Any] = [best_saver]
         evaluator = SupervisedEvaluator(

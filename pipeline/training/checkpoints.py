@@ -82,6 +82,9 @@ class AtomicCheckpointSaver:
         metric_name: save only when ``engine.state.metrics[metric_name]`` beats the best so far (higher is better);
             ``None`` saves every epoch.
         min_delta: an improvement must exceed the best by more than this.
+        keep_later_ties: also save when the metric equals the best (MONAI ``CheckpointSaver``'s
+            ``key_metric_greater_or_equal``): with a saturating metric (validation AUC 1.0 on a small fold) the
+            checkpoint is then the latest, most trained, of the equally scored epochs rather than the first.
 
     Example (what ``train.json`` does)::
 
@@ -101,6 +104,7 @@ class AtomicCheckpointSaver:
         save_dict: Mapping[str, Any],
         metric_name: str | None = None,
         min_delta: float = 0.0,
+        keep_later_ties: bool = False,
     ) -> None:
         if not save_dict:
             raise ValueError("save_dict must name at least one object to save")
@@ -108,6 +112,7 @@ class AtomicCheckpointSaver:
         self.save_dict = dict(save_dict)
         self.metric_name = metric_name
         self.min_delta = float(min_delta)
+        self.keep_later_ties = bool(keep_later_ties)
         self.best_metric = -math.inf
         self.best_epoch = 0
 
@@ -128,7 +133,8 @@ class AtomicCheckpointSaver:
                     self.save_path.name,
                 )
                 return
-            if score <= self.best_metric + self.min_delta:
+            tie = self.keep_later_ties and self.best_epoch > 0 and score == self.best_metric
+            if score <= self.best_metric + self.min_delta and not tie:
                 return
             self.best_metric, self.best_epoch = score, int(engine.state.epoch)
         if idist.get_rank() != 0:

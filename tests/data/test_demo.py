@@ -72,21 +72,33 @@ def test_hounsfield_units_of_air_lung_and_lesions(cohort, label):
         assert rendered.lung_mask.sum() > 500
         assert -900 < np.median(hu[rendered.lung_mask]) < -780  # aerated lung, vessels included
     else:
-        # ground glass and consolidation: well above aerated lung (~-850), at most soft-tissue density
+        # ground glass (-430 .. -300 HU, soft rims) and consolidation: well above aerated lung (~-850), below soft
+        # tissue
         assert rendered.lesion_mask.any()
-        assert -700 < np.median(hu[rendered.lesion_mask]) < 60
-        assert np.percentile(hu[rendered.lesion_mask], 90) > -500
+        assert -550 < np.median(hu[rendered.lesion_mask]) < -150
+        assert np.percentile(hu[rendered.lesion_mask], 90) > -450
 
 
 def test_lesions_only_in_positives_and_counted(cohort):
     for case in cohort.cases:
         if case.label == "positive":
             assert case.lesion_voxels > 0 and case.lesion_volume_ml > 0 and case.n_lesions >= 1
-            assert case.severity in ("subtle", "moderate", "extensive")
+            assert case.severity in ("mild", "moderate", "extensive")
         else:
             assert case.lesion_voxels == 0 and case.n_lesions == 0 and case.severity == "none"
     positive = _first(cohort, "positive")
     assert positive.render().lesion_mask.sum() == positive.lesion_voxels
+
+
+def test_every_positive_carries_a_learnable_lesion_burden(cohort):
+    # the demo must be learnable by a small network at 5 mm voxels: even a mild case fills ~10 % or more of its lung
+    # (the earlier 2-8 % left mild positives indistinguishable from negatives), and lesions lie in the lung
+    positives = [case for case in cohort.cases if case.label == "positive"]
+    assert positives
+    for case in positives:
+        rendered = case.render()
+        assert not (rendered.lesion_mask & ~rendered.lung_mask).any()
+        assert rendered.lesion_mask.sum() / rendered.lung_mask.sum() > 0.05, (case.path, case.severity)
 
 
 def test_labels_csv_matches_folders(cohort):

@@ -177,6 +177,7 @@ def test_a_second_evaluation_reuses_the_frozen_threshold(evaluated_run, tiny_coh
         ({"split": "holdout"}, "is not one of"),
         ({"threshold": 1.5}, "between 0 and 1"),
         ({"checkpoint": "/nonexistent/model.pt"}, "checkpoint not found"),
+        ({"network_name": "aam_student"}, "the checkpoint does not fit the configured network (size mismatch"),
     ],
 )
 def test_user_mistakes_end_with_one_line(tiny_cohort, tiny_checkpoint, tmp_path, overrides, message):

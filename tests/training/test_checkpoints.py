@@ -46,6 +46,20 @@ def test_best_saver_writes_only_on_improvement_as_a_plain_state_dict(tmp_path):
     assert not list((tmp_path / "m").glob(".*"))  # no temporary files left behind
 
 
+def test_later_ties_replace_the_best_only_when_asked(tmp_path):
+    for keep_later_ties, expected in ((False, 2), (True, 4)):
+        saver = AtomicCheckpointSaver(
+            save_path=tmp_path / str(keep_later_ties) / "model.pt",
+            save_dict={"model": torch.nn.Linear(3, 2)},
+            metric_name="auc",
+            keep_later_ties=keep_later_ties,
+        )
+        evaluator = _evaluator([0.6, 1.0, 0.9, 1.0, 0.95])
+        saver.attach(evaluator)
+        evaluator.run([0], max_epochs=5)
+        assert saver.state_dict() == {"best_metric": 1.0, "best_epoch": expected}
+
+
 def test_last_checkpoint_round_trips_through_monai_checkpoint_loader(tmp_path):
     network = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
