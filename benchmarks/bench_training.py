@@ -123,9 +123,12 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    from monai.bundle import ConfigParser
+
     config = json.loads((REPO_ROOT / "bundle" / "configs" / "train.json").read_text(encoding="utf-8"))
+    parser = ConfigParser(config)  # network_name refers to default_network_name: resolve it
     return {
-        "network_name": args.network or config["network_name"],
+        "network_name": args.network or parser.get_parsed_content("network_name"),
         "batch_size": args.batch_size or config["batch_size"],
         "roi_size": config["roi_size"],
         "spacing": config["spacing"],
