@@ -421,7 +421,10 @@ def run_evaluation(
     frame = frame.sort_values("case_id")
     # predictions.csv names the classes; the class list's index is the integer label
     labels = frame["label"].map(_class_index).to_numpy()
-    threshold = _frozen_threshold(Path(checkpoint).parent / "operating_point.json")
+    from pipeline.inference.bundle import read_frozen_threshold
+
+    frozen = read_frozen_threshold(Path(checkpoint).parent.parent)  # the run folder's models/operating_point.json
+    threshold = None if frozen.is_default else frozen.threshold
     return {
         "case_ids": frame["case_id"].astype(str).tolist(),
         "labels": labels.tolist(),
@@ -436,15 +439,6 @@ def _class_index(value: Any) -> int:
     """Integer label of a ``predictions.csv`` class (a class name, or already an integer)."""
     text = str(value)
     return _CLASSES.index(text) if text in _CLASSES else int(float(text))
-
-
-def _frozen_threshold(path: Path) -> float | None:
-    """The operating point the evaluate config froze on ``val`` (``None`` if the file is absent or unexpected)."""
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    value = data.get("threshold") if isinstance(data, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _auc_and_ci(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list[float] | None]:
@@ -774,7 +768,7 @@ def _train_and_evaluate(
         "teacher_ckpt": None if teacher_ckpt is None else str(teacher_ckpt),
         "distill_stages": list(settings.distill_stages) if teacher_ckpt is not None else None,
         "seed": int(seed),
-        **{k: v for k, v in _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed).items()},
+        **_bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed),
         "limit": settings.limit,
         "n_resamples": settings.n_resamples,
     }

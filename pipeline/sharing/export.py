@@ -395,7 +395,7 @@ def _recorded_overrides(checkpoint: Path, config: Path) -> dict[str, Any]:
     recorded = recorded_settings(checkpoint)
     if recorded:
         logger.info("%s: network and preprocessing from the run record: %s", checkpoint, recorded)
-    return {key: value for key, value in recorded.items() if key in keys or key.split("#")[0] in keys}
+    return {key: value for key, value in recorded.items() if key.split("#")[0] in keys}
 
 
 def export_bundle(
