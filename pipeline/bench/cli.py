@@ -44,6 +44,13 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--ablation-seeds", type=int, default=None, help="seeds 0..N-1 of the ablation variants (default: --seeds)"
     )
     parser.add_argument(
+        "--ablation-variants",
+        nargs="+",
+        default=None,
+        metavar="WORD",
+        help="only the ablation variants whose names contain one of these words, e.g. placement (default: all)",
+    )
+    parser.add_argument(
         "--distill-stages",
         nargs="+",
         default=["aam_student"],
@@ -80,7 +87,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
     Raises:
         UserError: for a non-positive seed count, epoch count, batch size or limit.
     """
-    from pipeline.bench.medmnist import MedMNISTSettings
+    from pipeline.bench.medmnist import MedMNISTSettings, selected_ablations
     from pipeline.errors import UserError
 
     limit, epochs, seeds = args.limit, args.epochs, args.seeds
@@ -93,6 +100,8 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         raise UserError("nothing to run: give --models and/or --ablation")
     if args.distill_stages[-1] != "aam_student":
         raise UserError(f"--distill-stages must end in aam_student, got {' '.join(args.distill_stages)}")
+    variants = None if args.ablation_variants is None else tuple(args.ablation_variants)
+    selected_ablations(variants)  # an unknown word fails here, before any training
     if limit is not None and limit < 4:
         raise UserError(f"--limit must be at least 4 (two cases of each class per split), got {limit}")
     return MedMNISTSettings(
@@ -113,6 +122,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         ablation_network=args.ablation_network,
         student_scratch=args.student_scratch,
         ablation_seeds=None if args.ablation_seeds is None else tuple(range(args.ablation_seeds)),
+        ablation_variants=variants,
         distill_stages=tuple(args.distill_stages),
         lr_schedule=args.lr_schedule,
         name=args.name,

@@ -84,6 +84,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "without channel attention (spatial branch only)": {"attention_branches": "spatial"},
     "without spatial attention (channel branch only)": {"attention_branches": "channel"},
     "without attention (gamma-scaled residual only)": {"attention": "none"},
+    "attention placement: last unit of each stage only": {"attention": "stage"},
 }
 
 PUBLISHED_SOURCE = 'Yang et al., "MedMNIST v2", Scientific Data 2023 (AdrenalMNIST3D test split, 28³)'
@@ -127,6 +128,8 @@ class MedMNISTSettings:
         student_scratch: also train ``aam_student`` from scratch (row :data:`SCRATCH_STUDENT`, paired DeLong
             against the distilled student).
         ablation_seeds: the seeds of the ablation variants (``None``: all ``seeds``).
+        ablation_variants: words selecting :data:`ABLATIONS` variants (a variant runs when its name contains one of
+            them, case-insensitively); the full model always runs, as the reference. ``None``: every variant.
         distill_stages: the distillation cascade after the ``aam_resnet50`` teacher, ending in ``aam_student``
             (default: the student directly; ``("aam_assistant", "aam_student")`` is the bundle's full cascade).
         lr_schedule: ``"constant"`` or ``"cosine"`` (see :mod:`pipeline.training.schedule`).
@@ -151,6 +154,7 @@ class MedMNISTSettings:
     ablation_network: str = "aam_resnet50"
     student_scratch: bool = False
     ablation_seeds: tuple[int, ...] | None = None
+    ablation_variants: tuple[str, ...] | None = None
     distill_stages: tuple[str, ...] = ("aam_student",)
     lr_schedule: str = "cosine"
     name: str | None = None
@@ -689,7 +693,7 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
                 runs.setdefault(SCRATCH_STUDENT, []).append(result)
         if settings.ablation and seed in ablation_seeds:
             base = settings.ablation_network
-            for variant, kwargs in ABLATIONS.items():
+            for variant, kwargs in selected_ablations(settings.ablation_variants).items():
                 # the full variant shares the main table's run folder (and so its finished run)
                 tag = "_".join(f"{k}-{v}" for k, v in kwargs.items())
                 run_dir = work / "runs" / (f"ablation_{base}_{tag}_seed{seed}" if tag else f"{base}_seed{seed}")
@@ -736,6 +740,31 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
     write_json_atomic(out_dir / f"{stem}.json", result)
     write_text_atomic(out_dir / f"{stem}.md", render_markdown(result))
     return result
+
+
+def selected_ablations(words: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """The :data:`ABLATIONS` variants whose names contain one of ``words`` (any case), always with the full model.
+
+    Args:
+        words: selecting words; ``None`` selects every variant.
+
+    Returns:
+        ``{variant name: registry keyword arguments}``, the full model first.
+
+    Raises:
+        UserError: if a word matches no variant.
+    """
+    if words is None:
+        return dict(ABLATIONS)
+    unmatched = [w for w in words if not any(w.lower() in name.lower() for name in ABLATIONS)]
+    if unmatched:
+        raise UserError(f"--ablation-variants: no variant matches {', '.join(unmatched)} (variants: {list(ABLATIONS)})")
+    full = next(iter(ABLATIONS))
+    return {
+        name: kwargs
+        for name, kwargs in ABLATIONS.items()
+        if name == full or any(w.lower() in name.lower() for w in words)
+    }
 
 
 def results_stem(settings: MedMNISTSettings) -> str:

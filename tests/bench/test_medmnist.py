@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -123,8 +124,6 @@ def test_markdown_puts_measured_rows_beside_published_ones():
 
 
 def test_quick_option_sets_the_smoke_run():
-    import argparse
-
     args = add_medmnist_arguments(argparse.ArgumentParser()).parse_args(["--quick", "--models", "resnet18"])
     settings = settings_from_args(args, command="x")
     assert (settings.limit, settings.epochs, settings.seeds, settings.models) == (64, 1, (0,), ("resnet18",))
@@ -183,6 +182,8 @@ def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, 
         params["without spatial attention (channel branch only)"],
     )
     assert 0 < full - params["without gamma (fixed at 1: plain residual sum)"] < 10_000  # only the gammas
+    stage_only = params["attention placement: last unit of each stage only"]
+    assert params["without attention (gamma-scaled residual only)"] < stage_only < full
     assert {row["baseline"] for row in result["ablation_delong"]} == {next(iter(medmnist.ABLATIONS))}
     assert len(result["ablation_delong"]) == len(medmnist.ABLATIONS) - 1
     text = (tmp_path / "results" / "ablation_tiny.md").read_text()
@@ -200,10 +201,30 @@ def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, 
     again = medmnist.run_medmnist(settings)
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert again["ablation"] == ablation
+    # a subset of the variants reuses the same runs and keeps the full model as the reference
+    subset = medmnist.run_medmnist(replace(settings, ablation_variants=("PLACEMENT",)))
+    assert list(subset["ablation"]) == [
+        "full (learned gamma, channel + spatial attention)",
+        "attention placement: last unit of each stage only",
+    ]
+    assert subset["ablation"] == {k: ablation[k] for k in subset["ablation"]}
 
     # a changed setting is a different run: it is trained again, not reused
     with pytest.raises(AssertionError, match="trained or evaluated again"):
         medmnist.run_medmnist(replace(settings, epochs=2))
+
+
+def test_ablation_variants_are_selected_by_word_and_an_unknown_word_is_refused():
+    assert medmnist.selected_ablations(None) == medmnist.ABLATIONS
+    picked = medmnist.selected_ablations(["gamma"])
+    assert list(picked) == [
+        "full (learned gamma, channel + spatial attention)",
+        "without gamma (fixed at 1: plain residual sum)",
+        "without attention (gamma-scaled residual only)",
+    ]
+    args = add_medmnist_arguments(argparse.ArgumentParser()).parse_args(["--ablation", "--ablation-variants", "nope"])
+    with pytest.raises(UserError, match="no variant matches nope"):
+        settings_from_args(args, command="x")
 
 
 def test_distilled_student_is_compared_with_the_same_student_from_scratch():
