@@ -19,7 +19,7 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     Returns:
         The same parser.
     """
-    from pipeline.bench.medmnist import DEFAULT_MODELS, DEFAULT_NPZ, DEFAULT_RESULTS_DIR, REPO_ROOT
+    from pipeline.bench.medmnist import DEFAULT_MODELS, DEFAULT_NPZ, DEFAULT_RESULTS_DIR
 
     parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ, help="MedMNIST 3D npz file (default: %(default)s)")
     parser.add_argument(
@@ -68,7 +68,10 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--name", default=None, help="results file stem (default: medmnist_<npz stem>)")
     parser.add_argument("--quick", action="store_true", help="smoke run: --limit 64 --epochs 1 --seeds 1")
     parser.add_argument(
-        "--work-dir", type=Path, default=REPO_ROOT / "runs" / "bench_medmnist", help="cohort, checkpoints, reports"
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="cohort, checkpoints, reports (default: runs/bench_medmnist, runs/bench_medmnist_quick with --quick)",
     )
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="where the JSON/Markdown go")
     return parser
@@ -87,7 +90,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
     Raises:
         UserError: for a non-positive seed count, epoch count, batch size or limit.
     """
-    from pipeline.bench.medmnist import MedMNISTSettings, selected_ablations
+    from pipeline.bench.medmnist import REPO_ROOT, MedMNISTSettings, selected_ablations
     from pipeline.errors import UserError
 
     limit, epochs, seeds = args.limit, args.epochs, args.seeds
@@ -106,7 +109,8 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         raise UserError(f"--limit must be at least 4 (two cases of each class per split), got {limit}")
     return MedMNISTSettings(
         npz=args.npz,
-        work_dir=args.work_dir,
+        # a smoke run keeps its own folder, so it never replaces the finished runs a full rerun reuses
+        work_dir=args.work_dir or REPO_ROOT / "runs" / ("bench_medmnist_quick" if args.quick else "bench_medmnist"),
         results_dir=args.results_dir,
         models=tuple(args.models),
         seeds=tuple(range(seeds)),

@@ -127,6 +127,9 @@ def test_quick_option_sets_the_smoke_run():
     args = add_medmnist_arguments(argparse.ArgumentParser()).parse_args(["--quick", "--models", "resnet18"])
     settings = settings_from_args(args, command="x")
     assert (settings.limit, settings.epochs, settings.seeds, settings.models) == (64, 1, (0,), ("resnet18",))
+    # a smoke run works in its own folder: it must not replace the finished runs a full rerun reuses
+    full = settings_from_args(add_medmnist_arguments(argparse.ArgumentParser()).parse_args([]), command="x")
+    assert (settings.work_dir.name, full.work_dir.name) == ("bench_medmnist_quick", "bench_medmnist")
 
 
 def test_one_tiny_run_through_the_bundle(tmp_path):
