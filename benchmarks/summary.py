@@ -356,7 +356,14 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
         )
     wall = _get(data, "wall_seconds")
     if isinstance(wall, (int, float)):
-        lines += [f"wall time {wall / 60:.1f} min on {_get(data, 'cpu_count')} CPU(s)", ""]
+        reused, total, run_seconds = _get(data, "runs_reused"), _get(data, "runs_total"), _get(data, "run_seconds")
+        note = (
+            f" ({reused} of {total} runs reused from an earlier invocation; training + evaluation of all runs "
+            f"{run_seconds / 60:.1f} min)"
+            if isinstance(reused, int) and reused and isinstance(run_seconds, (int, float))
+            else ""
+        )
+        lines += [f"wall time {wall / 60:.1f} min on {_get(data, 'cpu_count')} CPU(s){note}", ""]
     return lines, _load_text(_get(data, "load_average_at_start"), _get(data, "load_average_at_end"))
 
 

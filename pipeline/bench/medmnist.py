@@ -621,7 +621,14 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                 f"{'—' if not params else f'{params / 1e6:.2f} M'} | {_fmt(test.get('difference'))}"
                 f"{'' if not diff_ci else f' ({diff_ci[0]:.3f}, {diff_ci[1]:.3f})'} | {_fmt(test.get('p_value'), 4)} |"
             )
-    lines += ["", f"Wall time: {_fmt(result.get('wall_seconds', 0) / 60, 1)} min on {result.get('cpu_count')} CPU(s)."]
+    wall = f"Wall time: {_fmt(result.get('wall_seconds', 0) / 60, 1)} min on {result.get('cpu_count')} CPU(s)"
+    if result.get("runs_reused"):
+        wall += (
+            f"; {result['runs_reused']} of {result['runs_total']} runs were reused from an earlier invocation with the"
+            f" same settings; training + evaluation time of all {result['runs_total']} runs:"
+            f" {_fmt(result.get('run_seconds', 0) / 60, 1)} min"
+        )
+    lines += ["", wall + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -662,6 +669,7 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
     data = json.loads(datalist.read_text(encoding="utf-8"))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings.models}
     ablation_runs: dict[str, list[dict[str, Any]]] = {}
+    finished: dict[str, dict[str, Any]] = {}  # every run (teachers too) by run folder, for the compute-time tally
     trained = [m for m in settings.models if m != "aam_student"]
     if "aam_student" in settings.models and "aam_resnet50" not in trained:
         trained.insert(0, "aam_resnet50")  # the student's teacher
@@ -670,13 +678,15 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
         checkpoints: dict[str, Path] = {}
         for name in trained if seed in settings.seeds else []:
             run_dir = work / "runs" / f"{name}_seed{seed}"
-            result = _train_and_evaluate(settings, datalist=datalist, run_dir=run_dir, network_name=name, seed=seed)
+            result = finished[run_dir.name] = _train_and_evaluate(
+                settings, datalist=datalist, run_dir=run_dir, network_name=name, seed=seed
+            )
             checkpoints[name] = Path(result["checkpoint"])
             if name in runs:
                 runs[name].append(result)
         if "aam_student" in settings.models and seed in settings.seeds:
             run_dir = work / "runs" / f"aam_student_seed{seed}"
-            result = _train_and_evaluate(
+            result = finished[run_dir.name] = _train_and_evaluate(
                 settings,
                 datalist=datalist,
                 run_dir=run_dir,
@@ -687,7 +697,7 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
             runs["aam_student"].append(result)
             if settings.student_scratch:  # the same student without its teacher: what distillation adds
                 run_dir = work / "runs" / f"aam_student_scratch_seed{seed}"
-                result = _train_and_evaluate(
+                result = finished[run_dir.name] = _train_and_evaluate(
                     settings, datalist=datalist, run_dir=run_dir, network_name="aam_student", seed=seed
                 )
                 runs.setdefault(SCRATCH_STUDENT, []).append(result)
@@ -697,7 +707,7 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
                 # the full variant shares the main table's run folder (and so its finished run)
                 tag = "_".join(f"{k}-{v}" for k, v in kwargs.items())
                 run_dir = work / "runs" / (f"ablation_{base}_{tag}_seed{seed}" if tag else f"{base}_seed{seed}")
-                result = _train_and_evaluate(
+                result = finished[run_dir.name] = _train_and_evaluate(
                     settings, datalist=datalist, run_dir=run_dir, network_name=base, seed=seed, network_kwargs=kwargs
                 )
                 ablation_runs.setdefault(variant, []).append(result)
@@ -728,6 +738,10 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
         result["ablation_network"] = settings.ablation_network
         result["ablation_delong"] = ablation["delong"]
     result.update(
+        runs_total=len(finished),
+        runs_reused=sum(1 for r in finished.values() if r.get("reused")),
+        # what the results cost to compute, whether trained now or reused from an earlier invocation
+        run_seconds=sum((r.get("train_seconds") or 0.0) + (r.get("eval_seconds") or 0.0) for r in finished.values()),
         wall_seconds=time.perf_counter() - started,
         cpu_count=os.cpu_count(),
         machine=platform.machine(),
@@ -806,7 +820,7 @@ def _train_and_evaluate(
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("key") == json.loads(json.dumps(key)):
             logger.info("medmnist: reusing %s (finished earlier with the same settings)", run_dir.name)
-            return record["result"]
+            return {**record["result"], "reused": True}
     if teacher_ckpt is None:
         logger.info("medmnist: training %s %s, seed %d", network_name, dict(network_kwargs or {}), seed)
         training = run_training(

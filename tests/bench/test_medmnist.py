@@ -204,6 +204,16 @@ def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, 
     again = medmnist.run_medmnist(settings)
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert again["ablation"] == ablation
+    assert (result["runs_reused"], again["runs_reused"], again["runs_total"]) == (
+        0,
+        len(medmnist.ABLATIONS),
+        len(medmnist.ABLATIONS),
+    )
+    assert again["run_seconds"] == pytest.approx(result["run_seconds"]) and result["run_seconds"] > 0
+    assert (
+        f"{len(medmnist.ABLATIONS)} of {len(medmnist.ABLATIONS)} runs were reused"
+        in (tmp_path / "results" / "ablation_tiny.md").read_text()
+    )
     # a subset of the variants reuses the same runs and keeps the full model as the reference
     subset = medmnist.run_medmnist(replace(settings, ablation_variants=("PLACEMENT",)))
     assert list(subset["ablation"]) == [

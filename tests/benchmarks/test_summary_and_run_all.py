@@ -66,10 +66,18 @@ def test_summary_renders_medmnist_against_the_published_best(tmp_path):
             ],
             "models": {"aam_resnet50": {"test_auc": 0.88, "test_acc": 0.84}},
             "n_test": 298,
+            "wall_seconds": 30.0,
+            "cpu_count": 2,
+            "runs_total": 4,
+            "runs_reused": 3,
+            "run_seconds": 600.0,
         },
     )
     text = summary.write_summary(tmp_path).read_text()
     assert "| aam_resnet50 | 0.88 | — | 0.8 | 1.1 | 0.84 | 0.8 | 1.05 |" in text
+    # a table assembled from earlier runs says so, with what the runs cost, not only this invocation's wall time
+    assert "wall time 0.5 min on 2 CPU(s) (3 of 4 runs reused from an earlier invocation; training + evaluation" in text
+    assert "of all runs 10.0 min)" in text
 
 
 def test_quick_commands_write_to_the_given_folder(tmp_path):
