@@ -126,6 +126,35 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
             "medmnist_adrenalmnist3d_ablation",
         ),
     ),
+    # attention placement on the AAM-ResNet-50 itself: AAM in every unit (the main table's runs) vs stage ends only
+    BenchmarkSpec(
+        name="medmnist_placement",
+        module_name="benchmarks.bench_medmnist",
+        result_file=None,
+        output_flag="--results-dir",
+        output_is_dir=True,
+        quick_args=("--quick",),
+        args=(
+            "--models",
+            "--ablation",
+            "--ablation-network",
+            "aam_resnet50",
+            "--ablation-variants",
+            "placement",
+            "--name",
+            "medmnist_adrenalmnist3d_placement",
+        ),
+    ),
+    # the distilled aam_student (main table's runs) against the same student trained from scratch
+    BenchmarkSpec(
+        name="medmnist_distillation",
+        module_name="benchmarks.bench_medmnist",
+        result_file=None,
+        output_flag="--results-dir",
+        output_is_dir=True,
+        quick_args=("--quick",),
+        args=("--models", "aam_student", "--student-scratch", "--name", "medmnist_adrenalmnist3d_distillation"),
+    ),
 )
 
 

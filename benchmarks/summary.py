@@ -434,7 +434,11 @@ def render_summary(results: Mapping[str, Any], run_log: Json | None = None) -> s
             if not stems:
                 lines += _section("medmnist", None, _render_medmnist, runs.get("medmnist"))
             for stem in stems:
-                run = runs.get("medmnist_ablation" if stem.endswith("_ablation") else "medmnist")
+                # medmnist_adrenalmnist3d_ablation was made by the run_all entry medmnist_ablation, and so on
+                run = next(
+                    (r for key, r in runs.items() if key.startswith("medmnist_") and stem.endswith(key[8:])),
+                    runs.get("medmnist"),
+                )
                 lines += _section(stem, results[stem], _render_medmnist, run)
         else:
             lines += _section(name, results.get(name), RENDERERS[name], runs.get(name))

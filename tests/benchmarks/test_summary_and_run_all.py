@@ -105,3 +105,22 @@ def test_run_all_runs_a_real_benchmark_and_summarises_it(tmp_path):
     assert [size["n_cases"] for size in result["sizes"]] == [1000]
     section = (tmp_path / "summary.md").read_text().split("## evaluation")[1].split("\n## ")[0]
     assert "(quick settings)" in section and "| 1000 | delong_fast |" in section
+
+
+def test_each_medmnist_result_is_attributed_to_the_run_all_entry_that_made_it(tmp_path):
+    for stem in ("medmnist_adrenalmnist3d", "medmnist_adrenalmnist3d_distillation"):
+        _write(tmp_path, stem, {"models": {}, "n_test": 1})
+    log = {
+        "benchmarks": {
+            "medmnist": {"command": "main-table", "status": "ok", "wall_seconds": 11},
+            "medmnist_distillation": {"command": "student-vs-scratch", "status": "ok", "wall_seconds": 22},
+        }
+    }
+    (tmp_path / "run_all.json").write_text(json.dumps(log))
+    text = summary.write_summary(tmp_path).read_text()
+    main, distillation = text.split("## medmnist_adrenalmnist3d_distillation")
+    main = main.split("## medmnist_adrenalmnist3d")[1]
+    assert "`main-table`" in main and "ok, 11 s" in main and "student-vs-scratch" not in main
+    assert "`student-vs-scratch`" in distillation and "ok, 22 s" in distillation
+    spec_names = [spec.name for spec in run_all.BENCHMARKS]
+    assert {"medmnist_distillation", "medmnist_placement", "medmnist_ablation"} <= set(spec_names)
