@@ -105,7 +105,36 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         output_flag="--output",
         quick_args=("--cases", "16", "--epochs", "2", "--workers", "0"),
     ),
-    BenchmarkSpec(name="distillation", result_file="distillation.json", output_flag="--out", quick_args=("--quick",)),
+    # distilled vs scratch on the demo cohort (AdrenalMNIST3D: medmnist_distillation, 3 seeds through the bundle);
+    # teacher AAM-ResNet-18 (train.json's default) -> aam_student, and -> aam_student_small (<= 10 % of ResNet-50)
+    BenchmarkSpec(
+        name="distillation",
+        result_file="distillation.json",
+        output_flag="--out",
+        quick_args=("--quick",),
+        args=(
+            "--datasets",
+            "demo",
+            "--demo-cases",
+            "120",
+            "--teacher",
+            "aam_resnet18",
+            "--assistant",
+            "",
+            "--small-student",
+            "aam_student_small",
+            "--teacher-epochs",
+            "30",
+            "--student-epochs",
+            "30",
+            "--patience",
+            "10",
+            "--batch-size",
+            "8",
+            "--lr",
+            "6e-4",
+        ),
+    ),
     BenchmarkSpec(
         name="medmnist", result_file=None, output_flag="--results-dir", output_is_dir=True, quick_args=("--quick",)
     ),

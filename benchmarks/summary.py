@@ -247,6 +247,20 @@ def _render_training(data: Json) -> tuple[list[str], str]:
     return lines, _load_text(_get(machine, "load_average_start"), _get(machine, "load_average_end"))
 
 
+_INTERLEAVED_MS = ("latency_interleaved", "threads=1", "median_ms")
+
+
+def _stage_latency(entry: Json, model: Json) -> Any:
+    """A distillation model's CPU ms: from the latencies measured in turn under one load (1 thread) when recorded.
+
+    The stages' own figures are taken minutes apart, so on a shared CPU their ratio can be off by a large factor.
+    """
+    interleaved = _get(entry, *_INTERLEAVED_MS)
+    if isinstance(interleaved, Mapping):
+        return interleaved.get(_get(model, "network"))
+    return _get(model, "cpu_latency_ms")
+
+
 def _render_distillation(data: Json) -> tuple[list[str], str]:
     lines: list[str] = []
     for dataset, entry in (_get(data, "datasets", default={}) or {}).items():
@@ -263,11 +277,15 @@ def _render_distillation(data: Json) -> tuple[list[str], str]:
                     _ratio(_get(model, "test_auc"), _get(teacher, "test_auc")),
                     _get(model, "params"),
                     _ratio(_get(model, "params"), _get(teacher, "params")),
-                    _get(model, "cpu_latency_ms"),
-                    _ratio(_get(model, "cpu_latency_ms"), _get(teacher, "cpu_latency_ms")),
+                    _stage_latency(entry, model),
+                    _ratio(_stage_latency(entry, model), _stage_latency(entry, teacher)),
                 ]
             )
-        lines += [f"*{dataset}* (peer: the teacher; ratio = model / teacher)", ""]
+        interleaved = isinstance(_get(entry, *_INTERLEAVED_MS), Mapping)
+        how = "measured in turn, 1 thread" if interleaved else "per stage"
+        lines += [f"*{dataset}* (peer: the teacher; ratio = model / teacher; CPU ms {how})", ""]
+        if _get(entry, "command"):
+            lines += [f"command: `{_get(entry, 'command')}`", ""]
         headers = ["role", "network", "test AUC", "teacher AUC", "ratio", "params", "ratio", "CPU ms", "ratio"]
         lines += _table(headers, rows)
         comparisons = _get(entry, "comparisons", default={}) or {}

@@ -124,3 +124,20 @@ def test_each_medmnist_result_is_attributed_to_the_run_all_entry_that_made_it(tm
     assert "`student-vs-scratch`" in distillation and "ok, 22 s" in distillation
     spec_names = [spec.name for spec in run_all.BENCHMARKS]
     assert {"medmnist_distillation", "medmnist_placement", "medmnist_ablation"} <= set(spec_names)
+
+
+def test_distillation_latencies_come_from_the_interleaved_measurement_when_recorded(tmp_path):
+    block = {
+        "command": "bench-distil-demo",
+        "models": {
+            "teacher": {"network": "big", "test_auc": 0.9, "params": 100, "cpu_latency_ms": 3400.0},
+            "student_distilled": {"network": "small", "test_auc": 0.9, "params": 10, "cpu_latency_ms": 1396.0},
+        },
+        "latency_interleaved": {"threads=1": {"median_ms": {"big": 40.0, "small": 10.0}}},
+    }
+    _write(tmp_path, "distillation", {"datasets": {"demo": block, "old": {**block, "latency_interleaved": None}}})
+    text = summary.write_summary(tmp_path).read_text()
+    demo, old = text.split("*demo*")[1].split("*old*")
+    assert "measured in turn, 1 thread" in demo and "`bench-distil-demo`" in demo
+    assert "| student_distilled | small | 0.9 | 0.9 | 1 | 10 | 0.1 | 10 | 0.25 |" in demo
+    assert "per stage" in old and "| 1396 | 0.411 |" in old
