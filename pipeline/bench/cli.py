@@ -71,7 +71,7 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--work-dir",
         type=Path,
         default=None,
-        help="cohort, checkpoints, reports (default: runs/bench_medmnist, runs/bench_medmnist_quick with --quick)",
+        help="cohort, checkpoints, reports (default: runs/bench_medmnist, one folder per npz file and for --quick)",
     )
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="where the JSON/Markdown go")
     return parser
@@ -90,7 +90,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
     Raises:
         UserError: for a non-positive seed count, epoch count, batch size or limit.
     """
-    from pipeline.bench.medmnist import REPO_ROOT, MedMNISTSettings, selected_ablations
+    from pipeline.bench.medmnist import MedMNISTSettings, default_work_dir, selected_ablations
     from pipeline.errors import UserError
 
     limit, epochs, seeds = args.limit, args.epochs, args.seeds
@@ -109,8 +109,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         raise UserError(f"--limit must be at least 4 (two cases of each class per split), got {limit}")
     return MedMNISTSettings(
         npz=args.npz,
-        # a smoke run keeps its own folder, so it never replaces the finished runs a full rerun reuses
-        work_dir=args.work_dir or REPO_ROOT / "runs" / ("bench_medmnist_quick" if args.quick else "bench_medmnist"),
+        work_dir=args.work_dir or default_work_dir(args.npz, quick=args.quick),
         results_dir=args.results_dir,
         models=tuple(args.models),
         seeds=tuple(range(seeds)),

@@ -58,6 +58,7 @@ __all__ = [
     "render_markdown",
     "results_stem",
     "run_medmnist",
+    "default_work_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -673,6 +674,10 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
         side = max(32, int(max(load_npz_splits(npz)["test"][0].shape[1:])))
         settings = replace(settings, roi_size=(side, side, side))
     work = Path(settings.work_dir).resolve()
+    earlier = work / "cohort" / "medmnist.datalist.json"
+    source = json.loads(earlier.read_text(encoding="utf-8")).get("manifest") if earlier.is_file() else None
+    if source not in (None, str(npz.resolve())):  # run folders are named by model and seed: they would collide
+        raise UserError(f"{work}: holds the runs of {source}; give {npz.name} its own --work-dir")
     datalist = write_cohort(npz, work / "cohort", limit=settings.limit)
     data = json.loads(datalist.read_text(encoding="utf-8"))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings.models}
@@ -762,6 +767,17 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
     write_json_atomic(out_dir / f"{stem}.json", result)
     write_text_atomic(out_dir / f"{stem}.md", render_markdown(result))
     return result
+
+
+def default_work_dir(npz: str | os.PathLike, *, quick: bool = False) -> Path:
+    """The work folder of a benchmark of ``npz``: ``runs/bench_medmnist`` for the default file, else one per file.
+
+    Each npz file and smoke runs get their own folder, so that no run replaces the finished runs of another dataset
+    (run folders are named by model and seed) that a full rerun would reuse.
+    """
+    stem = Path(npz).stem
+    name = "bench_medmnist" if stem == DEFAULT_NPZ.stem else f"bench_medmnist_{stem}"
+    return REPO_ROOT / "runs" / (f"{name}_quick" if quick else name)
 
 
 def selected_ablations(words: Sequence[str] | None) -> dict[str, dict[str, Any]]:

@@ -254,3 +254,21 @@ def test_distilled_student_is_compared_with_the_same_student_from_scratch():
     assert (row["model"], row["baseline"]) == ("aam_student", medmnist.SCRATCH_STUDENT)
     expected = delong_test(labels, np.mean(distilled, axis=0), np.mean(scratch, axis=0))
     assert row["p_value"] == pytest.approx(expected.p_value) and row["difference"] > 0
+
+
+def test_each_npz_file_gets_its_own_work_folder_and_a_shared_one_is_refused(tmp_path):
+    assert medmnist.default_work_dir(medmnist.DEFAULT_NPZ).name == "bench_medmnist"
+    assert medmnist.default_work_dir("x/adrenalmnist3d_64.npz").name == "bench_medmnist_adrenalmnist3d_64"
+    assert medmnist.default_work_dir("x/adrenalmnist3d_64.npz", quick=True).name.endswith("_64_quick")
+    first, second = _write_npz(tmp_path / "a.npz", per_split=4), _write_npz(tmp_path / "b.npz", per_split=4)
+    medmnist.write_cohort(first, tmp_path / "work" / "cohort")
+    settings = medmnist.MedMNISTSettings(npz=second, work_dir=tmp_path / "work", models=("resnet18",), seeds=(0,))
+    with pytest.raises(UserError, match=r"holds the runs of .*a\.npz; give b\.npz its own --work-dir"):
+        medmnist.run_medmnist(settings)
+
+
+def test_real_64_cube_npz_has_the_documented_splits_at_64_voxels():
+    npz = shared_path("medmnist", "adrenalmnist3d_64.npz")
+    splits = medmnist.load_npz_splits(npz)
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 1188, "val": 98, "test": 298}
+    assert splits["test"][0].shape[1:] == (64, 64, 64)
