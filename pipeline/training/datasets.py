@@ -14,12 +14,14 @@ MONAI has no skip-on-error dataset). :class:`SkipFailedCases` wraps any map-styl
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import stat
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
 
-__all__ = ["SkipFailedCases", "root_cause"]
+__all__ = ["SkipFailedCases", "file_state_hashing", "root_cause"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,40 @@ def root_cause(err: BaseException) -> str:
         err = inner
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _file_state(path: str | os.PathLike) -> tuple[Any, ...] | None:
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return (info.st_size, info.st_mtime_ns)
+    # a DICOM series folder: its files' names, sizes and times (a file rewritten in place leaves the folder's alone)
+    with os.scandir(path) as entries:
+        return tuple(
+            sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file(follow_symlinks=True))
+        )
+
+
+def file_state_hashing(item: Mapping[str, Any]) -> bytes:
+    """``PersistentDataset`` cache key of a datalist entry together with the state of the files it names.
+
+    MONAI's default, :func:`monai.data.utils.pickle_hashing`, keys the entry alone, so a scan rewritten under the same
+    path (a re-export, a regenerated cohort) would be served from the stale cache. Here every string value that names
+    an existing file adds its size and modification time, and a folder (a DICOM series) adds those of its files; the
+    key is then MONAI's hash of the extended entry. MONAI has no file-aware hash, hence this function.
+
+    Args:
+        item: a datalist entry (``image`` path, ``label``, ...).
+
+    Returns:
+        The cache key, as :func:`monai.data.utils.pickle_hashing` returns it.
+    """
+    from monai.data.utils import pickle_hashing
+
+    state = {key: _file_state(value) for key, value in item.items() if isinstance(value, (str, os.PathLike))}
+    return pickle_hashing({**item, "__file_state__": {k: v for k, v in state.items() if v is not None}})
 
 
 class SkipFailedCases(Dataset):

@@ -1,17 +1,19 @@
-"""SkipFailedCases: a bad case is skipped with its reason logged, the others go on."""
+"""SkipFailedCases (a bad case is skipped with its reason logged, the others go on) and file-state cache keys."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 from monai.data import Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from pipeline.data.reader import CTImageReader
-from pipeline.training.datasets import SkipFailedCases, root_cause
+from pipeline.training.datasets import SkipFailedCases, file_state_hashing, root_cause
 
 
 def _cases(tmp_path, n: int = 4, truncated: int | None = 1):
@@ -70,3 +72,34 @@ def test_root_cause_names_the_innermost_error():
             raise RuntimeError("applying transform <LoadImaged>") from inner
     except RuntimeError as outer:
         assert root_cause(outer) == "FileNotFoundError: scan-0003/IM1.dcm: no such file"
+
+
+@pytest.mark.parametrize("hash_func", [pickle_hashing, file_state_hashing])
+def test_a_rewritten_scan_is_not_served_from_a_stale_cache_with_the_file_state_hash(tmp_path, hash_func):
+    path = tmp_path / "scan.nii"
+    entry = {"image": str(path), "label": 1, "case_id": "case-0"}
+    nib.save(nib.Nifti1Image(np.full((6, 5, 4), 1.0, np.float32), np.eye(4)), str(path))
+
+    def first_voxel() -> float:
+        dataset = PersistentDataset([entry], _load_chain(), cache_dir=tmp_path / "cache", hash_func=hash_func)
+        return float(dataset[0]["image"].flatten()[0])
+
+    assert first_voxel() == 1.0
+    nib.save(nib.Nifti1Image(np.full((6, 5, 4), 7.0, np.float32), np.eye(4)), str(path))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))  # coarse-clock filesystems
+    # MONAI's entry-only key serves the old scan; the file-state key loads the new one
+    assert first_voxel() == (7.0 if hash_func is file_state_hashing else 1.0)
+
+
+def test_file_state_hash_follows_the_files_of_a_series_folder(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "1.dcm").write_bytes(b"a" * 10)
+    entry = {"image": str(series), "label": 0, "case_id": "c", "missing": str(tmp_path / "nope")}
+    key = file_state_hashing(entry)
+    assert file_state_hashing(dict(entry)) == key  # deterministic
+    (series / "2.dcm").write_bytes(b"b" * 10)
+    added = file_state_hashing(entry)
+    (series / "1.dcm").write_bytes(b"c" * 11)  # rewritten in place with another size
+    assert len({key, added, file_state_hashing(entry)}) == 3
+    assert file_state_hashing({**entry, "label": 1}) != file_state_hashing(entry)
