@@ -174,6 +174,24 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
             "medmnist_adrenalmnist3d_placement",
         ),
     ),
+    # AAM-ResNet-18, the network train.json trains by default, against the baselines (their runs are the main table's)
+    BenchmarkSpec(
+        name="medmnist_aam_resnet18",
+        module_name="benchmarks.bench_medmnist",
+        result_file=None,
+        output_flag="--results-dir",
+        output_is_dir=True,
+        quick_args=("--quick",),
+        args=(
+            "--models",
+            "aam_resnet18",
+            "resnet18",
+            "resnet50",
+            "densenet121",
+            "--name",
+            "medmnist_adrenalmnist3d_aam_resnet18",
+        ),
+    ),
     # the distilled aam_student (main table's runs) against the same student trained from scratch
     BenchmarkSpec(
         name="medmnist_distillation",

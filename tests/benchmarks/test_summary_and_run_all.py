@@ -123,7 +123,9 @@ def test_each_medmnist_result_is_attributed_to_the_run_all_entry_that_made_it(tm
     assert "`main-table`" in main and "ok, 11 s" in main and "student-vs-scratch" not in main
     assert "`student-vs-scratch`" in distillation and "ok, 22 s" in distillation
     spec_names = [spec.name for spec in run_all.BENCHMARKS]
-    assert {"medmnist_distillation", "medmnist_placement", "medmnist_ablation"} <= set(spec_names)
+    assert {"medmnist_distillation", "medmnist_placement", "medmnist_ablation", "medmnist_aam_resnet18"} <= set(
+        spec_names
+    )
 
 
 def test_distillation_latencies_come_from_the_interleaved_measurement_when_recorded(tmp_path):
