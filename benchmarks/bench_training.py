@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     import torch
 
+    from pipeline.errors import UserError
     from pipeline.io import write_json_atomic
 
     load_start = os.getloadavg()
@@ -148,7 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = args.workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        datalist = args.datalist or _write_cohort(work, cases=args.cases, size=args.size)
+        try:
+            datalist = args.datalist or _write_cohort(work, cases=args.cases, size=args.size)
+        except UserError as err:
+            print(f"bench_training: error: {err}", file=sys.stderr)
+            return 2
         cohort_seconds = time.perf_counter() - started
         data = json.loads(Path(datalist).read_text(encoding="utf-8")) if str(datalist).endswith(".json") else None
         runs = [

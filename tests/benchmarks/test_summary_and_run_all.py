@@ -143,3 +143,17 @@ def test_distillation_latencies_come_from_the_interleaved_measurement_when_recor
     assert "measured in turn, 1 thread" in demo and "`bench-distil-demo`" in demo
     assert "| student_distilled | small | 0.9 | 0.9 | 1 | 10 | 0.1 | 10 | 0.25 |" in demo
     assert "per stage" in old and "| 1396 | 0.411 |" in old
+
+
+def test_the_quick_training_benchmark_cohort_can_be_split_and_too_few_cases_is_one_line(tmp_path, capsys):
+    from benchmarks import bench_training
+
+    spec = run_all._spec("training")
+    cases = int(spec.quick_args[spec.quick_args.index("--cases") + 1])
+    datalist = json.loads(bench_training._write_cohort(tmp_path / "ok", cases=cases, size=32).read_text())
+    assert {row["fold"] for row in datalist["training"]} == set(range(5))
+    out = tmp_path / "training.json"
+    assert bench_training.main(["--cases", "8", "--size", "32", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench_training: error: too few patients") and len(err.splitlines()) == 1
+    assert not out.exists()
