@@ -452,11 +452,12 @@ def render_summary(results: Mapping[str, Any], run_log: Json | None = None) -> s
             if not stems:
                 lines += _section("medmnist", None, _render_medmnist, runs.get("medmnist"))
             for stem in stems:
-                # medmnist_adrenalmnist3d_ablation was made by the run_all entry medmnist_ablation, and so on
-                run = next(
-                    (r for key, r in runs.items() if key.startswith("medmnist_") and stem.endswith(key[8:])),
-                    runs.get("medmnist"),
-                )
+                # medmnist_adrenalmnist3d_ablation was made by the run_all entry medmnist_ablation, and so on; the
+                # plain medmnist_<dataset> by medmnist; any other file by a command of its own (shown from the file)
+                key = next((k for k in runs if k.startswith("medmnist_") and stem.endswith(k[8:])), None)
+                if key is None and stem == f"medmnist_{_get(results[stem], 'dataset')}":
+                    key = "medmnist"
+                run = runs.get(key) if key else None
                 lines += _section(stem, results[stem], _render_medmnist, run)
         else:
             lines += _section(name, results.get(name), RENDERERS[name], runs.get(name))

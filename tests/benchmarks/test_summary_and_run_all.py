@@ -108,8 +108,8 @@ def test_run_all_runs_a_real_benchmark_and_summarises_it(tmp_path):
 
 
 def test_each_medmnist_result_is_attributed_to_the_run_all_entry_that_made_it(tmp_path):
-    for stem in ("medmnist_adrenalmnist3d", "medmnist_adrenalmnist3d_distillation"):
-        _write(tmp_path, stem, {"models": {}, "n_test": 1})
+    for stem in ("medmnist_adrenalmnist3d", "medmnist_adrenalmnist3d_distillation", "medmnist_adrenalmnist3d_rerun"):
+        _write(tmp_path, stem, {"dataset": "adrenalmnist3d", "models": {}, "n_test": 1, "command": f"{stem}-cmd"})
     log = {
         "benchmarks": {
             "medmnist": {"command": "main-table", "status": "ok", "wall_seconds": 11},
@@ -120,8 +120,11 @@ def test_each_medmnist_result_is_attributed_to_the_run_all_entry_that_made_it(tm
     text = summary.write_summary(tmp_path).read_text()
     main, distillation = text.split("## medmnist_adrenalmnist3d_distillation")
     main = main.split("## medmnist_adrenalmnist3d")[1]
+    distillation, rerun = distillation.split("## medmnist_adrenalmnist3d_rerun")
     assert "`main-table`" in main and "ok, 11 s" in main and "student-vs-scratch" not in main
     assert "`student-vs-scratch`" in distillation and "ok, 22 s" in distillation
+    # a results file no run_all entry made keeps its own command and no run_all line
+    assert "`medmnist_adrenalmnist3d_rerun-cmd`" in rerun and "run_all" not in rerun
     spec_names = [spec.name for spec in run_all.BENCHMARKS]
     assert {"medmnist_distillation", "medmnist_placement", "medmnist_ablation", "medmnist_aam_resnet18"} <= set(
         spec_names
