@@ -73,6 +73,20 @@ class BenchmarkSpec:
         return self.module_name or f"benchmarks.bench_{self.name}"
 
 
+def _medmnist_table(suffix: str | None, *args: str) -> BenchmarkSpec:
+    """A ``bench_medmnist`` entry: ``medmnist_<suffix>`` writes ``medmnist_adrenalmnist3d_<suffix>.json`` (the
+    summary attributes each results file to its entry by that suffix); ``None`` is the main table."""
+    return BenchmarkSpec(
+        name="medmnist" if suffix is None else f"medmnist_{suffix}",
+        module_name="benchmarks.bench_medmnist",
+        result_file=None,
+        output_flag="--results-dir",
+        output_is_dir=True,
+        quick_args=("--quick",),
+        args=() if suffix is None else (*args, "--name", f"medmnist_adrenalmnist3d_{suffix}"),
+    )
+
+
 #: every benchmark, in the order ``make bench`` runs them (fast ones first, so a late failure still leaves results)
 BENCHMARKS: tuple[BenchmarkSpec, ...] = (
     BenchmarkSpec(
@@ -135,73 +149,17 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
             "6e-4",
         ),
     ),
-    BenchmarkSpec(
-        name="medmnist", result_file=None, output_flag="--results-dir", output_is_dir=True, quick_args=("--quick",)
-    ),
-    # the gamma / channel / spatial ablation, on the small AAM-ResNet-18 (width 0.25), 3 seeds, trained from scratch
-    BenchmarkSpec(
-        name="medmnist_ablation",
-        module_name="benchmarks.bench_medmnist",
-        result_file=None,
-        output_flag="--results-dir",
-        output_is_dir=True,
-        quick_args=("--quick",),
-        args=(
-            "--models",
-            "--ablation",
-            "--ablation-network",
-            "aam_student_small",
-            "--name",
-            "medmnist_adrenalmnist3d_ablation",
-        ),
-    ),
+    _medmnist_table(None),
+    # the gamma / channel / spatial / placement ablation, on the small AAM-ResNet-18 (width 0.25), from scratch
+    _medmnist_table("ablation", "--models", "--ablation", "--ablation-network", "aam_student_small"),
     # attention placement on the AAM-ResNet-50 itself: AAM in every unit (the main table's runs) vs stage ends only
-    BenchmarkSpec(
-        name="medmnist_placement",
-        module_name="benchmarks.bench_medmnist",
-        result_file=None,
-        output_flag="--results-dir",
-        output_is_dir=True,
-        quick_args=("--quick",),
-        args=(
-            "--models",
-            "--ablation",
-            "--ablation-network",
-            "aam_resnet50",
-            "--ablation-variants",
-            "placement",
-            "--name",
-            "medmnist_adrenalmnist3d_placement",
-        ),
+    _medmnist_table(
+        "placement", "--models", "--ablation", "--ablation-network", "aam_resnet50", "--ablation-variants", "placement"
     ),
     # AAM-ResNet-18, the network train.json trains by default, against the baselines (their runs are the main table's)
-    BenchmarkSpec(
-        name="medmnist_aam_resnet18",
-        module_name="benchmarks.bench_medmnist",
-        result_file=None,
-        output_flag="--results-dir",
-        output_is_dir=True,
-        quick_args=("--quick",),
-        args=(
-            "--models",
-            "aam_resnet18",
-            "resnet18",
-            "resnet50",
-            "densenet121",
-            "--name",
-            "medmnist_adrenalmnist3d_aam_resnet18",
-        ),
-    ),
+    _medmnist_table("aam_resnet18", "--models", "aam_resnet18", "resnet18", "resnet50", "densenet121"),
     # the distilled aam_student (main table's runs) against the same student trained from scratch
-    BenchmarkSpec(
-        name="medmnist_distillation",
-        module_name="benchmarks.bench_medmnist",
-        result_file=None,
-        output_flag="--results-dir",
-        output_is_dir=True,
-        quick_args=("--quick",),
-        args=("--models", "aam_student", "--student-scratch", "--name", "medmnist_adrenalmnist3d_distillation"),
-    ),
+    _medmnist_table("distillation", "--models", "aam_student", "--student-scratch"),
 )
 
 

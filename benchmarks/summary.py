@@ -266,6 +266,7 @@ def _render_distillation(data: Json) -> tuple[list[str], str]:
     for dataset, entry in (_get(data, "datasets", default={}) or {}).items():
         models = _get(entry, "models", default={}) or {}
         teacher = models.get("teacher", {})
+        latencies = {role: _stage_latency(entry, model) for role, model in models.items()}
         rows = []
         for role, model in models.items():
             rows.append(
@@ -277,8 +278,8 @@ def _render_distillation(data: Json) -> tuple[list[str], str]:
                     _ratio(_get(model, "test_auc"), _get(teacher, "test_auc")),
                     _get(model, "params"),
                     _ratio(_get(model, "params"), _get(teacher, "params")),
-                    _stage_latency(entry, model),
-                    _ratio(_stage_latency(entry, model), _stage_latency(entry, teacher)),
+                    latencies[role],
+                    _ratio(latencies[role], latencies.get("teacher")),
                 ]
             )
         interleaved = isinstance(_get(entry, *_INTERLEAVED_MS), Mapping)

@@ -786,15 +786,12 @@ def selected_ablations(words: Sequence[str] | None) -> dict[str, dict[str, Any]]
     """
     if words is None:
         return dict(ABLATIONS)
-    unmatched = [w for w in words if not any(w.lower() in name.lower() for name in ABLATIONS)]
+    matches = {word: {name for name in ABLATIONS if word.lower() in name.lower()} for word in words}
+    unmatched = [word for word, names in matches.items() if not names]
     if unmatched:
         raise UserError(f"--ablation-variants: no variant matches {', '.join(unmatched)} (variants: {list(ABLATIONS)})")
-    full = next(iter(ABLATIONS))
-    return {
-        name: kwargs
-        for name, kwargs in ABLATIONS.items()
-        if name == full or any(w.lower() in name.lower() for w in words)
-    }
+    chosen = {next(iter(ABLATIONS))}.union(*matches.values())
+    return {name: kwargs for name, kwargs in ABLATIONS.items() if name in chosen}
 
 
 def results_stem(settings: MedMNISTSettings) -> str:

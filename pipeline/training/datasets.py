@@ -58,9 +58,8 @@ def _file_state(path: str | os.PathLike) -> tuple[Any, ...] | None:
         return (info.st_size, info.st_mtime_ns)
     # a DICOM series folder: its files' names, sizes and times (a file rewritten in place leaves the folder's alone)
     with os.scandir(path) as entries:
-        return tuple(
-            sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file(follow_symlinks=True))
-        )
+        files = [(entry.name, entry.stat()) for entry in entries if entry.is_file(follow_symlinks=True)]
+    return tuple(sorted((name, info.st_size, info.st_mtime_ns) for name, info in files))
 
 
 def file_state_hashing(item: Mapping[str, Any]) -> bytes:

@@ -83,14 +83,19 @@ def test_real_adrenal_npz_has_the_documented_splits():
     assert int(splits["test"][1].sum()) == 69
 
 
+def _seed_runs(labels, probabilities):
+    """Run records as ``summarize`` takes them: one per seed, in seed order."""
+    return [{"seed": seed, "labels": labels, "probabilities": p} for seed, p in enumerate(probabilities)]
+
+
 def test_summarize_means_and_paired_delong_against_baselines():
     rng = np.random.default_rng(1)
     labels = np.array([0] * 30 + [1] * 20)
     good = [labels * 0.6 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
     weak = [labels * 0.1 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
     runs = {
-        "aam_resnet50": [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(good)],
-        "resnet18": [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(weak)],
+        "aam_resnet50": _seed_runs(labels, good),
+        "resnet18": _seed_runs(labels, weak),
     }
     summary = medmnist.summarize(runs, params={"aam_resnet50": 10, "resnet18": 5})
 
@@ -246,8 +251,8 @@ def test_distilled_student_is_compared_with_the_same_student_from_scratch():
     distilled = [labels * 0.5 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
     scratch = [labels * 0.2 + rng.uniform(0, 0.5, labels.size) for _ in range(2)]
     runs = {
-        "aam_student": [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(distilled)],
-        medmnist.SCRATCH_STUDENT: [{"seed": s, "labels": labels, "probabilities": p} for s, p in enumerate(scratch)],
+        "aam_student": _seed_runs(labels, distilled),
+        medmnist.SCRATCH_STUDENT: _seed_runs(labels, scratch),
     }
     summary = medmnist.summarize(runs, params={"aam_student": 13, medmnist.SCRATCH_STUDENT: 13})
     (row,) = summary["delong"]
