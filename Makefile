@@ -8,25 +8,29 @@ AAMCT   := $(VENV)/bin/aamct
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 RUN     ?= runs/demo
-CASES   ?= 120
-SIZE    ?= 64
 ITK_DIR ?= .bench/itk
 ITK_V   ?= 5.4.*
-EPOCHS  ?= 30
-# the demo trains the small AAM-ResNet-18 (width 0.25) at lr 6e-4, batch 8, cosine schedule, so it converges in
-# minutes on 2 CPU cores (the protocol itself, train.json: make train NETWORK=aam_resnet18 LR=1e-4 BATCH=4
-# SCHEDULE=constant LATER_TIES=false)
-NETWORK ?= aam_student_small
-LR      ?= 6e-4
-BATCH   ?= 8
-SCHEDULE ?= cosine
-# keep the latest of equally scored epochs: the demo's validation AUC saturates at 1.0 within a few epochs
-LATER_TIES ?= true
-SPLIT   ?= test
-STAGES  ?= ['aam_assistant','aam_student']
+# Stage settings are NOT set here: every default lives in pipeline/contracts/defaults.py and the bundle configs read
+# it. These variables are empty unless given (make train NETWORK=aam_resnet50 EPOCHS=50); an empty one passes
+# nothing, so the config's default applies: NETWORK, EPOCHS, LR, BATCH, SCHEDULE, LATER_TIES (train, distill),
+# STAGES (distill), SPLIT (evaluate).
+NETWORK ?=
+EPOCHS  ?=
+LR      ?=
+BATCH   ?=
+SCHEDULE ?=
+LATER_TIES ?=
+STAGES  ?=
+SPLIT   ?=
+# The demo's own recipe (not defaults): 120 generated cases at 64x64, the small AAM-ResNet-18 (width 0.25) at lr 6e-4,
+# batch 8, cosine schedule, 30 epochs, so it converges in minutes on 2 CPU cores; later ties kept, because the demo's
+# validation AUC saturates at 1.0 within a few epochs. The protocol itself is the configs' defaults (make train).
+DEMO_CASES := 120
+DEMO_SIZE  := 64
+DEMO_TRAIN := NETWORK=aam_student_small LR=6e-4 BATCH=8 SCHEDULE=cosine LATER_TIES=true EPOCHS=30
 # the demo's short cascade: the trained network teaches an AAM-ResNet-18 at width 0.125 (0.54 M parameters,
 # 1.2 % of ResNet-50's), a stage given as a mapping (make distill STAGES=... takes names or mappings)
-DEMO_STAGES ?= [{'network': 'aam_student_small', 'name': 'aam_student_tiny', 'network_kwargs': {'width': 0.125}}]
+DEMO_STAGES := [{'network': 'aam_student_small', 'name': 'aam_student_tiny', 'network_kwargs': {'width': 0.125}}]
 # the run whose models/model.pt evaluate / cohort / export use (the demo points it at the distilled student);
 # its models/run.json says which network and preprocessing the weights need
 MODEL_RUN ?= $(RUN)
@@ -36,6 +40,10 @@ MANIFEST ?= $(RUN)/manifest.csv
 BUNDLE  := OMP_WAIT_POLICY=PASSIVE $(PY) -m monai.bundle run
 BUNDLE_COMMON = --meta_file bundle/configs/metadata.json --bundle_root bundle --datalist $(DATALIST)
 BUNDLE_ARGS = $(BUNDLE_COMMON) --output_dir $(RUN)
+# "--flag value" for each variable that is set, nothing for an empty one (the config's default then applies)
+TRAIN_OPTS = $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(NETWORK),--network_name $(NETWORK)) \
+	$(if $(LR),--learning_rate $(LR)) $(if $(BATCH),--batch_size $(BATCH)) $(if $(SCHEDULE),--lr_schedule $(SCHEDULE)) \
+	$(if $(LATER_TIES),--keep_later_ties $(LATER_TIES))
 
 .PHONY: help setup demo test lint format bench train evaluate cohort export crossval distill clean
 
@@ -53,29 +61,28 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv and install the project with its dev tools
 
 demo: $(STAMP)  ## the main job on the demo cohort: data -> train -> evaluate -> distil -> evaluate -> infer -> export (runs/demo/)
-	$(AAMCT) demo-data --out $(RUN)/cohort_dicom --cases $(CASES) --size $(SIZE) --seed 0
+	$(AAMCT) demo-data --out $(RUN)/cohort_dicom --cases $(DEMO_CASES) --size $(DEMO_SIZE) --seed 0
 	$(AAMCT) manifest build --dicom-root $(RUN)/cohort_dicom --labels $(RUN)/cohort_dicom/labels.csv --out $(RUN)/manifest.csv
 	$(AAMCT) manifest split $(RUN)/manifest.csv --seed 0
-	$(MAKE) --no-print-directory train evaluate
-	$(MAKE) --no-print-directory distill STAGES="$(DEMO_STAGES)"
+	$(MAKE) --no-print-directory train evaluate $(DEMO_TRAIN)
+	$(MAKE) --no-print-directory distill $(DEMO_TRAIN) STAGES="$(DEMO_STAGES)"
 	$(MAKE) --no-print-directory evaluate cohort export MODEL_RUN=$(RUN)/distill
 
-train: $(STAMP)  ## train through the bundle: python -m monai.bundle run training (DATALIST, RUN, EPOCHS, NETWORK)
-	$(BUNDLE) training --config_file bundle/configs/train.json $(BUNDLE_ARGS) --epochs $(EPOCHS) --network_name $(NETWORK) --learning_rate $(LR) --batch_size $(BATCH) --lr_schedule $(SCHEDULE) --keep_later_ties $(LATER_TIES)
+train: $(STAMP)  ## train through the bundle: python -m monai.bundle run training (DATALIST, RUN; NETWORK, EPOCHS, LR, ... override the config)
+	$(BUNDLE) training --config_file bundle/configs/train.json $(BUNDLE_ARGS) $(TRAIN_OPTS)
 
-evaluate: $(STAMP)  ## evaluate MODEL_RUN's best checkpoint on a split (SPLIT=test): report, metrics.json, frozen threshold
-	$(BUNDLE) evaluating --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" $(BUNDLE_COMMON) --output_dir $(MODEL_RUN) --split $(SPLIT)
-	@echo "report: $(MODEL_RUN)/eval_$(SPLIT)/report.html"
+evaluate: $(STAMP)  ## evaluate MODEL_RUN's best checkpoint on a split (the config's, or SPLIT=...): report, metrics.json, frozen threshold
+	$(BUNDLE) evaluating --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" $(BUNDLE_COMMON) --output_dir $(MODEL_RUN) $(if $(SPLIT),--split $(SPLIT))
+	@echo "reports: $(MODEL_RUN)/eval_*/report.html"
 
 cohort: $(STAMP)  ## batch-evaluate a cohort with MODEL_RUN's model (MANIFEST, COHORT_SPLIT) -> MODEL_RUN/cohort/
 	$(AAMCT) evaluate-cohort --bundle $(MODEL_RUN) --manifest $(MANIFEST) --split $(COHORT_SPLIT) --out $(MODEL_RUN)/cohort
 
-export: $(STAMP)  ## export MODEL_RUN's model as a shareable bundle zip and verify it
-	$(AAMCT) bundle export --bundle bundle --checkpoint $(MODEL_RUN)/models/model.pt --report $(MODEL_RUN)/metrics.json --datalist $(DATALIST) --out $(MODEL_RUN)/aamct_ct_classifier.zip
-	$(AAMCT) bundle verify $(MODEL_RUN)/aamct_ct_classifier.zip
+export: $(STAMP)  ## export MODEL_RUN's model as a shareable bundle zip (MODEL_RUN/aamct_ct_classifier_vVERSION.zip) and verify it
+	$(AAMCT) bundle export --bundle bundle --checkpoint $(MODEL_RUN)/models/model.pt --report $(MODEL_RUN)/metrics.json --datalist $(DATALIST) --out $(MODEL_RUN) --name aamct_ct_classifier --verify
 
 distill: $(STAMP)  ## cascade distillation from the run's best checkpoint (STAGES) -> RUN/distill/distill_summary.json
-	$(BUNDLE) distilling --config_file "['bundle/configs/train.json','bundle/configs/distill.json']" $(BUNDLE_COMMON) --teacher_ckpt $(RUN)/models/model.pt --output_dir $(RUN)/distill --stages "$(STAGES)" --epochs $(EPOCHS) --learning_rate $(LR) --batch_size $(BATCH) --lr_schedule $(SCHEDULE) --keep_later_ties $(LATER_TIES)
+	$(BUNDLE) distilling --config_file "['bundle/configs/train.json','bundle/configs/distill.json']" $(BUNDLE_COMMON) --teacher_ckpt $(RUN)/models/model.pt --output_dir $(RUN)/distill $(if $(STAGES),--stages "$(STAGES)") $(TRAIN_OPTS)
 
 crossval: $(STAMP)  ## 5-fold cross-validation of the AAM-ResNet against the baselines, with significance tests
 	$(AAMCT) crossval --datalist $(DATALIST) --out $(RUN)/crossval

@@ -108,7 +108,7 @@ def demo_splits(
     Returns:
         ``{"train", "val", "test"}`` lists of datalist entries (``image`` path, integer ``label``).
     """
-    from pipeline.data.datalist import select
+    from pipeline.contracts.datalist import select
     from pipeline.data.demo import write_demo_cohort
     from pipeline.data.manifest import build_manifest
     from pipeline.data.splits import split_manifest
@@ -259,6 +259,7 @@ def run_comparison(
             task_loss=focal,
             train_data_loader=train,
             val_data_loader=val,
+            auc_summary=auc_summary,
             output_dir=work_dir / output,
             roi_size=roi_size,
             max_epochs=args.student_epochs,

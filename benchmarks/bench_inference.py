@@ -56,12 +56,15 @@ GOAL_HEATMAP_S = 4.3  # Clara Holoscan's reported MRI segmentation time on a GPU
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    config = json.loads(BUNDLE_CONFIG.read_text())
+    from monai.bundle import ConfigParser
+
+    # the settings are expressions of the contracts defaults: resolve them
+    config = ConfigParser(json.loads(BUNDLE_CONFIG.read_text()))
     return {
-        "network_name": args.network or config["network_name"],
-        "roi_size": list(args.roi_size or config["roi_size"]),
-        "spacing": list(args.spacing or config["spacing"]),
-        "hu_window": list(config["hu_window"]),
+        "network_name": args.network or config.get_parsed_content("network_name"),
+        "roi_size": list(args.roi_size or config.get_parsed_content("roi_size")),
+        "spacing": list(args.spacing or config.get_parsed_content("spacing")),
+        "hu_window": list(config.get_parsed_content("hu_window")),
         "overlap": config["overlap"],
         "blend_mode": config["blend_mode"],
     }

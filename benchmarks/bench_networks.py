@@ -1,22 +1,38 @@
-"""Network benchmark: parameters, FLOPs and CPU latency of every registry entry, plus the AAM fusion alternative.
+"""Network benchmark: parameters, FLOPs and CPU latency of every registry entry, the AAM's profile and its goals.
 
-Run ``.venv/bin/python -m benchmarks.bench_networks`` (about 5-10 minutes on 2 idle cores); writes
-``benchmarks/results/networks.json``. For every entry of :func:`pipeline.networks.available` at input 1x1x64x128x128:
+Run ``.venv/bin/python -m benchmarks.bench_networks`` (a few minutes on 2 idle cores); writes
+``benchmarks/results/networks.json``. At input 1x1x64x128x128 (batch 1, as whole-volume inference runs):
 
-- ``params``: trainable + frozen parameter count (``in_channels=1, num_classes=2``);
-- ``flops``: forward FLOPs from ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls, 2 per
-  multiply-add; norms, activations, pooling and the attention's elementwise products are not counted);
-- ``latency_s``: wall-clock forward time in eval mode under ``torch.no_grad()`` with ``torch.set_num_threads(2)``,
-  median of ``--repeats`` (>= 5) runs after ``--warmup`` runs; ``cpu_s`` is the matching process CPU time, less
-  sensitive to other processes sharing the machine (the load average is recorded before and after);
-- each figure's ratio to ``resnet50`` (MONAI's 3D ResNet-50, 46,163,010 parameters, with the stride-2 stem the
-  registry uses); MONAI's default stride-1 stem is measured once more as ``monai_resnet50_default_stem``.
+- ``networks``: every entry of :func:`pipeline.networks.available` (plus MONAI's ResNet-34, the same-depth peer of
+  ``aam_resnet34``, which the registry does not list) with ``params``, ``flops`` (``FlopCounterMode``: convolutions
+  and matmuls, 2 per multiply-add; norms, activations, pooling and the attention's elementwise products are not
+  counted) and two latencies:
 
-The fusion section measures the AAM fusion we chose (``product``: ``x * a_c * a_s``) against the alternative
-(``sum``: ``x * a_c + x * a_s``): parameters, FLOPs and latency for the teacher and the student, and a quick accuracy
-signal: ``aam_student_small`` trained with each fusion for ``--train-steps`` steps on AdrenalMNIST3D (28^3 padded to
-32^3, real data from ../shared/data; skipped with a note where absent), test AUC and accuracy. One seed and a short
-schedule: treat AUC differences below a few hundredths as noise.
+  * ``eager``: the network as training builds it, eval mode under ``torch.no_grad()``;
+  * ``deployed``: :func:`pipeline.networks.optimized_for_inference` (TorchScript, frozen, PyTorch's
+    ``optimize_for_inference``: every convolution through oneDNN, norms folded), the CPU inference form.
+
+  Timings are **interleaved**: every round times each network once, in turn, so all networks see the same machine
+  load; ``--repeats`` rounds after ``--warmup`` untimed ones. Reported: median and minimum wall seconds with
+  ``torch.set_num_threads(--threads)`` (default 2), the matching process CPU seconds, the load average before and
+  after, each figure's ratio to ``resnet50`` (MONAI's 3D ResNet-50 with the registry's stride-2 stem) and to the
+  network's same-depth peer (``aam_resnet18`` -> ``resnet18``, ``aam_resnet34`` -> ``resnet34``, ``aam_resnet50`` ->
+  ``resnet50``).
+- ``paper_form``: ``aam_resnet18`` / ``aam_resnet50`` / ``aam_student`` built in the paper's form
+  (:data:`pipeline.networks.PAPER_FORM`: product fusion, full dilated ASPP at full resolution in every unit), timed in
+  the same rounds, so that the cost of the cheap spatial branch is a ratio measured in one run.
+- ``goals`` (issue 14): AAM-ResNet latency <= 1.25x the same-depth ResNet's, ``aam_student`` <= 0.3x ResNet-50's
+  latency and <= 31 % of its parameters; each with the measured ratios (eager and deployed, median and minimum).
+- ``profile``: where an AAM-ResNet-50's eager CPU time goes (``torch.profiler``, ``--threads`` threads): share of the
+  forward spent inside the attention modules (forward hooks) and in their spatial branches, the top operators by
+  self CPU time, and how much convolution time ran through each PyTorch kernel (oneDNN or the native slow ones), for
+  the paper form, the registry default and MONAI's ResNet-50.
+- ``channels_last_3d``: whether the channels-last memory format pays on this CPU (eager ``aam_resnet18`` and
+  ``resnet18`` in both formats, interleaved).
+- ``monai_resnet50_default_stem``: MONAI's own stride-1 stem, once (``--skip-default-stem`` leaves it out).
+
+Timings taken on a shared machine are indicative: compare the ratios (measured in one run) rather than the seconds,
+and read the minimum beside the median.
 """
 
 from __future__ import annotations
@@ -26,29 +42,35 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import monai
-import numpy as np
 import torch
 from monai.networks.nets import resnet50 as monai_resnet50
-from sklearn.metrics import roc_auc_score
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.io import write_json_atomic
-from pipeline.networks import available, build, network_spec
+from pipeline.networks import PAPER_FORM, attention_modules, available, build, network_spec, optimized_for_inference
+from pipeline.networks.baselines import monai_resnet
 
-__all__ = ["main", "measure_network", "train_fusion_signal"]
+__all__ = ["GOALS", "PEERS", "interleaved_latency", "main", "profile_network"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "networks.json"
-ADRENAL_NPZ = (
-    Path(os.environ.get("AAMCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")) / "medmnist" / "adrenalmnist3d.npz"
-)
 REFERENCE = "resnet50"
-THREADS = 2
+#: the same-depth peer of every AAM-ResNet (``resnet34`` is built here: the registry does not list it)
+PEERS: dict[str, str] = {"aam_resnet18": "resnet18", "aam_resnet34": "resnet34", "aam_resnet50": "resnet50"}
+PAPER_NETWORKS: tuple[str, ...] = ("aam_resnet18", "aam_resnet50", "aam_student")
+#: issue 14's goals: (network, peer, figure, bound)
+GOALS: tuple[tuple[str, str, str, float], ...] = (
+    ("aam_resnet18", "resnet18", "latency", 1.25),
+    ("aam_resnet50", "resnet50", "latency", 1.25),
+    ("aam_student", "resnet50", "latency", 0.30),
+    ("aam_student", "resnet50", "params", 0.31),
+)
 
 
 def _count_params(model: torch.nn.Module) -> int:
@@ -62,142 +84,203 @@ def _count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _time_forward(model: torch.nn.Module, x: torch.Tensor, *, warmup: int, repeats: int) -> dict[str, Any]:
-    wall: list[float] = []
-    cpu: list[float] = []
+def interleaved_latency(
+    models: Mapping[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, *, warmup: int, repeats: int
+) -> dict[str, dict[str, Any]]:
+    """Time every model once per round, in turn, for ``repeats`` rounds (after ``warmup`` untimed rounds).
+
+    Args:
+        models: name -> callable taking ``x`` (a network in eval mode, or a TorchScript module).
+        x: the input.
+        warmup: untimed rounds first.
+        repeats: timed rounds.
+
+    Returns:
+        name -> ``{"median_s", "min_s", "runs_s", "cpu_median_s"}``.
+    """
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for _ in range(warmup):
-            model(x)
+            for model in models.values():
+                model(x)
         for _ in range(repeats):
-            wall_start, cpu_start = time.perf_counter(), time.process_time()
-            model(x)
-            wall.append(time.perf_counter() - wall_start)
-            cpu.append(time.process_time() - cpu_start)
+            for name, model in models.items():
+                wall_start, cpu_start = time.perf_counter(), time.process_time()
+                model(x)
+                wall[name].append(time.perf_counter() - wall_start)
+                cpu[name].append(time.process_time() - cpu_start)
     return {
-        "latency_s": statistics.median(wall),
-        "latency_min_s": min(wall),
-        "latency_runs_s": [round(t, 4) for t in wall],
-        "cpu_s": statistics.median(cpu),
+        name: {
+            "median_s": statistics.median(wall[name]),
+            "min_s": min(wall[name]),
+            "runs_s": [round(t, 4) for t in wall[name]],
+            "cpu_median_s": statistics.median(cpu[name]),
+        }
+        for name in models
     }
 
 
-def measure_network(
-    model: torch.nn.Module, *, input_shape: Sequence[int], warmup: int = 1, repeats: int = 5
-) -> dict[str, Any]:
-    """Parameters, FLOPs and CPU forward latency of one network.
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return None if not value or not reference else round(value / reference, 4)
+
+
+def _conv_kernel(name: str) -> str | None:
+    if name == "aten::mkldnn_convolution":
+        return "oneDNN (mkldnn_convolution)"
+    if name in ("aten::slow_conv3d_forward", "aten::slow_conv_dilated3d", "aten::slow_conv3d"):
+        return f"native slow ({name.removeprefix('aten::')})"
+    return None
+
+
+def profile_network(model: torch.nn.Module, x: torch.Tensor, *, top: int = 8) -> dict[str, Any]:
+    """Where one eager forward's CPU time goes: attention modules, spatial branches, operators, conv kernels.
 
     Args:
-        model: the network (put in eval mode here).
-        input_shape: ``(B, C, D, H, W)`` of the random input.
-        warmup: untimed forward passes first.
-        repeats: timed forward passes (the median is reported).
+        model: the network (eval mode is set here).
+        x: the input.
+        top: how many operators to list.
 
     Returns:
-        ``{"params", "flops", "latency_s", "latency_min_s", "latency_runs_s", "cpu_s"}``.
+        ``{"forward_s", "attention_s", "attention_share", "spatial_branch_s", "spatial_branch_share", "top_ops",
+        "conv_kernels"}``; the shares are of the hooked forward's wall time, the operators' of profiled self CPU time.
     """
     model.eval()
-    x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
-    return {
-        "params": _count_params(model),
-        "flops": _count_flops(model, x),
-        **_time_forward(model, x, warmup=warmup, repeats=repeats),
-    }
+    spent = {"attention": 0.0, "spatial": 0.0}
+    started: dict[int, float] = {}
+    handles = []
 
+    def pre(module: torch.nn.Module, _inputs: Any) -> None:
+        started[id(module)] = time.perf_counter()
 
-def _with_ratios(record: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
-    for key in ("params", "flops", "latency_s", "cpu_s"):
-        record[f"{key}_ratio_to_{REFERENCE}"] = round(record[key] / reference[key], 4)
-    return record
+    def post_for(kind: str) -> Callable[..., None]:
+        def post(module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
+            spent[kind] += time.perf_counter() - started.pop(id(module))
 
+        return post
 
-def _load_adrenal(path: Path) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
-    data = np.load(path)
-    splits = {}
-    for split in ("train", "test"):
-        images = torch.from_numpy(data[f"{split}_images"].astype(np.float32) / 255.0)[:, None]
-        # 28^3 is below the networks' 32-voxel minimum: centre the volumes in a 32^3 zero field
-        images = torch.nn.functional.pad(images, (2, 2, 2, 2, 2, 2))
-        splits[split] = (images, data[f"{split}_labels"].reshape(-1).astype(np.int64))
-    return splits
-
-
-def train_fusion_signal(
-    fusion: str, splits: dict[str, tuple[torch.Tensor, np.ndarray]], *, steps: int, batch_size: int, seed: int
-) -> dict[str, Any]:
-    """Train ``aam_student_small`` with one fusion on AdrenalMNIST3D and score the test split.
-
-    Args:
-        fusion: ``"product"`` or ``"sum"``.
-        splits: ``{"train": (images, labels), "test": (images, labels)}`` with images ``(N, 1, 32, 32, 32)``.
-        steps: optimisation steps (Adam, lr 1e-3, class-weighted cross-entropy, random flips).
-        batch_size: volumes per step.
-        seed: seed for weights, batch order and augmentation.
-
-    Returns:
-        Test AUC, accuracy at argmax, final training loss (mean of the last 10 steps), wall time.
-    """
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    train_images, train_labels = splits["train"]
-    test_images, test_labels = splits["test"]
-    labels = torch.from_numpy(train_labels)
-    # about 3.6:1 normal:mass; weight the loss so the quick run does not settle on the majority class
-    class_weights = (len(labels) / (2.0 * torch.bincount(labels, minlength=2).clamp(min=1))).float()
-    model = build("aam_student_small", attention_fusion=fusion)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses: list[float] = []
-    started = time.perf_counter()
-    model.train()
-    for _ in range(steps):
-        index = torch.randint(len(labels), (batch_size,), generator=generator)
-        batch = train_images[index]
-        for axis in (2, 3, 4):
-            flip = torch.rand(batch_size, generator=generator) < 0.5
-            batch[flip] = batch[flip].flip(axis)
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(batch), labels[index], weight=class_weights)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
+    for aam in attention_modules(model):
+        handles += [aam.register_forward_pre_hook(pre), aam.register_forward_hook(post_for("attention"))]
+        if aam.spatial is not None:
+            handles += [
+                aam.spatial.register_forward_pre_hook(pre),
+                aam.spatial.register_forward_hook(post_for("spatial")),
+            ]
     with torch.no_grad():
-        logits = torch.cat([model(chunk) for chunk in test_images.split(64)])
-    probability = torch.softmax(logits, 1)[:, 1].numpy()
+        model(x)  # warm-up
+        spent.update(attention=0.0, spatial=0.0)
+        forward_start = time.perf_counter()
+        model(x)
+        forward_s = time.perf_counter() - forward_start
+    for handle in handles:
+        handle.remove()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    kernels: dict[str, dict[str, float]] = {}
+    for event in events:
+        kernel = _conv_kernel(event.key)
+        if kernel is not None:
+            entry = kernels.setdefault(kernel, {"calls": 0, "self_cpu_s": 0.0})
+            entry["calls"] += event.count
+            entry["self_cpu_s"] += event.self_cpu_time_total / 1e6
+    for entry in kernels.values():
+        entry["share_of_cpu"] = round(entry["self_cpu_s"] * 1e6 / total_us, 4)
     return {
-        "test_auc": round(float(roc_auc_score(test_labels, probability)), 4),
-        "test_accuracy": round(float((logits.argmax(1).numpy() == test_labels).mean()), 4),
-        "final_train_loss": round(statistics.fmean(losses[-10:]), 4),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "forward_s": round(forward_s, 4),
+        "attention_s": round(spent["attention"], 4),
+        "attention_share": round(spent["attention"] / forward_s, 4),
+        "spatial_branch_s": round(spent["spatial"], 4),
+        "spatial_branch_share": round(spent["spatial"] / forward_s, 4),
+        "top_ops": [
+            {
+                "op": e.key,
+                "self_cpu_s": round(e.self_cpu_time_total / 1e6, 4),
+                "share": round(e.self_cpu_time_total / total_us, 4),
+                "calls": e.count,
+            }
+            for e in ranked
+        ],
+        "conv_kernels": kernels,
     }
+
+
+def _profile_finding(profiles: Mapping[str, Mapping[str, Any]]) -> str:
+    """One paragraph from the measured profile (every number in it comes from ``profiles``)."""
+    paper, default = profiles.get("aam_resnet50 (paper form)", {}), profiles.get("aam_resnet50", {})
+
+    def slow_share(entry: Mapping[str, Any]) -> float:
+        return sum(
+            k["share_of_cpu"] for name, k in entry.get("conv_kernels", {}).items() if name.startswith("native slow")
+        )
+
+    if not paper or not default:
+        return "profile incomplete"
+    return (
+        f"Paper form: {paper['attention_share']:.0%} of the AAM-ResNet-50's eager forward is spent inside the AAMs, "
+        f"{paper['spatial_branch_share']:.0%} in their spatial branches (full dilated 3x3x3 convolutions at full "
+        f"resolution); {slow_share(paper):.0%} of its CPU time runs in PyTorch's native slow convolution kernels, "
+        "which the CPU dispatcher picks at batch 1 for ungrouped convolutions on small maps "
+        f"(slow_conv_dilated3d for every dilated one). Registry default (depthwise dilated convolutions at half "
+        f"resolution): attention {default['attention_share']:.0%}, spatial branches "
+        f"{default['spatial_branch_share']:.0%}, native slow kernels {slow_share(default):.0%} (the backbone's own "
+        f"small-map convolutions; MONAI's ResNet-50: {slow_share(profiles.get('resnet50', {})):.0%}). The deployed "
+        "form (optimize_for_inference) runs every convolution through oneDNN."
+    )
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_networks", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON to write (default: %(default)s)")
     parser.add_argument("--input-shape", type=int, nargs=5, default=(1, 1, 64, 128, 128), metavar="N")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes per network")
-    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per network (>= 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds, >= 5 (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--networks", nargs="*", default=None, help="registry names (default: all)")
     parser.add_argument("--skip-default-stem", action="store_true", help="do not time MONAI's stride-1 ResNet-50")
-    parser.add_argument("--train-steps", type=int, default=100, help="steps per fusion variant (0: skip training)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-profile", action="store_true", help="no torch.profiler section")
+    parser.add_argument("--skip-deployed", action="store_true", help="eager latencies only")
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be at least 5")
     return args
 
 
+def _goals(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for network, peer, figure, bound in GOALS:
+        if network not in records or peer not in records:
+            continue
+        row: dict[str, Any] = {"goal": f"{network} {figure} <= {bound}x {peer}", "bound": bound}
+        if figure == "params":
+            ratio = _ratio(records[network]["params"], records[peer]["params"])
+            row.update(ratio=ratio, met=ratio is not None and ratio <= bound)
+        else:
+            for form in ("eager", "deployed"):
+                for stat in ("median_s", "min_s"):
+                    mine, theirs = records[network].get(form, {}), records[peer].get(form, {})
+                    row[f"{form}_{stat.removesuffix('_s')}_ratio"] = _ratio(mine.get(stat), theirs.get(stat))
+            measured = [row.get("eager_median_ratio"), row.get("deployed_median_ratio")]
+            row["met_eager"] = measured[0] is not None and measured[0] <= bound
+            row["met_deployed"] = measured[1] is not None and measured[1] <= bound
+        rows.append(row)
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the JSON; returns the exit status."""
     args = _parse_args(argv)
-    torch.set_num_threads(THREADS)
-    names = args.networks or available()
-    if REFERENCE not in names:
-        names = [REFERENCE, *names]
+    torch.set_num_threads(args.threads)
+    names = list(args.networks or available())
     for name in names:
         network_spec(name)  # fail early (UserError) on a misspelt name
+    for needed in [REFERENCE, *(PEERS.get(n) for n in names if n in PEERS)]:
+        if needed and needed not in names:
+            names.append(needed)
     input_shape = tuple(args.input_shape)
+    x = torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()
     result: dict[str, Any] = {
         "benchmark": "networks",
@@ -205,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "timing": "interleaved: each round times every network once, in turn (eager, then deployed)",
         "torch": torch.__version__,
         "monai": monai.__version__,
         "python": platform.python_version(),
@@ -214,67 +298,132 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
         "flops_note": "FlopCounterMode: conv + matmul only, 2 FLOPs per multiply-add",
         "reference": f"{REFERENCE} (MONAI 3D ResNet-50, stride-2 stem)",
+        "deployed_note": "pipeline.networks.optimized_for_inference: TorchScript, frozen, optimize_for_inference",
     }
 
-    networks: dict[str, dict[str, Any]] = {}
+    eager: dict[str, torch.nn.Module] = {}
+    described: dict[str, dict[str, Any]] = {}
     for name in names:
-        spec = network_spec(name)
-        print(f"[networks] {name} ...", flush=True)
-        record = measure_network(build(name), input_shape=input_shape, warmup=args.warmup, repeats=args.repeats)
-        networks[name] = {"stem": spec.stem, "summary": spec.summary, **record}
-    reference = networks[REFERENCE]
-    result["networks"] = {name: _with_ratios(record, reference) for name, record in networks.items()}
+        if name == "resnet34":
+            model = monai_resnet(34)
+            described[name] = {"stem": network_spec("resnet18").stem, "summary": "MONAI 3D ResNet-34 (peer only)"}
+        else:
+            model = build(name)
+            described[name] = {"stem": network_spec(name).stem, "summary": network_spec(name).summary}
+        eager[name] = model.eval()
+    paper = {f"{name} (paper form)": build(name, **PAPER_FORM).eval() for name in PAPER_NETWORKS if name in names}
+    eager.update(paper)
+    print(f"[networks] counting parameters and FLOPs of {len(eager)} networks ...", flush=True)
+    records: dict[str, dict[str, Any]] = {
+        name: {**described.get(name, {}), "params": _count_params(model), "flops": _count_flops(model, x)}
+        for name, model in eager.items()
+    }
+
+    timed: dict[str, Callable[[torch.Tensor], Any]] = {}
+    for name, model in eager.items():
+        timed[f"{name}|eager"] = model
+        if not args.skip_deployed:
+            print(f"[networks] deploying {name} ...", flush=True)
+            timed[f"{name}|deployed"] = optimized_for_inference(model)
+    print(f"[networks] timing {len(timed)} forms, {args.repeats} interleaved rounds ...", flush=True)
+    result["load_average_timing_start"] = [round(v, 2) for v in os.getloadavg()]
+    latencies = interleaved_latency(timed, x, warmup=args.warmup, repeats=args.repeats)
+    result["load_average_timing_end"] = [round(v, 2) for v in os.getloadavg()]
+    for key, latency in latencies.items():
+        name, form = key.split("|")
+        records[name][form] = latency
+    for record in records.values():
+        # the flat keys the summary and earlier results use: eager median
+        record["latency_s"] = record["eager"]["median_s"]
+        record["cpu_s"] = record["eager"]["cpu_median_s"]
+    reference = records[REFERENCE]
+    for name, record in records.items():
+        for key in ("params", "flops", "latency_s", "cpu_s"):
+            record[f"{key}_ratio_to_{REFERENCE}"] = _ratio(record[key], reference[key])
+        for form in ("eager", "deployed"):
+            if form in record and form in reference:
+                record[form]["median_ratio_to_resnet50"] = _ratio(record[form]["median_s"], reference[form]["median_s"])
+        base = name.removesuffix(" (paper form)")
+        peer = PEERS.get(base)
+        if peer in records:
+            record["peer"] = peer
+            for form in ("eager", "deployed"):
+                if form in record:
+                    record[form]["median_ratio_to_peer"] = _ratio(
+                        record[form]["median_s"], records[peer][form]["median_s"]
+                    )
+                    record[form]["min_ratio_to_peer"] = _ratio(record[form]["min_s"], records[peer][form]["min_s"])
+        if name in paper and base in records:
+            for form in ("eager", "deployed"):
+                if form in record and form in records[base]:
+                    record[form]["default_over_paper"] = _ratio(
+                        records[base][form]["median_s"], record[form]["median_s"]
+                    )
+    result["networks"] = {name: records[name] for name in names}
+    result["paper_form"] = {name: records[name] for name in paper}
+    result["goals"] = _goals(records)
+
+    if not args.skip_profile:
+        profiles: dict[str, Any] = {}
+        for name in ("aam_resnet50 (paper form)", "aam_resnet50", REFERENCE):
+            if name in eager:
+                print(f"[networks] profiling {name} ...", flush=True)
+                profiles[name] = profile_network(eager[name], x)
+        profiles["finding"] = _profile_finding(profiles)
+        result["profile"] = profiles
+
+    channels_last = {}
+    for name in ("aam_resnet18", "resnet18"):
+        if name in eager:
+            copy = build(name).eval().to(memory_format=torch.channels_last_3d)
+            copy.load_state_dict(eager[name].state_dict())
+            channels_last[name] = copy
+    if channels_last:
+        print("[networks] channels_last_3d ...", flush=True)
+        x_last = x.contiguous(memory_format=torch.channels_last_3d)
+        forms = {f"{n}|contiguous": eager[n] for n in channels_last}
+        forms.update({f"{n}|channels_last_3d": (lambda _x, m=m: m(x_last)) for n, m in channels_last.items()})
+        timing = interleaved_latency(forms, x, warmup=1, repeats=5)
+        section: dict[str, Any] = {}
+        for name in channels_last:
+            contiguous, last = timing[f"{name}|contiguous"], timing[f"{name}|channels_last_3d"]
+            ratio = _ratio(last["median_s"], contiguous["median_s"])
+            section[name] = {
+                "contiguous_s": contiguous["median_s"],
+                "channels_last_3d_s": last["median_s"],
+                "ratio": ratio,
+            }
+        section["pays"] = all(v["ratio"] is not None and v["ratio"] < 0.95 for v in section.values())
+        result["channels_last_3d"] = section
 
     if not args.skip_default_stem:
         print("[networks] MONAI resnet50 with its default stride-1 stem ...", flush=True)
-        default_stem = monai_resnet50(spatial_dims=3, n_input_channels=1, num_classes=2)
-        record = measure_network(default_stem, input_shape=input_shape, warmup=args.warmup, repeats=args.repeats)
-        record["stem"] = "7x7x7 conv stride 1 (MONAI default conv1_t_stride=1) + 3x3x3 max-pool stride 2"
-        result["monai_resnet50_default_stem"] = _with_ratios(record, reference)
-
-    fusion: dict[str, Any] = {
-        "chosen": "product: AAM(x) = x * a_c * a_s",
-        "alternative": "sum: AAM(x) = x * a_c + x * a_s",
-        "cost": {},
-    }
-    for name in ("aam_resnet50", "aam_student"):
-        for mode in ("product", "sum"):
-            if mode == "product" and name in result["networks"]:
-                # the registry default is the product fusion: same network, already measured above
-                fusion["cost"][f"{name}/{mode}"] = result["networks"][name]
-                continue
-            print(f"[fusion] {name} {mode} ...", flush=True)
-            model = build(name, attention_fusion=mode)
-            record = measure_network(model, input_shape=input_shape, warmup=args.warmup, repeats=args.repeats)
-            fusion["cost"][f"{name}/{mode}"] = _with_ratios(record, reference)
-    if args.train_steps > 0 and ADRENAL_NPZ.is_file():
-        splits = _load_adrenal(ADRENAL_NPZ)
-        fusion["accuracy_signal"] = {
-            "task": "AdrenalMNIST3D (28^3 padded to 32^3), train split -> test split (298 cases, 69 masses)",
-            "network": "aam_student_small",
-            "steps": args.train_steps,
-            "batch_size": args.batch_size,
-            "seed": args.seed,
-            "note": "one seed, short schedule: a sanity signal, not evidence; published 3D ResNet-18 test AUC 0.827",
+        default_stem = monai_resnet50(spatial_dims=3, n_input_channels=1, num_classes=2).eval()
+        timing = interleaved_latency({"default": default_stem, REFERENCE: eager[REFERENCE]}, x, warmup=1, repeats=5)
+        record = {
+            "stem": "7x7x7 conv stride 1 (MONAI default conv1_t_stride=1) + 3x3x3 max-pool stride 2",
+            "params": _count_params(default_stem),
+            "flops": _count_flops(default_stem, x),
+            "latency_s": timing["default"]["median_s"],
+            "latency_ratio_to_stride2_in_turn": _ratio(timing["default"]["median_s"], timing[REFERENCE]["median_s"]),
         }
-        for mode in ("product", "sum"):
-            print(f"[fusion] training aam_student_small with {mode} fusion ...", flush=True)
-            fusion["accuracy_signal"][mode] = train_fusion_signal(
-                mode, splits, steps=args.train_steps, batch_size=args.batch_size, seed=args.seed
-            )
-    else:
-        fusion["accuracy_signal"] = {"skipped": f"train steps 0 or {ADRENAL_NPZ} not found"}
-    result["fusion"] = fusion
+        record["flops_ratio_to_resnet50"] = _ratio(record["flops"], reference["flops"])
+        result["monai_resnet50_default_stem"] = record
+
     result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     path = write_json_atomic(args.output, result)
     print(f"[networks] wrote {path} in {result['total_seconds']} s")
-    for name, record in result["networks"].items():
+    for name, record in records.items():
+        deployed = record.get("deployed", {}).get("median_s")
         print(
-            f"  {name:18s} params {record['params']:>11,d} ({record['params_ratio_to_resnet50']:.3f})"
-            f"  GFLOPs {record['flops'] / 1e9:7.1f} ({record['flops_ratio_to_resnet50']:.3f})"
-            f"  latency {record['latency_s']:.3f} s ({record['latency_s_ratio_to_resnet50']:.3f})"
+            f"  {name:28s} params {record['params']:>11,d} ({record['params_ratio_to_resnet50']:.3f})"
+            f"  GFLOPs {record['flops'] / 1e9:6.1f}  eager {record['latency_s']:.3f} s"
+            f" ({record['latency_s_ratio_to_resnet50']:.3f})"
+            + ("" if deployed is None else f"  deployed {deployed:.3f} s")
         )
+    for goal in result["goals"]:
+        print(f"  goal {goal}")
     return 0
 
 

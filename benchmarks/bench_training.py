@@ -126,12 +126,12 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     from monai.bundle import ConfigParser
 
     config = json.loads((REPO_ROOT / "bundle" / "configs" / "train.json").read_text(encoding="utf-8"))
-    parser = ConfigParser(config)  # network_name refers to default_network_name: resolve it
+    parser = ConfigParser(config)  # the settings are expressions of the contracts defaults: resolve them
     return {
         "network_name": args.network or parser.get_parsed_content("network_name"),
         "batch_size": args.batch_size or config["batch_size"],
-        "roi_size": config["roi_size"],
-        "spacing": config["spacing"],
+        "roi_size": parser.get_parsed_content("roi_size"),
+        "spacing": parser.get_parsed_content("spacing"),
         "epochs": args.epochs,
     }
 

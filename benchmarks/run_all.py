@@ -149,6 +149,14 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
             "6e-4",
         ),
     ),
+    # heatmaps against the demo's lesion masks: every map kind, AAM-ResNet-18 (width 0.25) vs ResNet-18 (same width),
+    # default and hard demo; trains each network once through the bundle (benchmarks/demo_models.py) or reuses it
+    BenchmarkSpec(
+        name="localisation",
+        result_file="localisation.json",
+        output_flag="--output",
+        quick_args=("--quick",),
+    ),
     _medmnist_table(None),
     # the gamma / channel / spatial / placement ablation, on the small AAM-ResNet-18 (width 0.25), from scratch
     _medmnist_table("ablation", "--models", "--ablation", "--ablation-network", "aam_student_small"),

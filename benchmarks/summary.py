@@ -42,6 +42,8 @@ KNOWN_BENCHMARKS: tuple[str, ...] = (
     "inference",
     "training",
     "distillation",
+    "localisation",
+    "small_lesions",
     "medmnist",
 )
 
@@ -164,9 +166,12 @@ def _render_evaluation(data: Json) -> tuple[list[str], str]:
 
 def _render_networks(data: Json) -> tuple[list[str], str]:
     networks = _get(data, "networks", default={}) or {}
+    paper = _get(data, "paper_form", default={}) or {}
     reference = networks.get("resnet50", {})
     rows = []
-    for name, entry in networks.items():
+    for name, entry in {**networks, **paper}.items():
+        peer = networks.get(_get(entry, "peer"), {}) if _get(entry, "peer") else {}
+        deployed = _get(entry, "deployed", "median_s")
         rows.append(
             [
                 name,
@@ -176,15 +181,37 @@ def _render_networks(data: Json) -> tuple[list[str], str]:
                 _ratio(_get(entry, "flops"), _get(reference, "flops")),
                 _get(entry, "latency_s"),
                 _ratio(_get(entry, "latency_s"), _get(reference, "latency_s")),
+                deployed,
+                _ratio(deployed, _get(reference, "deployed", "median_s")),
+                f"{_get(entry, 'peer')} {_ratio(_get(entry, 'latency_s'), _get(peer, 'latency_s'))} / "
+                f"{_ratio(deployed, _get(peer, 'deployed', 'median_s'))}"
+                if peer
+                else "—",
             ]
         )
     shape = _get(data, "input_shape")
-    lines = [f"(input {shape}; peer: {_get(data, 'reference', default='MONAI resnet50')}; ratio = network / peer)", ""]
-    lines += (
-        _table(["network", "params", "ratio", "FLOPs", "ratio", "latency s", "ratio"], rows)
-        if rows
-        else ["not run", ""]
-    )
+    lines = [
+        f"(input {shape}; peer: {_get(data, 'reference', default='MONAI resnet50')}; ratio = network / peer; "
+        f"latency = median of {_get(data, 'repeats', default='?')} interleaved rounds, eager and deployed "
+        "(TorchScript + optimize_for_inference); last column: ratio to the same-depth ResNet, eager / deployed)",
+        "",
+    ]
+    headers = ["network", "params", "ratio", "FLOPs", "ratio", "latency s", "ratio", "deployed s", "ratio", "vs peer"]
+    lines += _table(headers, rows) if rows else ["not run", ""]
+    goals = _get(data, "goals", default=[]) or []
+    if goals:
+        goal_rows = []
+        for goal in goals:
+            if "ratio" in goal:
+                measured, met = _num(goal.get("ratio"), 3), goal.get("met")
+            else:
+                measured = f"{_num(goal.get('eager_median_ratio'), 3)} / {_num(goal.get('deployed_median_ratio'), 3)}"
+                met = f"{_num(goal.get('met_eager'))} / {_num(goal.get('met_deployed'))}"
+            goal_rows.append([goal.get("goal"), measured, met])
+        lines += _table(["goal (issue 14)", "measured (eager / deployed)", "met"], goal_rows)
+    finding = _get(data, "profile", "finding")
+    if finding:
+        lines += [f"Profile: {_num(finding)}", ""]
     return lines, _load_text(_get(data, "load_average_start"), _get(data, "load_average_end"))
 
 
@@ -322,6 +349,8 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
                 acc,
                 best_acc["test_acc"] if best_acc and applies else None,
                 _ratio(acc, best_acc["test_acc"]) if best_acc and applies else "—",
+                _get(model, "val_auc"),
+                _get(model, "run_minutes"),
             ]
         )
     peer = (
@@ -334,7 +363,18 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
         "ratio = measured / published)",
         "",
     ]
-    headers = ["model", "test AUC", "sd", "published AUC", "ratio", "ACC@0.5", "published ACC", "ratio"]
+    headers = [
+        "model",
+        "test AUC",
+        "sd",
+        "published AUC",
+        "ratio",
+        "ACC@0.5",
+        "published ACC",
+        "ratio",
+        "val AUC",
+        "min/run",
+    ]
     lines += _table(headers, rows) if rows else ([] if _get(data, "ablation") else ["not run", ""])
     delong = _get(data, "delong", default=[]) or []
     if delong:
@@ -356,23 +396,28 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
     if ablation:
         versus = {_get(r, "model"): r for r in _get(data, "ablation_delong", default=[]) or []}
         lines += [
-            f"ablation of {_get(data, 'ablation_network')} (difference and paired DeLong p against the full model)",
+            f"{_get(data, 'variant_set', default='ablation')} of {_get(data, 'ablation_network')} "
+            "(difference and paired DeLong p against the first row)",
             "",
         ]
         lines += _table(
-            ["variant", "test AUC", "sd", "params", "difference to full", "p"],
+            ["variant", "val AUC", "test AUC", "sd", "params", "min/run", "difference to first", "p"],
             [
                 [
                     variant,
+                    _get(row, "val_auc"),
                     _get(row, "test_auc"),
                     _get(row, "test_auc_sd"),
                     _get(row, "params"),
+                    _get(row, "run_minutes"),
                     _get(versus.get(variant), "difference"),
                     _get(versus.get(variant), "p_value"),
                 ]
                 for variant, row in ablation.items()
             ],
         )
+        if _get(data, "selected_on_val"):
+            lines += [f"selected on val: {_num(_get(data, 'selected_on_val'))}", ""]
     wall = _get(data, "wall_seconds")
     if isinstance(wall, (int, float)):
         reused, total, run_seconds = _get(data, "runs_reused"), _get(data, "runs_total"), _get(data, "run_seconds")
@@ -384,6 +429,69 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
         )
         lines += [f"wall time {wall / 60:.1f} min on {_get(data, 'cpu_count')} CPU(s){note}", ""]
     return lines, _load_text(_get(data, "load_average_at_start"), _get(data, "load_average_at_end"))
+
+
+def _render_localisation(data: Json) -> tuple[list[str], str]:
+    aucs = {(m.get("difficulty"), m.get("network")): m.get("test_auc") for m in _get(data, "models", default=[]) or []}
+    rows = []
+    for row in _get(data, "results", default=[]) or []:
+        game = row.get("pointing_game", {})
+        ci = game.get("ci") or [None, None]
+        rows.append(
+            [
+                row.get("difficulty"),
+                f"{row.get('network')} (AUC {_num(aucs.get((row.get('difficulty'), row.get('network'))), 3)})",
+                row.get("variant"),
+                f"{game.get('hits')}/{game.get('n')}",
+                f"{_num(ci[0], 2)}-{_num(ci[1], 2)}",
+                _num(_get(row, "energy_in_lesion", "mean"), 3),
+                _num(_get(row, "lesion_share_of_lung", "mean"), 3),
+                _num(_get(row, "voxel_auroc", "mean"), 3),
+            ]
+        )
+    headers = ["demo", "network", "map", "pointing game", "95% CI", "energy in lesions", "lesion share", "voxel AUROC"]
+    note = f"pointing-game margin {_num(_get(data, 'margin_mm'))} mm; test split, positive cases"
+    return [note, "", *_table(headers, rows)], _load_text(
+        _get(data, "load_average_at_start"), _get(data, "load_average_at_end")
+    )
+
+
+def _render_small_lesions(data: Json) -> tuple[list[str], str]:
+    def estimate(value: Any) -> str:
+        if not isinstance(value, Mapping) or value.get("value") is None:
+            return "—"
+        ci = value.get("ci")
+        return f"{value['value']:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    tertiles = ("smallest third", "middle third", "largest third")
+    rows = []
+    for name, row in (_get(data, "networks", default={}) or {}).items():
+        ci = _get(row, "auc_ci") or [None, None]
+        rows.append(
+            [
+                name,
+                f"{_num(_get(row, 'auc'), 3)} ({_num(ci[0], 3)}-{_num(ci[1], 3)})",
+                estimate(_get(row, "sensitivity")),
+                *(estimate(_get(row, "tertiles", t, "sensitivity")) for t in tertiles),
+                estimate(_get(row, "specificity")),
+            ]
+        )
+    edges = _get(data, "tertile_edges_ml") or [None, None]
+    note = (
+        f"hard demo, test split {_get(data, 'n_test')} cases ({_get(data, 'n_test_positive')} positive); operating "
+        f"point frozen on val; tertile edges {_num(edges[0], 3)} / {_num(edges[1], 3)} ml; Wilson / DeLong 95% CIs"
+    )
+    lines = [note, "", *_table(["network", "AUC (95% CI)", "sensitivity", *tertiles, "specificity"], rows)]
+    delong = _get(data, "delong", default=[]) or []
+    if delong:
+        lines += _table(
+            ["paired DeLong", "AUC a", "AUC b", "difference", "p"],
+            [
+                [f"{r.get('a')} vs {r.get('b')}", r.get("auc_a"), r.get("auc_b"), r.get("difference"), r.get("p_value")]
+                for r in delong
+            ],
+        )
+    return lines, _load_text(_get(data, "load_average", "start"), _get(data, "load_average", "end"))
 
 
 def _render_generic(data: Json) -> tuple[list[str], str]:
@@ -398,6 +506,8 @@ RENDERERS: dict[str, Callable[[Json], tuple[list[str], str]]] = {
     "inference": _render_inference,
     "training": _render_training,
     "distillation": _render_distillation,
+    "localisation": _render_localisation,
+    "small_lesions": _render_small_lesions,
     "medmnist": _render_medmnist,
 }
 

@@ -2,9 +2,9 @@
 
 Every chain starts with the same deterministic preprocessing, so a case is seen identically by training, validation,
 evaluation and inference (the bundle configs pass one set of ``roi_size`` / ``spacing`` / ``hu_window`` values to all
-of them)::
+of them; their defaults, here and in the configs, are :mod:`pipeline.contracts.defaults`)::
 
-    LoadImaged(CTImageReader)      DICOM series folder or NIfTI file -> float32 HU, RAS affine, no PHI in the meta
+    LoadScand                      DICOM series folder or NIfTI file -> float32 HU, RAS affine, no PHI in the meta
     EnsureChannelFirstd            (X, Y, Z) -> (1, X, Y, Z)
     Orientationd("RAS")            same voxel order for every scanner / file
     Spacingd(spacing)              one physical voxel size (anisotropic CT slices are resampled, not stretched later)
@@ -13,13 +13,20 @@ of them)::
     Resized(roi_size, area)        fixed network input size
     EnsureTyped(float32)
 
+``LoadScand`` (:mod:`pipeline.data.loading`) is the one scan loader of every stage: it applies exactly the checks of
+``aamct manifest build`` (series choice, geometry incl. gantry tilt, damaged files; NIfTI shape, values and affine)
+and reads with :class:`~pipeline.data.reader.CTImageReader` alone, so a scan the builder would reject fails here with
+the builder's reason (:class:`~pipeline.data.loading.ScanRejected`, ``"<path>: <reason>"``) instead of being read
+by another MONAI reader. ``min_slices`` is the builder's ``--min-slices`` (default 16).
+
 The training chain adds augmentation (left-right flip, a small affine, intensity shift and Gaussian noise) after the
 deterministic part, so MONAI's ``PersistentDataset`` / ``CacheDataset`` cache everything up to the first random
 transform, and hands plain tensors (no meta data) to the training step. Labels (integers) become a ``(1,)`` long tensor, i.e. ``(B, 1)`` per batch, the shape
 ``monai.losses.FocalLoss(to_onehot_y=True)`` and ``AsDiscreted(to_onehot=...)`` expect.
 
-Every transform used is MONAI's own; the only code here is the parameter plumbing and :class:`HUAbove`, a picklable
-foreground selector (MONAI ships only ``is_positive``, which would keep the air of an HU volume).
+Every transform used is MONAI's own (``LoadScand`` is a MONAI ``LoadImaged`` with one reader); the only code here is
+the parameter plumbing and :class:`HUAbove`, a picklable foreground selector (MONAI ships only ``is_positive``, which
+would keep the air of an HU volume).
 """
 
 from __future__ import annotations
@@ -29,13 +36,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from monai.data import ImageReader
 from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     Orientationd,
     RandAffined,
@@ -47,13 +52,17 @@ from monai.transforms import (
     Spacingd,
 )
 
+from pipeline.contracts.defaults import (
+    DEFAULT_BODY_THRESHOLD_HU,
+    DEFAULT_HU_WINDOW,
+    DEFAULT_ROI_SIZE,
+    DEFAULT_SPACING,
+)
+from pipeline.data.loading import DEFAULT_MIN_SLICES, LoadScand
+
 __all__ = [
     "IMAGE_KEY",
     "LABEL_KEY",
-    "DEFAULT_ROI_SIZE",
-    "DEFAULT_SPACING",
-    "DEFAULT_HU_WINDOW",
-    "DEFAULT_BODY_THRESHOLD_HU",
     "HUAbove",
     "preprocessing_transforms",
     "augmentation_transforms",
@@ -64,16 +73,6 @@ __all__ = [
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
-
-#: network input (x, y, z): small enough to train on a CPU (the demo); real cohorts on a GPU use e.g. (128, 128, 64)
-DEFAULT_ROI_SIZE: tuple[int, int, int] = (64, 64, 32)
-#: target voxel size in mm (x, y, z), matched to DEFAULT_ROI_SIZE: a ~350 mm field of view and ~320 mm of slices
-#: land near 64 x 64 x 32 before the crop, so Resized changes little; use about (2.5, 2.5, 5.0) with (128, 128, 64)
-DEFAULT_SPACING: tuple[float, float, float] = (5.0, 5.0, 10.0)
-#: lung window in HU, mapped to 0..1
-DEFAULT_HU_WINDOW: tuple[float, float] = (-1000.0, 400.0)
-#: voxels above this HU count as body for the foreground crop (air is about -1000, aerated lung about -850 .. -700)
-DEFAULT_BODY_THRESHOLD_HU: float = -500.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,8 @@ def preprocessing_transforms(
     spacing: Sequence[float] | None = DEFAULT_SPACING,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
-    reader: ImageReader | str | None = None,
+    min_slices: int = DEFAULT_MIN_SLICES,
+    workers: int | None = None,
     with_label: bool = True,
 ) -> list[MapTransform]:
     """The deterministic chain shared by training, evaluation and inference.
@@ -109,8 +109,9 @@ def preprocessing_transforms(
         spacing: target voxel size (x, y, z) in mm; ``None`` keeps the acquired spacing.
         hu_window: ``(low, high)`` HU mapped to 0..1 (values outside are clipped).
         body_threshold_hu: HU above which a voxel counts as body for the foreground crop; ``None`` skips the crop.
-        reader: the ``LoadImaged`` reader; ``None`` uses :class:`pipeline.data.reader.CTImageReader` (DICOM series
-            folders and NIfTI files). A MONAI reader name such as ``"NibabelReader"`` is accepted too.
+        min_slices: fewest slices a scan may have (the manifest builder's ``--min-slices``; 1 for toy volumes).
+        workers: slice-decoding threads per scan (1 inside a multi-worker ``DataLoader``; default: see
+            :class:`~pipeline.data.loading.LoadScan`).
         with_label: also turn the integer ``label`` into a ``(1,)`` long tensor.
 
     Returns:
@@ -123,13 +124,8 @@ def preprocessing_transforms(
     window = [float(v) for v in hu_window]
     if len(window) != 2 or not window[0] < window[1]:
         raise ValueError(f"hu_window must be two increasing HU values (low, high), got {list(hu_window)!r}")
-    if reader is None:
-        # imported here so that the chains can be built (e.g. for inspection) without the DICOM stack loaded
-        from pipeline.data.reader import CTImageReader
-
-        reader = CTImageReader()
     chain: list[MapTransform] = [
-        LoadImaged(keys=IMAGE_KEY, reader=reader, image_only=True),
+        LoadScand(keys=IMAGE_KEY, min_slices=min_slices, workers=workers),
         EnsureChannelFirstd(keys=IMAGE_KEY),
         # labels=None: read "RAS" in the image's own space (MONAI's coming default; silences its FutureWarning)
         Orientationd(keys=IMAGE_KEY, axcodes="RAS", labels=None),
@@ -219,7 +215,8 @@ def train_transforms(
     spacing: Sequence[float] | None = DEFAULT_SPACING,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
-    reader: ImageReader | str | None = None,
+    min_slices: int = DEFAULT_MIN_SLICES,
+    workers: int | None = None,
     augment: bool = True,
 ) -> Compose:
     """Preprocessing followed by augmentation, for the training split.
@@ -229,14 +226,20 @@ def train_transforms(
         spacing: target voxel size (x, y, z) in mm, or ``None``.
         hu_window: ``(low, high)`` HU window.
         body_threshold_hu: foreground threshold in HU, or ``None``.
-        reader: see :func:`preprocessing_transforms`.
+        min_slices: see :func:`preprocessing_transforms`.
+        workers: see :func:`preprocessing_transforms`.
         augment: append :func:`augmentation_transforms` (``False`` gives the evaluation chain).
 
     Returns:
         A MONAI ``Compose``.
     """
     chain = preprocessing_transforms(
-        roi_size=roi_size, spacing=spacing, hu_window=hu_window, body_threshold_hu=body_threshold_hu, reader=reader
+        roi_size=roi_size,
+        spacing=spacing,
+        hu_window=hu_window,
+        body_threshold_hu=body_threshold_hu,
+        min_slices=min_slices,
+        workers=workers,
     )
     if augment:
         chain += augmentation_transforms(roi_size=roi_size)
@@ -252,7 +255,8 @@ def eval_transforms(
     spacing: Sequence[float] | None = DEFAULT_SPACING,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
-    reader: ImageReader | str | None = None,
+    min_slices: int = DEFAULT_MIN_SLICES,
+    workers: int | None = None,
 ) -> Compose:
     """The deterministic chain with labels, for validation and evaluation.
 
@@ -261,14 +265,20 @@ def eval_transforms(
         spacing: target voxel size (x, y, z) in mm, or ``None``.
         hu_window: ``(low, high)`` HU window.
         body_threshold_hu: foreground threshold in HU, or ``None``.
-        reader: see :func:`preprocessing_transforms`.
+        min_slices: see :func:`preprocessing_transforms`.
+        workers: see :func:`preprocessing_transforms`.
 
     Returns:
         A MONAI ``Compose``.
     """
     return Compose(
         preprocessing_transforms(
-            roi_size=roi_size, spacing=spacing, hu_window=hu_window, body_threshold_hu=body_threshold_hu, reader=reader
+            roi_size=roi_size,
+            spacing=spacing,
+            hu_window=hu_window,
+            body_threshold_hu=body_threshold_hu,
+            min_slices=min_slices,
+            workers=workers,
         )
     )
 
@@ -279,7 +289,8 @@ def infer_transforms(
     spacing: Sequence[float] | None = DEFAULT_SPACING,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
-    reader: ImageReader | str | None = None,
+    min_slices: int = DEFAULT_MIN_SLICES,
+    workers: int | None = None,
 ) -> Compose:
     """The deterministic chain without labels, for inference on unlabelled cases.
 
@@ -291,7 +302,8 @@ def infer_transforms(
         spacing: target voxel size (x, y, z) in mm, or ``None``.
         hu_window: ``(low, high)`` HU window.
         body_threshold_hu: foreground threshold in HU, or ``None``.
-        reader: see :func:`preprocessing_transforms`.
+        min_slices: see :func:`preprocessing_transforms`.
+        workers: see :func:`preprocessing_transforms`.
 
     Returns:
         A MONAI ``Compose``.
@@ -302,7 +314,8 @@ def infer_transforms(
             spacing=spacing,
             hu_window=hu_window,
             body_threshold_hu=body_threshold_hu,
-            reader=reader,
+            min_slices=min_slices,
+            workers=workers,
             with_label=False,
         )
     )

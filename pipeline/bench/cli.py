@@ -51,10 +51,34 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         help="only the ablation variants whose names contain one of these words, e.g. placement (default: all)",
     )
     parser.add_argument(
+        "--variant-set",
+        choices=("ablation", "probes"),
+        default="ablation",
+        help="the variants --ablation trains: the component ablation, or the AAM variant probes of issue 14 "
+        "(selected on val) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--teacher", default="aam_resnet50", help="distillation teacher of aam_student (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--distill-weight",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a distill.json loss setting for the distilled student, e.g. attention_weight=100 or hint_weight=1 "
+        "(repeatable; names: kd_weight, attention_weight, hint_weight, temperature, attention_source)",
+    )
+    parser.add_argument(
+        "--width-multiplier",
+        type=float,
+        default=None,
+        help="scale every network's width (AAM width, MONAI ResNet widen_factor) to fit a CPU budget",
+    )
+    parser.add_argument(
         "--distill-stages",
         nargs="+",
         default=["aam_student"],
-        help="cascade after the aam_resnet50 teacher, ending in aam_student (default: %(default)s)",
+        help="cascade after the --teacher, ending in aam_student (default: %(default)s)",
     )
     parser.add_argument(
         "--lr-schedule",
@@ -104,7 +128,8 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
     if args.distill_stages[-1] != "aam_student":
         raise UserError(f"--distill-stages must end in aam_student, got {' '.join(args.distill_stages)}")
     variants = None if args.ablation_variants is None else tuple(args.ablation_variants)
-    selected_ablations(variants)  # an unknown word fails here, before any training
+    selected_ablations(variants, variant_set=args.variant_set)  # an unknown word fails here, before any training
+    distill_weights = _distill_weights(args.distill_weight)
     if limit is not None and limit < 4:
         raise UserError(f"--limit must be at least 4 (two cases of each class per split), got {limit}")
     return MedMNISTSettings(
@@ -127,10 +152,41 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None):
         ablation_seeds=None if args.ablation_seeds is None else tuple(range(args.ablation_seeds)),
         ablation_variants=variants,
         distill_stages=tuple(args.distill_stages),
+        variant_set=args.variant_set,
+        teacher=args.teacher,
+        distill_weights=distill_weights or None,
+        width_multiplier=args.width_multiplier,
         lr_schedule=args.lr_schedule,
         name=args.name,
         command=command if command is not None else shlex.join(["aamct", *sys.argv[1:]]),
     )
+
+
+_DISTILL_SETTINGS = {
+    "kd_weight": float,
+    "attention_weight": float,
+    "hint_weight": float,
+    "temperature": float,
+    "attention_source": str,
+}
+
+
+def _distill_weights(pairs: list[str]) -> dict[str, object]:
+    """``["attention_weight=100", ...]`` -> ``{"attention_weight": 100.0}`` (a bad pair is a one-line error)."""
+    from pipeline.errors import UserError
+
+    weights: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in _DISTILL_SETTINGS:
+            raise UserError(
+                f"--distill-weight {pair!r}: expected NAME=VALUE with NAME one of {', '.join(_DISTILL_SETTINGS)}"
+            )
+        try:
+            weights[name] = _DISTILL_SETTINGS[name](value)
+        except ValueError:
+            raise UserError(f"--distill-weight {pair!r}: {value!r} is not a number") from None
+    return weights
 
 
 def run_medmnist_command(args: argparse.Namespace) -> int:

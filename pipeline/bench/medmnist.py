@@ -46,6 +46,8 @@ __all__ = [
     "DEFAULT_MODELS",
     "BASELINES",
     "ABLATIONS",
+    "PROBES",
+    "VARIANT_SETS",
     "PUBLISHED_ADRENAL_28",
     "PUBLISHED_SOURCE",
     "MedMNISTSettings",
@@ -88,6 +90,49 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "attention placement: last unit of each stage only": {"attention": "stage"},
 }
 
+#: AAM variants probed (one seed, selected on the val split) before the 3-seed table is spent on the winner (issue 14):
+#: each is complete over the options the probes vary, so its run does not change when the registry defaults do
+_PROBE_BASE: dict[str, Any] = {
+    "attention": "block",
+    "attention_fusion": "product",
+    "attention_spatial": "separable",
+    "attention_spatial_stride": 2,
+    "gamma_placement": "branch",
+    "gamma_init": 0.5,
+    "zero_init_residual": False,
+}
+PROBES: dict[str, dict[str, Any]] = {
+    "paper form: product fusion, full ASPP at full resolution, every unit, gamma 0.5": {
+        **_PROBE_BASE,
+        "attention_spatial": "aspp",
+        "attention_spatial_stride": 1,
+    },
+    "gated fusion (pass-through at init), cheap spatial branch, every unit": {
+        **_PROBE_BASE,
+        "attention_fusion": "gated",
+    },
+    "gated fusion, cheap spatial branch, stage ends only": {
+        **_PROBE_BASE,
+        "attention_fusion": "gated",
+        "attention": "stage",
+    },
+    "residual fusion x(1 + a) (Wang et al. 2017), cheap spatial branch": {
+        **_PROBE_BASE,
+        "attention_fusion": "residual",
+    },
+    "zero-init last norm (Goyal et al. 2017), product fusion, cheap spatial branch": {
+        **_PROBE_BASE,
+        "zero_init_residual": True,
+    },
+    "gamma on the attention only, init 0 (SAGAN), product fusion, cheap spatial branch": {
+        **_PROBE_BASE,
+        "gamma_placement": "attention",
+        "gamma_init": 0.0,
+    },
+}
+#: the variant tables ``--ablation`` can run (``--variant-set``): run folders are prefixed with the set's name
+VARIANT_SETS: dict[str, dict[str, dict[str, Any]]] = {"ablation": ABLATIONS, "probes": PROBES}
+
 PUBLISHED_SOURCE = 'Yang et al., "MedMNIST v2", Scientific Data 2023 (AdrenalMNIST3D test split, 28³)'
 #: the published AdrenalMNIST3D rows, as listed in ../shared/data/README.md: (method, AUC, ACC)
 PUBLISHED_ADRENAL_28: tuple[tuple[str, float, float], ...] = (
@@ -124,13 +169,20 @@ class MedMNISTSettings:
         limit: at most this many cases per split (class-stratified, for smoke runs); ``None`` uses all.
         num_workers: DataLoader workers.
         n_resamples: bootstrap resamples of the evaluation report.
-        ablation: also train the :data:`ABLATIONS` variants of ``ablation_network`` (from scratch).
+        ablation: also train the variants of ``ablation_network`` (from scratch) of ``variant_set``.
         ablation_network: the AAM-ResNet the ablation varies.
         student_scratch: also train ``aam_student`` from scratch (row :data:`SCRATCH_STUDENT`, paired DeLong
             against the distilled student).
         ablation_seeds: the seeds of the ablation variants (``None``: all ``seeds``).
-        ablation_variants: words selecting :data:`ABLATIONS` variants (a variant runs when its name contains one of
-            them, case-insensitively); the full model always runs, as the reference. ``None``: every variant.
+        ablation_variants: words selecting variants of the set (a variant runs when its name contains one of
+            them, case-insensitively); the set's first variant always runs, as the reference. ``None``: every one.
+        variant_set: ``"ablation"`` (:data:`ABLATIONS`) or ``"probes"`` (:data:`PROBES`: the AAM variants of issue
+            14, selected on the val split).
+        teacher: the distillation teacher of ``aam_student`` (trained from scratch as a model of its own).
+        distill_weights: overrides of distill.json's loss weights (``kd_weight``, ``attention_weight``,
+            ``hint_weight``, ``temperature``, ``attention_source``) for the distilled student.
+        width_multiplier: scales every network's width (AAM-ResNets' ``width``, MONAI ResNets' ``widen_factor``), to
+            fit larger volumes in a CPU budget; ``None`` keeps the registry widths.
         distill_stages: the distillation cascade after the ``aam_resnet50`` teacher, ending in ``aam_student``
             (default: the student directly; ``("aam_assistant", "aam_student")`` is the bundle's full cascade).
         lr_schedule: ``"constant"`` or ``"cosine"`` (see :mod:`pipeline.training.schedule`).
@@ -156,6 +208,10 @@ class MedMNISTSettings:
     student_scratch: bool = False
     ablation_seeds: tuple[int, ...] | None = None
     ablation_variants: tuple[str, ...] | None = None
+    variant_set: str = "ablation"
+    teacher: str = "aam_resnet50"
+    distill_weights: Mapping[str, Any] | None = None
+    width_multiplier: float | None = None
     distill_stages: tuple[str, ...] = ("aam_student",)
     lr_schedule: str = "cosine"
     name: str | None = None
@@ -333,23 +389,25 @@ def run_training(
 
 
 def _history(run_dir: Path) -> dict[str, Any]:
-    """Epochs run and best epoch from the ``EpochSummary`` history, where it exists."""
+    """Epochs run, best epoch and its val AUC (the selection criterion) from the ``EpochSummary`` history."""
     path = run_dir / "train_history.json"
+    empty = {"epochs_run": None, "best_epoch": None, "val_auc": None}
     if not path.is_file():
-        return {"epochs_run": None, "best_epoch": None}
+        return empty
     history = json.loads(path.read_text(encoding="utf-8"))
     epochs = history.get("epochs", history) if isinstance(history, dict) else history
     if not isinstance(epochs, list) or not epochs:
-        return {"epochs_run": None, "best_epoch": None}
+        return empty
     scored = [(e.get("val_auc"), e.get("epoch")) for e in epochs if isinstance(e, dict)]
     scored = [(auc, epoch) for auc, epoch in scored if isinstance(auc, (int, float)) and not math.isnan(auc)]
-    return {"epochs_run": len(epochs), "best_epoch": max(scored)[1] if scored else None}
+    best = max(scored) if scored else (None, None)
+    return {"epochs_run": len(epochs), "best_epoch": best[1], "val_auc": best[0]}
 
 
 def run_distillation(
     settings: MedMNISTSettings, *, datalist: Path, run_dir: Path, teacher_ckpt: Path, seed: int
 ) -> dict[str, Any]:
-    """Distil ``aam_student`` from an ``aam_resnet50`` checkpoint with ``bundle/configs/distill.json``.
+    """Distil ``aam_student`` from a ``settings.teacher`` checkpoint with ``bundle/configs/distill.json``.
 
     The cascade is ``settings.distill_stages`` after the teacher (default: the student directly), each stage trained
     for at most ``settings.epochs`` epochs.
@@ -362,19 +420,27 @@ def run_distillation(
         seed: the run's seed.
 
     Returns:
-        ``{"checkpoint", "train_seconds", "cascade"}`` (``cascade``: the stages' summary entries).
+        ``{"checkpoint", "train_seconds", "cascade", "val_auc"}`` (``cascade``: the stages' summary entries;
+        ``val_auc``: the last stage's best val AUC, its selection criterion).
     """
     overrides = _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed)
     overrides.update(
-        network_name="aam_resnet50",
+        network_name=settings.teacher,
         teacher_ckpt=str(teacher_ckpt),
         stages=list(settings.distill_stages),
         latency_repeats=1,
+        **dict(settings.distill_weights or {}),
     )
     seconds = _run_bundle("distilling", ["train.json", "distill.json"], overrides)
     summary_path = run_dir / "distill_summary.json"
     cascade = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
-    return {"checkpoint": str(run_dir / "models" / "model.pt"), "train_seconds": seconds, "cascade": cascade}
+    last_stage = run_dir / settings.distill_stages[-1]
+    return {
+        "checkpoint": str(run_dir / "models" / "model.pt"),
+        "train_seconds": seconds,
+        "cascade": cascade,
+        "val_auc": _history(last_stage)["val_auc"],
+    }
 
 
 def run_evaluation(
@@ -426,9 +492,9 @@ def run_evaluation(
     frame = frame.sort_values("case_id")
     # predictions.csv names the classes; the class list's index is the integer label
     labels = frame["label"].map(_class_index).to_numpy()
-    from pipeline.inference.bundle import read_frozen_threshold
+    from pipeline.contracts.operating_point import frozen_threshold
 
-    frozen = read_frozen_threshold(Path(checkpoint).parent.parent)  # the run folder's models/operating_point.json
+    frozen = frozen_threshold(checkpoint)  # the operating_point.json beside the checkpoint
     threshold = None if frozen.is_default else frozen.threshold
     return {
         "case_ids": frame["case_id"].astype(str).tolist(),
@@ -500,6 +566,7 @@ def summarize(
                     "test_acc": float(np.mean((p >= 0.5).astype(int) == y)),
                     "test_acc_at_val_threshold": run.get("acc_at_threshold"),
                     "val_threshold": run.get("threshold"),
+                    "val_auc": run.get("val_auc"),
                     **{k: run.get(k) for k in ("train_seconds", "eval_seconds", "epochs_run", "best_epoch")},
                 }
             )
@@ -510,6 +577,8 @@ def summarize(
         acc_mean, acc_sd = _mean_sd([r["test_acc"] for r in per_seed])
         thresholded = [r["test_acc_at_val_threshold"] for r in per_seed if r["test_acc_at_val_threshold"] is not None]
         ensemble_auc, ensemble_ci = _auc_and_ci(labels, averaged[name])
+        val_aucs = [r["val_auc"] for r in per_seed if r["val_auc"] is not None]
+        run_seconds = [(r["train_seconds"] or 0.0) + (r["eval_seconds"] or 0.0) for r in per_seed]
         models[name] = {
             "test_auc": auc_mean,
             "test_auc_sd": auc_sd,
@@ -519,6 +588,9 @@ def summarize(
             "test_acc_sd": acc_sd,
             "test_acc_at_val_threshold": float(statistics.fmean(thresholded)) if thresholded else None,
             "params": int(params.get(name, 0)) or None,
+            # the selection criterion (best epoch's val AUC), mean over seeds; and what one run cost
+            "val_auc": float(statistics.fmean(val_aucs)) if val_aucs else None,
+            "run_minutes": float(statistics.fmean(run_seconds)) / 60 if run_seconds else None,
             "seeds": per_seed,
         }
     comparisons = []
@@ -570,8 +642,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     ]
     if result.get("models"):
         lines += [
-            "| method | AUC | 95% CI | ACC@0.5 | ACC@val | params | source |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| method | AUC | 95% CI | ACC@0.5 | ACC@val | val AUC | params | min/run | source |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
     for name, row in result.get("models", {}).items():
         ci = row.get("test_auc_ci")
@@ -580,11 +652,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             f"| {name} | {_fmt(row.get('test_auc'))} ± {_fmt(row.get('test_auc_sd'))} | "
             f"{'—' if not ci else f'{ci[0]:.3f}–{ci[1]:.3f}'} | {_fmt(row.get('test_acc'))} ± "
             f"{_fmt(row.get('test_acc_sd'))} | {_fmt(row.get('test_acc_at_val_threshold'))} | "
-            f"{'—' if not params else f'{params / 1e6:.1f} M'} | measured |"
+            f"{_fmt(row.get('val_auc'))} | {'—' if not params else f'{params / 1e6:.1f} M'} | "
+            f"{_fmt(row.get('run_minutes'), 1)} | measured |"
         )
     if result.get("published_applies", False) and result.get("models"):
         for method, auc, acc in PUBLISHED_ADRENAL_28:
-            lines.append(f"| {method} | {auc:.3f} | — | {acc:.3f} | — | — | published |")
+            lines.append(f"| {method} | {auc:.3f} | — | {acc:.3f} | — | — | — | — | published |")
         lines += ["", f"Published rows: {PUBLISHED_SOURCE}."]
     comparisons = result.get("delong", [])
     if comparisons:
@@ -605,23 +678,30 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     ablation = result.get("ablation", {})
     if ablation:
         versus = {row["model"]: row for row in result.get("ablation_delong", [])}
+        reference = next(iter(ablation))
+        probes = result.get("variant_set") == "probes"
+        title = "AAM variant probes" if probes else "Ablation"
         lines += [
             "",
-            f"Ablation of {result.get('ablation_network', 'aam_resnet50')}, trained from scratch (same protocol); "
-            "p: paired DeLong test of the variant against the full model (seed-averaged probabilities):",
+            f"{title} of {result.get('ablation_network', 'aam_resnet50')}, trained from scratch (same protocol); "
+            f"p: paired DeLong test of the variant against the first row (seed-averaged probabilities); val AUC: the "
+            "best epoch's, the selection criterion:",
             "",
-            "| variant | AUC | 95% CI | ACC@0.5 | params | difference to full (95% CI) | p |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| variant | val AUC | AUC | 95% CI | ACC@0.5 | params | min/run | difference to first (95% CI) | p |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for variant, row in ablation.items():
             ci, params, test = row.get("test_auc_ci"), row.get("params"), versus.get(variant, {})
             diff_ci = test.get("difference_ci")
             lines.append(
-                f"| {variant} | {_fmt(row.get('test_auc'))} ± {_fmt(row.get('test_auc_sd'))} | "
-                f"{'—' if not ci else f'{ci[0]:.3f}–{ci[1]:.3f}'} | {_fmt(row.get('test_acc'))} | "
-                f"{'—' if not params else f'{params / 1e6:.2f} M'} | {_fmt(test.get('difference'))}"
+                f"| {variant} | {_fmt(row.get('val_auc'))} | {_fmt(row.get('test_auc'))} ± "
+                f"{_fmt(row.get('test_auc_sd'))} | {'—' if not ci else f'{ci[0]:.3f}–{ci[1]:.3f}'} | "
+                f"{_fmt(row.get('test_acc'))} | {'—' if not params else f'{params / 1e6:.2f} M'} | "
+                f"{_fmt(row.get('run_minutes'), 1)} | {'—' if variant == reference else _fmt(test.get('difference'))}"
                 f"{'' if not diff_ci else f' ({diff_ci[0]:.3f}, {diff_ci[1]:.3f})'} | {_fmt(test.get('p_value'), 4)} |"
             )
+        if result.get("selected_on_val"):
+            lines += ["", f"Selected on the val split (highest val AUC): **{result['selected_on_val']}**."]
     wall = f"Wall time: {_fmt(result.get('wall_seconds', 0) / 60, 1)} min on {result.get('cpu_count')} CPU(s)"
     if result.get("runs_reused"):
         wall += (
@@ -631,6 +711,31 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         )
     lines += ["", wall + "."]
     return "\n".join(lines) + "\n"
+
+
+def resolved_network_arguments(name: str, kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every constructor argument the registry entry ``name`` builds its network with (defaults included).
+
+    Args:
+        name: registry name.
+        kwargs: the run's extra registry arguments.
+
+    Returns:
+        ``{argument: value}`` as JSON-ready values (tuples become lists).
+    """
+    import inspect
+
+    from pipeline.networks import network_spec
+
+    spec = network_spec(name)
+    signature = inspect.signature(spec.factory)
+    arguments = {
+        key: parameter.default
+        for key, parameter in signature.parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    arguments.update({**spec.defaults, **dict(kwargs or {})})
+    return json.loads(json.dumps(arguments, default=str))
 
 
 def _count_params(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
@@ -676,15 +781,21 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
     ablation_runs: dict[str, list[dict[str, Any]]] = {}
     finished: dict[str, dict[str, Any]] = {}  # every run (teachers too) by run folder, for the compute-time tally
     trained = [m for m in settings.models if m != "aam_student"]
-    if "aam_student" in settings.models and "aam_resnet50" not in trained:
-        trained.insert(0, "aam_resnet50")  # the student's teacher
+    if "aam_student" in settings.models and settings.teacher not in trained:
+        trained.insert(0, settings.teacher)  # the student's teacher
+    variants = selected_ablations(settings.ablation_variants, variant_set=settings.variant_set)
     ablation_seeds = settings.seeds if settings.ablation_seeds is None else settings.ablation_seeds
     for seed in sorted(set(settings.seeds) | (set(ablation_seeds) if settings.ablation else set())):
         checkpoints: dict[str, Path] = {}
         for name in trained if seed in settings.seeds else []:
             run_dir = work / "runs" / f"{name}_seed{seed}"
             result = finished[run_dir.name] = _train_and_evaluate(
-                settings, datalist=datalist, run_dir=run_dir, network_name=name, seed=seed
+                settings,
+                datalist=datalist,
+                run_dir=run_dir,
+                network_name=name,
+                seed=seed,
+                network_kwargs=width_arguments(name, settings.width_multiplier),
             )
             checkpoints[name] = Path(result["checkpoint"])
             if name in runs:
@@ -697,7 +808,7 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
                 run_dir=run_dir,
                 network_name="aam_student",
                 seed=seed,
-                teacher_ckpt=checkpoints["aam_resnet50"],
+                teacher_ckpt=checkpoints[settings.teacher],
             )
             runs["aam_student"].append(result)
             if settings.student_scratch:  # the same student without its teacher: what distillation adds
@@ -708,15 +819,25 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
                 runs.setdefault(SCRATCH_STUDENT, []).append(result)
         if settings.ablation and seed in ablation_seeds:
             base = settings.ablation_network
-            for variant, kwargs in selected_ablations(settings.ablation_variants).items():
-                # the full variant shares the main table's run folder (and so its finished run)
+            for variant, kwargs in variants.items():
+                # a variant without arguments (the ablation's full model) shares the main table's run folder
                 tag = "_".join(f"{k}-{v}" for k, v in kwargs.items())
-                run_dir = work / "runs" / (f"ablation_{base}_{tag}_seed{seed}" if tag else f"{base}_seed{seed}")
+                prefix = settings.variant_set
+                run_dir = work / "runs" / (f"{prefix}_{base}_{tag}_seed{seed}" if tag else f"{base}_seed{seed}")
                 result = finished[run_dir.name] = _train_and_evaluate(
-                    settings, datalist=datalist, run_dir=run_dir, network_name=base, seed=seed, network_kwargs=kwargs
+                    settings,
+                    datalist=datalist,
+                    run_dir=run_dir,
+                    network_name=base,
+                    seed=seed,
+                    network_kwargs={**width_arguments(base, settings.width_multiplier), **kwargs},
                 )
                 ablation_runs.setdefault(variant, []).append(result)
-    params = {name: _count_params("aam_student" if name == SCRATCH_STUDENT else name) for name in runs}
+    params = {
+        name: _count_params(model, width_arguments(model, settings.width_multiplier))
+        for name in runs
+        for model in ["aam_student" if name == SCRATCH_STUDENT else name]
+    }
     summary = summarize({k: v for k, v in runs.items() if v}, params=params)
     result: dict[str, Any] = {
         "benchmark": "medmnist",
@@ -733,15 +854,26 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
         **summary,
     }
     if ablation_runs:
-        full = next(iter(ABLATIONS))
+        full = next(iter(variants))
+        base = settings.ablation_network
         ablation = summarize(
             ablation_runs,
-            params={v: _count_params(settings.ablation_network, k) for v, k in ABLATIONS.items()},
+            params={
+                v: _count_params(base, {**width_arguments(base, settings.width_multiplier), **k})
+                for v, k in variants.items()
+            },
             reference=full if full in ablation_runs else None,
         )
         result["ablation"] = ablation["models"]
-        result["ablation_network"] = settings.ablation_network
+        result["ablation_network"] = base
         result["ablation_delong"] = ablation["delong"]
+        result["variant_set"] = settings.variant_set
+        result["variant_arguments"] = {v: dict(k) for v, k in variants.items()}
+        result["selected_on_val"] = max(
+            (v for v, row in ablation["models"].items() if row.get("val_auc") is not None),
+            key=lambda v: ablation["models"][v]["val_auc"],
+            default=None,
+        )
     result.update(
         runs_total=len(finished),
         runs_reused=sum(1 for r in finished.values() if r.get("reused")),
@@ -772,26 +904,58 @@ def default_work_dir(npz: str | os.PathLike, *, quick: bool = False) -> Path:
     return REPO_ROOT / "runs" / (f"{name}_quick" if quick else name)
 
 
-def selected_ablations(words: Sequence[str] | None) -> dict[str, dict[str, Any]]:
-    """The :data:`ABLATIONS` variants whose names contain one of ``words`` (any case), always with the full model.
+def selected_ablations(words: Sequence[str] | None, *, variant_set: str = "ablation") -> dict[str, dict[str, Any]]:
+    """The variants of a set whose names contain one of ``words`` (any case), always with the set's first variant.
 
     Args:
         words: selecting words; ``None`` selects every variant.
+        variant_set: a key of :data:`VARIANT_SETS` (``"ablation"``: :data:`ABLATIONS`, ``"probes"``: :data:`PROBES`).
 
     Returns:
-        ``{variant name: registry keyword arguments}``, the full model first.
+        ``{variant name: registry keyword arguments}``, the reference (first) variant first.
 
     Raises:
-        UserError: if a word matches no variant.
+        UserError: for an unknown set or a word that matches no variant.
     """
+    if variant_set not in VARIANT_SETS:
+        raise UserError(f"--variant-set: unknown set {variant_set!r} (sets: {', '.join(VARIANT_SETS)})")
+    table = VARIANT_SETS[variant_set]
     if words is None:
-        return dict(ABLATIONS)
-    matches = {word: {name for name in ABLATIONS if word.lower() in name.lower()} for word in words}
+        return dict(table)
+    matches = {word: {name for name in table if word.lower() in name.lower()} for word in words}
     unmatched = [word for word, names in matches.items() if not names]
     if unmatched:
-        raise UserError(f"--ablation-variants: no variant matches {', '.join(unmatched)} (variants: {list(ABLATIONS)})")
-    chosen = {next(iter(ABLATIONS))}.union(*matches.values())
-    return {name: kwargs for name, kwargs in ABLATIONS.items() if name in chosen}
+        raise UserError(f"--ablation-variants: no variant matches {', '.join(unmatched)} (variants: {list(table)})")
+    chosen = {next(iter(table))}.union(*matches.values())
+    return {name: kwargs for name, kwargs in table.items() if name in chosen}
+
+
+def width_arguments(name: str, multiplier: float | None) -> dict[str, Any]:
+    """Registry arguments that scale network ``name``'s width by ``multiplier`` (``{}`` for ``None``).
+
+    Args:
+        name: registry name.
+        multiplier: the factor (AAM-ResNets: ``width`` times the entry's own; MONAI ResNets: ``widen_factor``).
+
+    Returns:
+        The keyword arguments.
+
+    Raises:
+        UserError: for a network without a width option (DenseNet-121, the U-Net encoder) or a non-positive factor.
+    """
+    if multiplier is None:
+        return {}
+    if multiplier <= 0:
+        raise UserError(f"--width-multiplier must be positive, got {multiplier}")
+    from pipeline.networks import network_spec
+
+    spec = network_spec(name)
+    accepted = spec.accepted_arguments()
+    if "width" in accepted:
+        return {"width": float(spec.defaults.get("width", 1.0)) * multiplier}
+    if "widen_factor" in accepted:
+        return {"widen_factor": float(spec.defaults.get("widen_factor", 1.0)) * multiplier}
+    raise UserError(f"--width-multiplier: network {name!r} has no width option")
 
 
 def results_stem(settings: MedMNISTSettings) -> str:
@@ -821,8 +985,11 @@ def _train_and_evaluate(
     key = {
         "network": network_name,
         "network_kwargs": dict(network_kwargs or {}),
+        # what the network is, not how it was asked for: a change of the registry's defaults is a new recipe
+        "network_arguments": resolved_network_arguments(network_name, network_kwargs),
         "teacher_ckpt": None if teacher_ckpt is None else str(teacher_ckpt),
         "distill_stages": list(settings.distill_stages) if teacher_ckpt is not None else None,
+        "distill_weights": dict(settings.distill_weights or {}) if teacher_ckpt is not None else None,
         "seed": int(seed),
         **_bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed),
         "limit": settings.limit,

@@ -26,14 +26,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--labels", type=Path, help="CSV mapping series/studies/paths to labels (see data_manifests/README.md)"
     )
     build.add_argument("--site", help="site name for cases whose site is not given in the labels CSV")
-    build.add_argument("--min-slices", type=int, default=None, help="fewest slices a series may have")
+    build.add_argument(
+        "--min-slices", type=int, default=None, help="fewest slices a series or volume may have (default 16)"
+    )
     build.add_argument(
         "--key-file",
         type=Path,
         help="secret key for pseudonymous ids (default: env AAMCT_PSEUDONYM_KEY or a per-user key file)",
     )
-    build.add_argument("--workers", type=int, default=None, help="header-reading threads (default: CPU count)")
-    build.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    build.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="header-reading threads (default 1: fastest on local disks; more can help on a network share)",
+    )
+    build.add_argument("--out", required=True, help="manifest CSV to write")
+    build.add_argument(
+        "--quiet", action="store_true", help="no progress bar (it is shown only when stderr is a terminal anyway)"
+    )
     build.set_defaults(func=_cmd_build)
 
     split = msub.add_parser("split", help="patient-level stratified train/test (+external) split and 5 folds")
@@ -55,6 +65,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--cases", type=int, default=40)
     demo.add_argument("--size", type=int, default=64, help="in-plane matrix size (512 for the full geometry)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--difficulty",
+        default="default",
+        help="default (the learnable demo) or hard (1-3 small, faint ground-glass opacities per positive)",
+    )
+    demo.add_argument(
+        "--lesion-size-range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="size of every lesion as measured on its mask (unit: --lesion-size-unit); hard default: 12 28 mm",
+    )
+    demo.add_argument(
+        "--lesion-size-unit",
+        default="mm",
+        help="mm (equivalent-sphere diameter, the default) or ml (volume) for --lesion-size-range",
+    )
+    demo.add_argument(
+        "--masks",
+        action="store_true",
+        help="also write each scan's lesion and lung mask (NIfTI on the series' grid) and truth.csv / lesions.csv "
+        "into --truth-dir",
+    )
+    demo.add_argument(
+        "--truth-dir", type=Path, help="folder for the masks and truth tables (default: <out>_truth beside --out)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -70,6 +106,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         min_slices=args.min_slices,
         key_file=args.key_file,
         workers=args.workers,
+        progress=not args.quiet,
     )
     print(result.summary())
     return 0
@@ -96,6 +133,16 @@ def _cmd_split(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.data.demo import write_demo_cohort
 
-    result = write_demo_cohort(args.out, cases=args.cases, size=args.size, seed=args.seed)
+    result = write_demo_cohort(
+        args.out,
+        cases=args.cases,
+        size=args.size,
+        seed=args.seed,
+        difficulty=args.difficulty,
+        lesion_size_range=tuple(args.lesion_size_range) if args.lesion_size_range else None,
+        lesion_size_unit=args.lesion_size_unit,
+        masks=args.masks,
+        truth_dir=args.truth_dir,
+    )
     print(result.summary())
     return 0

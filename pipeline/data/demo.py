@@ -57,16 +57,21 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
 from pipeline.errors import UserError
-from pipeline.io import write_csv_atomic
+from pipeline.io import atomic_path, write_csv_atomic, write_json_atomic
 
 __all__ = [
     "CLASS_NAMES",
+    "DIFFICULTIES",
+    "HARD_LESION_DIAMETER_MM",
+    "LESION_SIZE_UNITS",
     "SITES",
     "DemoGeometry",
     "DemoCase",
     "DemoCohort",
     "SyntheticCT",
     "demo_geometry",
+    "lesion_volume_range_ml",
+    "series_affine_ras",
     "write_demo_cohort",
 ]
 
@@ -93,6 +98,44 @@ _SEVERITIES: dict[str, tuple[int, int, float, float, float, float, float]] = {
     "moderate": (5, 8, 28.0, 38.0, -420.0, -320.0, 0.3),
     "extensive": (8, 12, 28.0, 45.0, -420.0, -300.0, 0.5),
 }
+
+
+#: the ``--difficulty`` settings
+DIFFICULTIES: tuple[str, ...] = ("default", "hard")
+#: ``--lesion-size-range`` units: equivalent-sphere diameter in mm, or volume in ml (both measured on the mask)
+LESION_SIZE_UNITS: tuple[str, ...] = ("mm", "ml")
+#: tries per lesion to draw one whose rendered mask fits the size range, the lung and the gap to the others
+_PLACEMENT_ATTEMPTS = 300
+
+
+@dataclass(frozen=True)
+class _LesionSpec:
+    """Sized lesions: the ``hard`` demo, or any cohort given ``--lesion-size-range``.
+
+    Attributes:
+        difficulty: ``default`` (a size range on the default demo: each positive keeps its drawn severity's lesion
+            count and GGO density) or ``hard``.
+        volume_ml: range of each lesion's mask volume.
+        count: fewest and most lesions of a positive scan (``hard``).
+        hu: GGO density range (``hard``).
+        opacity: blend weight of the GGO at its centre.
+        lumpiness: outline irregularity.
+    """
+
+    difficulty: str
+    volume_ml: tuple[float, float]
+    count: tuple[int, int] = (1, 3)
+    hu: tuple[float, float] = (-680.0, -560.0)
+    opacity: tuple[float, float] = (0.85, 1.0)
+    lumpiness: tuple[float, float] = (0.05, 0.15)
+
+    @property
+    def severity_counts(self) -> bool:
+        return self.difficulty == "default"
+
+
+#: the hard demo's lesions when no --lesion-size-range is given (equivalent-sphere diameter, mm)
+HARD_LESION_DIAMETER_MM: tuple[float, float] = (12.0, 28.0)
 
 
 @dataclass(frozen=True)
@@ -294,6 +337,9 @@ class DemoCohort:
         size: in-plane matrix.
         seed: the seed.
         geometry: the slice geometry.
+        difficulty: ``default`` or ``hard``.
+        lesion_volume_range_ml: the range every lesion's mask volume lies in (None: the default demo's lesions).
+        truth_dir: the folder of masks and truth tables (None: not written).
     """
 
     root: Path
@@ -302,6 +348,9 @@ class DemoCohort:
     size: int
     seed: int
     geometry: DemoGeometry
+    difficulty: str = "default"
+    lesion_volume_range_ml: tuple[float, float] | None = None
+    truth_dir: Path | None = None
 
     def summary(self) -> str:
         """A short report: counts per label, site and study, geometry and where the files are (no PHI)."""
@@ -311,9 +360,18 @@ class DemoCohort:
         follow_ups = sum(case.study > 1 for case in self.cases)
         severities = Counter(case.severity for case in self.cases if case.label == "positive")
         slices = [case.n_slices for case in self.cases]
+        lines = [f"wrote {len(self.cases)} demo CT series to {self.root} (seed {self.seed}, {self.difficulty})"]
+        if self.lesion_volume_range_ml is not None:
+            low, high = self.lesion_volume_range_ml
+            lines.append(
+                f"  lesions: {low:.3g}-{high:.3g} ml each ({_diameter_mm(low):.1f}-{_diameter_mm(high):.1f} mm "
+                "equivalent-sphere diameter)"
+            )
+        if self.truth_dir is not None:
+            lines.append(f"  truth: lesion and lung masks + truth.csv, lesions.csv in {self.truth_dir}")
         return "\n".join(
             [
-                f"wrote {len(self.cases)} demo CT series to {self.root} (seed {self.seed})",
+                *lines,
                 f"  labels: {', '.join(f'{name} {labels.get(name, 0)}' for name in CLASS_NAMES)}"
                 f" (positives: {', '.join(f'{k} {v}' for k, v in sorted(severities.items())) or 'none'})",
                 f"  patients: {patients}, of whom {follow_ups} have a follow-up study",
@@ -326,39 +384,139 @@ class DemoCohort:
         )
 
 
-def write_demo_cohort(out: str | os.PathLike, *, cases: int = 40, size: int = 64, seed: int = 0) -> DemoCohort:
-    """Write the generated demo cohort as DICOM series plus ``labels.csv``.
+def lesion_volume_range_ml(low: float, high: float, *, unit: str = "mm") -> tuple[float, float]:
+    """A ``--lesion-size-range`` as a range of lesion volumes in millilitres.
+
+    Args:
+        low: smallest lesion.
+        high: largest lesion.
+        unit: ``mm`` (equivalent-sphere diameter: the diameter of a sphere of the lesion's volume) or ``ml``.
+
+    Returns:
+        ``(low_ml, high_ml)``.
+
+    Raises:
+        UserError: for an unknown unit, a non-positive bound or ``low >= high``.
+    """
+    if unit not in LESION_SIZE_UNITS:
+        raise UserError(f"--lesion-size-unit must be one of {', '.join(LESION_SIZE_UNITS)}, got {unit!r}")
+    try:
+        low, high = float(low), float(high)
+    except (TypeError, ValueError):
+        raise UserError(f"--lesion-size-range needs two numbers, got {low!r} {high!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
+        raise UserError(f"--lesion-size-range needs 0 < MIN < MAX, got {low:g} {high:g} {unit}")
+    if unit == "ml":
+        return low, high
+    return _volume_ml(low), _volume_ml(high)
+
+
+def _volume_ml(diameter_mm: float) -> float:
+    return math.pi * diameter_mm**3 / 6.0 / 1000.0
+
+
+def _diameter_mm(volume_ml: float) -> float:
+    return (6.0 * volume_ml * 1000.0 / math.pi) ** (1.0 / 3.0)
+
+
+def series_affine_ras(volume: SyntheticCT) -> np.ndarray:
+    """The RAS voxel-to-world affine of a rendered scan's series, for arrays indexed (column, row, slice).
+
+    It is the affine :func:`pipeline.data.reader.read_volume` returns for the written DICOM series (tested), so a
+    NIfTI written with it overlays the series in any viewer.
+    """
+    affine = np.diag([*volume.spacing_mm, 1.0])
+    affine[:3, 3] = volume.origin_mm
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS (DICOM) -> RAS (NIfTI)
+
+
+def write_demo_cohort(
+    out: str | os.PathLike,
+    *,
+    cases: int = 40,
+    size: int = 64,
+    seed: int = 0,
+    difficulty: str = "default",
+    lesion_size_range: tuple[float, float] | None = None,
+    lesion_size_unit: str = "mm",
+    masks: bool = False,
+    truth_dir: str | os.PathLike | None = None,
+) -> DemoCohort:
+    """Write the generated demo cohort as DICOM series plus ``labels.csv`` (and, with ``masks``, its truth).
 
     Each series is written into a temporary folder and renamed into place, and ``labels.csv`` is written last, so an
     interrupted run never leaves a half-written series under its final name. Rerunning into the same folder replaces
     the scans listed in its old ``labels.csv``; any other non-empty folder is refused.
+
+    Difficulty: ``default`` is the learnable demo described in the module docstring (its files are unchanged by the
+    options below unless a size range is given). ``hard`` gives each positive 1-3 small, faint ground-glass
+    opacities (-680 to -560 HU, about 300 HU above aerated lung, no consolidation) of
+    :data:`HARD_LESION_DIAMETER_MM` unless ``lesion_size_range`` says otherwise; negatives are the same patients as
+    in the default demo. With a size range, every lesion is placed on the scan's own grid so that its *mask* has a
+    volume inside the range, is one connected piece, lies in the lung and touches no other lesion (so each connected
+    component of the written lesion mask is one lesion).
+
+    Truth (``masks``): into ``truth_dir`` (default: ``<out>_truth`` beside ``out``, outside the DICOM tree so that
+    ``aamct manifest build --dicom-root <out>`` does not meet NIfTI files) go ``masks/<series>_lesion.nii.gz`` and
+    ``masks/<series>_lung.nii.gz`` (uint8 0/1 on the series' own grid: same shape, spacing, origin and direction as
+    the series reads through :mod:`pipeline.data.reader`), ``truth.csv`` (one row per scan: label, lesion volume
+    in ml from the mask, number of lesions, mask paths), ``lesions.csv`` (one row per lesion: its own mask volume,
+    equivalent diameter, centre) and ``generator.json`` (the settings that made the cohort).
 
     Args:
         out: the output folder (created if missing).
         cases: number of scans, 1..9999.
         size: in-plane matrix, 32..1024 (64 trains in minutes on a CPU; 512 is the acquired geometry).
         seed: seed of everything random (0 .. 2**32 - 1).
+        difficulty: ``default`` or ``hard``.
+        lesion_size_range: ``(min, max)`` size of every lesion, in ``lesion_size_unit``.
+        lesion_size_unit: ``mm`` (equivalent-sphere diameter) or ``ml``.
+        masks: write the truth folder.
+        truth_dir: where the truth goes (implies ``masks``).
 
     Returns:
         The :class:`DemoCohort` with one :class:`DemoCase` per scan.
 
     Raises:
-        UserError: for a bad ``cases``/``size``/``seed`` or an ``out`` that is a file or a non-empty foreign folder.
+        UserError: for a bad ``cases``/``size``/``seed``/difficulty/size range, a range no lesion fits at this
+            ``size``, or an ``out``/``truth_dir`` that is a file or a non-empty foreign folder.
     """
     if isinstance(cases, bool) or not isinstance(cases, int) or not 1 <= cases <= _MAX_CASES:
         raise UserError(f"--cases must be an integer from 1 to {_MAX_CASES}, got {cases!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise UserError(f"--seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
+    if difficulty not in DIFFICULTIES:
+        raise UserError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     geometry = demo_geometry(size)
+    lesion_spec = None
+    if lesion_size_range is not None:
+        if len(lesion_size_range) != 2:
+            raise UserError(f"--lesion-size-range needs MIN MAX, got {lesion_size_range!r}")
+        volume_range = lesion_volume_range_ml(*lesion_size_range, unit=lesion_size_unit)
+        lesion_spec = _LesionSpec(difficulty=difficulty, volume_ml=volume_range)
+    elif difficulty == "hard":
+        lesion_spec = _LesionSpec(difficulty=difficulty, volume_ml=lesion_volume_range_ml(*HARD_LESION_DIAMETER_MM))
     root = Path(out)
+    if truth_dir is not None or masks:
+        truth_dir = Path(truth_dir) if truth_dir is not None else root.parent / f"{root.name}_truth"
+        if truth_dir.resolve() == root.resolve() or root.resolve() in truth_dir.resolve().parents:
+            raise UserError(f"{truth_dir}: the truth folder must lie outside the DICOM folder {root}")
     _prepare_output(root)
+    if truth_dir is not None:
+        _prepare_truth_dir(truth_dir)
 
-    plans = _plan_cohort(cases=cases, size=size, seed=seed, geometry=geometry)
+    plans = _plan_cohort(cases=cases, size=size, seed=seed, geometry=geometry, lesion_spec=lesion_spec)
     written: list[DemoCase] = []
+    truth_rows: list[dict] = []
+    lesion_rows: list[dict] = []
     for plan in plans:
         volume = _render(plan)
         series_dir = root / _series_folder(plan.index)
         _write_series(series_dir, plan, volume, geometry)
+        if truth_dir is not None:
+            scan_row, rows = _write_truth_masks(truth_dir, plan, volume)
+            truth_rows.append(scan_row)
+            lesion_rows.extend(rows)
         lesion_voxels = int(volume.lesion_mask.sum())
         voxel_ml = float(np.prod(volume.spacing_mm)) / 1000.0
         written.append(
@@ -386,9 +544,126 @@ def write_demo_cohort(out: str | os.PathLike, *, cases: int = 40, size: int = 64
         {"path": [c.path for c in written], "label": [c.label for c in written], "site": [c.site for c in written]}
     )
     labels_csv = write_csv_atomic(root / "labels.csv", labels)
+    volume_range = lesion_spec.volume_ml if lesion_spec is not None else None
+    if truth_dir is not None:
+        write_csv_atomic(truth_dir / "lesions.csv", pd.DataFrame(lesion_rows, columns=_LESION_COLUMNS))
+        write_json_atomic(
+            truth_dir / "generator.json",
+            {
+                "generator": "aamct demo-data",
+                "cohort": str(root.resolve()),
+                "cases": cases,
+                "size": size,
+                "seed": seed,
+                "difficulty": difficulty,
+                "lesion_volume_range_ml": list(volume_range) if volume_range else None,
+                "lesion_diameter_range_mm": [_diameter_mm(v) for v in volume_range] if volume_range else None,
+            },
+        )
+        write_csv_atomic(truth_dir / "truth.csv", pd.DataFrame(truth_rows, columns=_TRUTH_COLUMNS))
     return DemoCohort(
-        root=root.resolve(), labels_csv=labels_csv.resolve(), cases=written, size=size, seed=seed, geometry=geometry
+        root=root.resolve(),
+        labels_csv=labels_csv.resolve(),
+        cases=written,
+        size=size,
+        seed=seed,
+        geometry=geometry,
+        difficulty=difficulty,
+        lesion_volume_range_ml=volume_range,
+        truth_dir=truth_dir.resolve() if truth_dir is not None else None,
     )
+
+
+#: columns of ``truth.csv`` (one row per scan) and ``lesions.csv`` (one row per lesion)
+_TRUTH_COLUMNS = [
+    "path",
+    "label",
+    "site",
+    "severity",
+    "n_lesions",
+    "lesion_voxels",
+    "lesion_volume_ml",
+    "lung_volume_ml",
+    "lesion_mask",
+    "lung_mask",
+]
+_LESION_COLUMNS = [
+    "path",
+    "lesion",
+    "kind",
+    "volume_ml",
+    "diameter_mm",
+    "target_hu",
+    "centre_i",
+    "centre_j",
+    "centre_k",
+    "centre_r_mm",
+    "centre_a_mm",
+    "centre_s_mm",
+]
+
+
+def _write_truth_masks(truth_dir: Path, plan: _ScanPlan, volume: SyntheticCT) -> tuple[dict, list[dict]]:
+    """Write one scan's lesion and lung masks as NIfTI; return its ``truth.csv`` row and its ``lesions.csv`` rows."""
+    import nibabel as nib  # only the truth needs it; the DICOM writer does not
+
+    folder = _series_folder(plan.index)
+    affine = series_affine_ras(volume)
+    names = {"lesion": f"masks/{folder}_lesion.nii.gz", "lung": f"masks/{folder}_lung.nii.gz"}
+    descriptions = {"lesion": "aamct demo lesion mask (1 = GGO/consolidation)", "lung": "aamct demo lung mask"}
+    for kind, mask in (("lesion", volume.lesion_mask), ("lung", volume.lung_mask)):
+        # (slices, rows, columns) -> (column, row, slice): the reader's (X, Y, Z) index order
+        image = nib.Nifti1Image(np.ascontiguousarray(mask.transpose(2, 1, 0), dtype=np.uint8), affine)
+        image.set_sform(affine, code=1)
+        image.set_qform(affine, code=1)
+        image.header.set_intent("label")
+        image.header["descrip"] = descriptions[kind].encode()
+        image.header.set_xyzt_units(xyz="mm")
+        with atomic_path(truth_dir / names[kind]) as tmp:
+            nib.save(image, tmp)
+    voxel_ml = float(np.prod(volume.spacing_mm)) / 1000.0
+    lesion_voxels = int(volume.lesion_mask.sum())
+    ggos = [lesion for lesion in plan.lesions if lesion.kind == "ggo"]
+    coords = _scan_coordinates(plan)
+    rows = []
+    for number, lesion in enumerate(ggos, start=1):
+        found = _lesion_distance(lesion, coords.x, coords.y, coords.z, coords.grid, coords.shape)
+        own = 0 if found is None else int(((found[1] < 1.0) & volume.lung_mask[found[0]]).sum())
+        k, j, i = coords.grid.index_of(np.array([lesion.centre]))[0].tolist()
+        world = (
+            lesion.centre[0] + plan.body_offset[0],
+            lesion.centre[1] + plan.body_offset[1],
+            lesion.centre[2] + plan.carina_z,
+        )
+        rows.append(
+            {
+                "path": folder,
+                "lesion": number,
+                "kind": lesion.kind,
+                "volume_ml": round(own * voxel_ml, 4),
+                "diameter_mm": round(_diameter_mm(own * voxel_ml), 2),
+                "target_hu": round(lesion.target_hu, 1),
+                "centre_i": i,
+                "centre_j": j,
+                "centre_k": k,
+                "centre_r_mm": round(-world[0], 2),
+                "centre_a_mm": round(-world[1], 2),
+                "centre_s_mm": round(world[2], 2),
+            }
+        )
+    scan_row = {
+        "path": folder,
+        "label": CLASS_NAMES[plan.label],
+        "site": plan.site,
+        "severity": plan.severity,
+        "n_lesions": len(ggos),
+        "lesion_voxels": lesion_voxels,
+        "lesion_volume_ml": round(lesion_voxels * voxel_ml, 4),
+        "lung_volume_ml": round(int(volume.lung_mask.sum()) * voxel_ml, 2),
+        "lesion_mask": names["lesion"],
+        "lung_mask": names["lung"],
+    }
+    return scan_row, rows
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -400,7 +675,9 @@ def _stream(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
 
-def _plan_cohort(*, cases: int, size: int, seed: int, geometry: DemoGeometry) -> list[_ScanPlan]:
+def _plan_cohort(
+    *, cases: int, size: int, seed: int, geometry: DemoGeometry, lesion_spec: _LesionSpec | None = None
+) -> list[_ScanPlan]:
     rng = _stream(seed, 0)
     # A few patients (about one scan in eight) get a follow-up study.
     n_follow_ups = 0 if cases < 4 else max(1, round(cases * 0.12))
@@ -436,6 +713,7 @@ def _plan_cohort(*, cases: int, size: int, seed: int, geometry: DemoGeometry) ->
                     geometry=geometry,
                     anatomy=anatomy,
                     study_date=date.strftime("%Y%m%d"),
+                    lesion_spec=lesion_spec,
                 )
             )
     return plans
@@ -476,6 +754,7 @@ def _plan_scan(
     geometry: DemoGeometry,
     anatomy: _Anatomy,
     study_date: str,
+    lesion_spec: _LesionSpec | None = None,
 ) -> _ScanPlan:
     # one uniform draw whatever the size, so the rest of this stream (and thus the lesions) is the same at every size
     drawn_slices = geometry.min_slices + int(rng.random() * (geometry.max_slices - geometry.min_slices + 1))
@@ -492,12 +771,16 @@ def _plan_scan(
     severity = "none"
     lesions: list[_Lesion] = []
     if label == 1:
-        severity = str(rng.choice(list(_SEVERITIES), p=[0.2, 0.4, 0.4]))
-        lesions.extend(_draw_covid_lesions(rng, severity, thorax))
+        if lesion_spec is None or lesion_spec.difficulty == "default":
+            severity = str(rng.choice(list(_SEVERITIES), p=[0.2, 0.4, 0.4]))
+        else:
+            severity = lesion_spec.difficulty
+        if lesion_spec is None:
+            lesions.extend(_draw_covid_lesions(rng, severity, thorax))
     for _ in range(int(rng.integers(0, 3))):  # benign-looking solid nodules in both classes
         lesions.append(_draw_lesion(rng, thorax, kind="nodule", radius=float(rng.uniform(2.5, 5.0))))
     seconds = int(rng.integers(8 * 3600, 18 * 3600))
-    return _ScanPlan(
+    plan = _ScanPlan(
         index=index,
         patient=patient,
         study=study,
@@ -520,6 +803,75 @@ def _plan_scan(
         study_date=study_date,
         study_time=f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}",
     )
+    if label == 1 and lesion_spec is not None:
+        # sized lesions come from their own stream (key 4), placed on this scan's grid: see _place_sized_lesions
+        sized = _place_sized_lesions(_stream(seed, 4, index), plan, lesion_spec)
+        plan = dataclasses.replace(plan, lesions=sized + plan.lesions)
+    return plan
+
+
+def _place_sized_lesions(rng: np.random.Generator, plan: _ScanPlan, spec: _LesionSpec) -> tuple[_Lesion, ...]:
+    """Ground-glass opacities whose rendered masks have a volume inside ``spec``'s range (rejection sampling).
+
+    Each candidate is rendered on the scan's own voxel grid exactly as :func:`_render` will render it, and kept only
+    if its mask (``distance < 1``) has a volume within the range, is one connected piece (26-neighbourhood), lies
+    entirely in the lung (so the lung clipping of the mask leaves it unchanged) and keeps a one-voxel gap to the
+    lesions already placed (so every lesion is its own connected component of the written mask). No consolidation
+    cores: the mask of a lesion is the GGO itself.
+
+    Raises:
+        UserError: when not even one lesion of the range fits this scan's lung at this matrix size.
+    """
+    coords = _scan_coordinates(plan)
+    x, y, z, grid, shape = coords.x, coords.y, coords.z, coords.grid, coords.shape
+    thorax = _Thorax(plan.anatomy, lung_scale=plan.lung_scale, body_scale=plan.body_scale)
+    voxel_ml = coords.pixel * coords.pixel * coords.dz / 1000.0
+    low_ml, high_ml = spec.volume_ml
+    if spec.severity_counts:
+        n_low, n_high = _SEVERITIES[plan.severity][:2]
+        hu = _SEVERITIES[plan.severity][4:6]
+    else:
+        (n_low, n_high), hu = spec.count, spec.hu
+    wanted = int(rng.integers(n_low, n_high + 1))
+    occupied = np.zeros(shape, dtype=bool)
+    neighbourhood = np.ones((3, 3, 3), dtype=bool)
+    lesions: list[_Lesion] = []
+    for _ in range(wanted):
+        for _attempt in range(_PLACEMENT_ATTEMPTS):
+            # log-uniform target volume; the per-axis stretch is normalised so the ellipsoid keeps that volume
+            target_ml = math.exp(rng.uniform(math.log(low_ml), math.log(high_ml)))
+            radius = (3.0 * target_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+            lesion = _draw_lesion(rng, thorax, kind="ggo", radius=radius, hu=hu)
+            stretch = math.prod(lesion.radii) ** (1.0 / 3.0) / radius
+            lesion = dataclasses.replace(
+                lesion,
+                radii=tuple(r / stretch for r in lesion.radii),
+                lumpiness=float(rng.uniform(*spec.lumpiness)),
+                opacity=float(rng.uniform(*spec.opacity)),
+            )
+            found = _lesion_distance(lesion, x, y, z, grid, shape)
+            if found is None:
+                continue
+            box, distance = found
+            inside = distance < 1.0
+            if not low_ml <= inside.sum() * voxel_ml <= high_ml:
+                continue
+            lung = thorax.masks(x[:, :, box[2]], y[:, box[1], :], z[box[0]], edge_mm=coords.pixel, edge_z_mm=coords.dz)
+            if (inside & ~(lung["lung"] > 0.5)).any() or (occupied[box] & inside).any():
+                continue
+            if ndimage.label(inside, structure=neighbourhood)[1] != 1:
+                continue
+            occupied[box] |= ndimage.binary_dilation(inside, structure=neighbourhood)
+            lesions.append(lesion)
+            break
+    if not lesions:
+        raise UserError(
+            f"{_series_folder(plan.index)}: no lesion of {low_ml:.3g}-{high_ml:.3g} ml fits inside its lung at "
+            f"--size {plan.size} (a voxel is {voxel_ml:.3g} ml); widen --lesion-size-range"
+        )
+    if len(lesions) < wanted:
+        logger.debug("%s: placed %d of %d lesions", _series_folder(plan.index), len(lesions), wanted)
+    return tuple(lesions)
 
 
 def _draw_covid_lesions(rng: np.random.Generator, severity: str, thorax: _Thorax) -> list[_Lesion]:
@@ -720,10 +1072,24 @@ class _Grid:
         return np.rint((zyx - np.array(self.origin)) / np.array(self.spacing)).astype(int)
 
 
-def _render(plan: _ScanPlan) -> SyntheticCT:
-    """Render one scan's HU volume and lesion mask from its plan (deterministic)."""
-    anatomy, protocol = plan.anatomy, _SITE_PROTOCOLS[plan.site]
-    rng = _stream(plan.seed, 3, plan.index)  # noise and texture; the plan's own stream fixed the content
+@dataclass(frozen=True)
+class _ScanCoordinates:
+    """The voxel grid of one scan: world placement and patient coordinates broadcastable to ``(z, y, x)``."""
+
+    x: np.ndarray  # (1, 1, columns) patient x of each column, mm
+    y: np.ndarray  # (1, rows, 1)
+    z: np.ndarray  # (slices, 1, 1), relative to the carina
+    shape: tuple[int, int, int]
+    pixel: float
+    dz: float
+    origin_xy: float  # world (LPS) x and y of voxel [0, 0, 0]
+    z_bottom: float  # world z of slice 0
+    grid: _Grid
+
+
+def _scan_coordinates(plan: _ScanPlan) -> _ScanCoordinates:
+    """The grid a plan renders on (shared by rendering and by lesion placement at planning time)."""
+    anatomy = plan.anatomy
     geometry = demo_geometry(plan.size)
     size, n_slices = plan.size, plan.n_slices
     pixel = geometry.pixel_spacing_mm(plan.site)
@@ -740,8 +1106,31 @@ def _render(plan: _ScanPlan) -> SyntheticCT:
     x = (origin_xy + np.arange(size) * pixel - plan.body_offset[0]).astype(np.float32)[None, None, :]
     y = (origin_xy + np.arange(size) * pixel - plan.body_offset[1]).astype(np.float32)[None, :, None]
     z = (world_z - plan.carina_z).astype(np.float32)[:, None, None]
-    shape = (n_slices, size, size)
-    spacing_zyx = (dz, pixel, pixel)
+    grid = _Grid(
+        origin=(z_bottom - plan.carina_z, origin_xy - plan.body_offset[1], origin_xy - plan.body_offset[0]),
+        spacing=(dz, pixel, pixel),
+    )
+    return _ScanCoordinates(
+        x=x,
+        y=y,
+        z=z,
+        shape=(n_slices, size, size),
+        pixel=pixel,
+        dz=dz,
+        origin_xy=origin_xy,
+        z_bottom=z_bottom,
+        grid=grid,
+    )
+
+
+def _render(plan: _ScanPlan) -> SyntheticCT:
+    """Render one scan's HU volume and lesion mask from its plan (deterministic)."""
+    anatomy, protocol = plan.anatomy, _SITE_PROTOCOLS[plan.site]
+    rng = _stream(plan.seed, 3, plan.index)  # noise and texture; the plan's own stream fixed the content
+    coords = _scan_coordinates(plan)
+    x, y, z, shape, grid = coords.x, coords.y, coords.z, coords.shape, coords.grid
+    pixel, dz, origin_xy, z_bottom = coords.pixel, coords.dz, coords.origin_xy, coords.z_bottom
+    spacing_zyx = grid.spacing
     edge = pixel  # partial-volume ramp of one pixel
 
     a_body = anatomy.body_half_width * plan.body_scale
@@ -767,11 +1156,6 @@ def _render(plan: _ScanPlan) -> SyntheticCT:
     parenchyma = np.full(shape, plan.lung_hu, dtype=np.float32)
     parenchyma += plan.dependent_gradient_hu * np.clip((y + b_in) / (2 * b_in), 0.0, 1.0)
     parenchyma += 12.0 * _smooth_field(rng, shape, spacing_zyx, 12.0)
-
-    grid = _Grid(
-        origin=(z_bottom - plan.carina_z, origin_xy - plan.body_offset[1], origin_xy - plan.body_offset[0]),
-        spacing=spacing_zyx,
-    )
 
     lesion_mask = np.zeros(shape, dtype=bool)
     by_kind = {kind: [les for les in plan.lesions if les.kind == kind] for kind in ("ggo", "consolidation", "nodule")}
@@ -833,12 +1217,28 @@ def _render(plan: _ScanPlan) -> SyntheticCT:
 
 def _render_lesion(parenchyma, lesion_mask, lesion: _Lesion, x, y, z, grid: _Grid) -> None:
     """Blend one blobby, soft-edged ellipsoid into the parenchyma, only inside its bounding box (fast at 512)."""
+    found = _lesion_distance(lesion, x, y, z, grid, parenchyma.shape)
+    if found is None:
+        return
+    box, distance = found
+    alpha = (lesion.opacity * 0.5 * (1.0 - np.tanh((distance - 1.0) / lesion.edge))).astype(np.float32)
+    _paint(parenchyma[box], alpha, lesion.target_hu)
+    if lesion_mask is not None:
+        lesion_mask[box] |= distance < 1.0
+
+
+def _lesion_distance(lesion: _Lesion, x, y, z, grid: _Grid, shape) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """A lesion's bounding box on the grid and the normalised distance from its centre inside it (< 1: lesion).
+
+    Returns:
+        ``(box, distance)``, or None when the box misses the volume.
+    """
     extent = max(lesion.radii) * (1.0 + lesion.lumpiness) * (1.0 + 2.5 * lesion.edge)
     centre = np.array(lesion.centre)
     low, high = grid.index_of(np.stack([centre - extent, centre + extent]))
-    box = tuple(slice(max(0, lo), min(n, hi + 1)) for lo, hi, n in zip(low, high, parenchyma.shape, strict=True))
+    box = tuple(slice(max(0, lo), min(n, hi + 1)) for lo, hi, n in zip(low, high, shape, strict=True))
     if any(s.start >= s.stop for s in box):
-        return
+        return None
     dx = x[:, :, box[2]] - lesion.centre[0]
     dy = y[:, box[1], :] - lesion.centre[1]
     dz = z[box[0], :, :] - lesion.centre[2]
@@ -851,10 +1251,7 @@ def _render_lesion(parenchyma, lesion_mask, lesion: _Lesion, x, y, z, grid: _Gri
         np.cos((kx * dx + ky * dy + kz * dz) / mean_radius + phase) for kx, ky, kz, phase in lesion.waves
     ) / len(lesion.waves)
     distance = distance * (1.0 + lesion.lumpiness * wobble)
-    alpha = (lesion.opacity * 0.5 * (1.0 - np.tanh((distance - 1.0) / lesion.edge))).astype(np.float32)
-    _paint(parenchyma[box], alpha, lesion.target_hu)
-    if lesion_mask is not None:
-        lesion_mask[box] |= distance < 1.0
+    return box, distance
 
 
 def _render_vessels(anatomy: _Anatomy, lung_axes, plan: _ScanPlan, shape, grid: _Grid) -> np.ndarray:
@@ -980,6 +1377,22 @@ def _prepare_output(root: Path) -> None:
         # only folders this module writes, never anything outside the cohort root
         if folder.name.startswith(_SCAN_PREFIX) and folder.parent == root and folder.is_dir():
             shutil.rmtree(folder)
+
+
+def _prepare_truth_dir(truth_dir: Path) -> None:
+    """Refuse a file or a foreign non-empty folder; clear the masks of a previous demo truth folder."""
+    if truth_dir.exists() and not truth_dir.is_dir():
+        raise UserError(f"{truth_dir}: the truth folder must be a folder, but a file has that name")
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    entries = [p for p in truth_dir.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        return
+    if not (truth_dir / "truth.csv").is_file():
+        raise UserError(f"{truth_dir}: folder is not empty and holds no demo truth (no truth.csv); choose another")
+    masks = truth_dir / "masks"
+    if masks.is_dir():
+        for path in masks.glob(f"{_SCAN_PREFIX}*.nii.gz"):
+            path.unlink()
 
 
 def _write_series(series_dir: Path, plan: _ScanPlan, volume: SyntheticCT, geometry: DemoGeometry) -> None:

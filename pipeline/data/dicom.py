@@ -17,12 +17,15 @@ import math
 import os
 import re
 import struct
+import threading
+import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -30,6 +33,7 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -41,7 +45,10 @@ from pydicom.uid import (
 )
 
 __all__ = [
+    "DEFAULT_MIN_SLICES",
+    "DICOMDIR_REASON",
     "NATIVE_TRANSFER_SYNTAXES",
+    "TIE_BREAK_RULE",
     "DicomSeries",
     "DiscoveryResult",
     "Rejection",
@@ -58,6 +65,7 @@ __all__ = [
     "scan_headers",
     "series_skip_reason",
     "transfer_syntax_problem",
+    "unreadable_file_reasons",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,10 +77,23 @@ _PIXEL_DATA_TAG = (0x7FE0, 0x0010)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _AXIS_NAMES = ("L-R: sagittal", "A-P: coronal", "S-I: axial")
 _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+#: fewest slices of an accepted series or volume, unless told otherwise (``aamct manifest build --min-slices``, the
+#: scan loader's ``min_slices``): fewer is a localiser, a test shot or a partial export, not a diagnostic CT
+DEFAULT_MIN_SLICES = 16
 
 
 class HeaderError(Exception):
-    """A file that cannot be used at all (not DICOM, unreadable header); the message is the one-line reason."""
+    """A file that cannot be used at all (not DICOM, a DICOMDIR, unreadable header); the message is the reason.
+
+    Args:
+        message: the one-line reason.
+        kind: its category: ``"unreadable file"`` (a damaged or unreadable DICOM file: it blocks the series of its
+            folder, see :func:`discover_series`), ``"not DICOM"`` or ``"DICOMDIR"`` (neither blocks anything).
+    """
+
+    def __init__(self, message: str, *, kind: str = "unreadable file") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class SeriesRejected(Exception):
@@ -247,18 +268,21 @@ class DiscoveryResult:
 
 
 def iter_files(
-    root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = ()
+    root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = (), recursive: bool = True
 ) -> tuple[list[Path], list[Rejection]]:
-    """Every file under ``root`` (recursively, sorted, symlinked folders not followed).
+    """Every file under ``root`` (sorted, symlinked folders not followed).
 
     Args:
         root: folder to walk.
         exclude: files to leave out (e.g. the labels CSV or the manifest being written inside the tree).
+        recursive: also walk the sub-folders (False: the files directly inside ``root``, as a series reader sees it).
 
     Returns:
         The files, and a rejection for every folder that could not be listed.
     """
     excluded = {os.path.realpath(p) for p in exclude}
+    # realpath costs a few system calls per file: only names that could be an excluded file are resolved
+    excluded_names = {os.path.basename(p) for p in excluded}
     files: list[Path] = []
     problems: list[Rejection] = []
 
@@ -271,13 +295,22 @@ def iter_files(
         dirnames.sort()
         for name in sorted(filenames):
             path = os.path.join(folder, name)
-            if os.path.realpath(path) not in excluded:
-                files.append(Path(path))
+            if name in excluded_names and os.path.realpath(path) in excluded:
+                continue
+            files.append(Path(path))
+        if not recursive:
+            break
     return files, problems
 
 
 def read_header(path: str | os.PathLike) -> SliceHeader:
     """Read the header of one file (no pixel data) and locate its pixel data.
+
+    The common case (a Part-10 file in an uncompressed or encapsulated little-endian syntax) is parsed with
+    pydicom's own element parser, :func:`pydicom.filereader.data_element_generator`, keeping only the attributes
+    needed here; building a full ``Dataset`` (what ``dcmread`` does) cost more than parsing the file
+    (benchmarks/bench_ingestion.py). Anything unusual (no preamble, deflate, a VR encoding that contradicts the
+    transfer syntax, a parser error) is read by ``pydicom.dcmread`` instead, so damaged files get pydicom's reasons.
 
     Args:
         path: the file.
@@ -286,18 +319,28 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
         The :class:`SliceHeader`.
 
     Raises:
-        HeaderError: the file is not DICOM or its header cannot be parsed; the message is the reason.
+        HeaderError: the file is not DICOM, is a DICOMDIR, or its header cannot be parsed; the message is the
+            reason and ``kind`` its category.
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as fp:
-            try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            except InvalidDicomError:
-                ds = _read_without_preamble(fp)
-            pixels_at = fp.tell()
+            size = os.fstat(fp.fileno()).st_size
+            parsed = _parse_fast(fp)
+            if parsed is None:
+                fp.seek(0)
+                parsed = _parse_with_pydicom(fp)
+            h = parsed.values
+            dims = dict(
+                rows=h.int("Rows"),
+                columns=h.int("Columns"),
+                samples=h.int("SamplesPerPixel"),
+                bits=h.int("BitsAllocated"),
+                frames=h.int("NumberOfFrames") or 1,
+            )
+            fp.seek(parsed.pixels_at)
             probe = fp.read(12)
+            pixel_offset, pixel_problem = _locate_pixels(parsed.syntax, size, parsed.pixels_at, probe, fp, **dims)
     except HeaderError:
         raise
     except OSError as err:
@@ -305,11 +348,129 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
     except Exception as err:  # pydicom raises many types on damaged files
         raise HeaderError(f"unreadable DICOM header: {type(err).__name__}: {_one_line(err)}") from None
     try:
-        return _header_from_dataset(path, size, ds, pixels_at, probe)
+        return _header_from_values(path, size, parsed, dims, pixel_offset, pixel_problem)
     except HeaderError:
         raise
     except Exception as err:
         raise HeaderError(f"unusable DICOM header: {type(err).__name__}: {_one_line(err)}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _ParsedHeader:
+    values: _HeaderValues
+    syntax: str
+    media_sop_class: str
+    #: file offset where the pixel data element starts (or the end of the file)
+    pixels_at: int
+
+
+#: SOP Class of a DICOMDIR: an index of the files on a medium, with no image of its own
+_MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+DICOMDIR_REASON = (
+    "a DICOMDIR (media directory: an index of the files on the medium, not an image); the series it lists are "
+    "read from their own files"
+)
+_PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+_TRANSFER_SYNTAX_TAG = 0x00020010
+_MEDIA_SOP_CLASS_TAG = 0x00020002
+
+
+def _stop_at_pixels(tag: int, vr: str | None, length: int) -> bool:
+    return tag in _PIXEL_DATA_TAGS
+
+
+def _stop_after_meta(tag: int, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 0x0002
+
+
+def _raw_uid(element) -> str:
+    if element is None or element.value is None:
+        return ""
+    value = element.value
+    return (value.decode("latin-1") if isinstance(value, bytes) else str(value)).strip(" \x00")
+
+
+def _parse_fast(fp) -> _ParsedHeader | None:
+    """Parse a Part-10 file with pydicom's element generator; None where ``dcmread`` should handle the file."""
+    head = fp.read(132)
+    if len(head) < 132 or head[128:] != b"DICM":
+        return None
+    try:
+        meta = {int(e.tag): e for e in data_element_generator(fp, False, True, stop_when=_stop_after_meta)}
+    except Exception:
+        return None
+    syntax = _raw_uid(meta.get(_TRANSFER_SYNTAX_TAG))
+    media_class = _raw_uid(meta.get(_MEDIA_SOP_CLASS_TAG))
+    if media_class == _MEDIA_DIRECTORY:
+        # checked before the directory records are parsed: a DICOMDIR of a large export holds thousands of them
+        raise HeaderError(DICOMDIR_REASON, kind="DICOMDIR")
+    if syntax and not _UID_PATTERN.fullmatch(syntax):
+        raise HeaderError("unreadable DICOM header: TransferSyntaxUID is not a valid UID")
+    if not syntax or syntax == DeflatedExplicitVRLittleEndian:
+        return None
+    implicit = syntax == ImplicitVRLittleEndian
+    little = syntax != ExplicitVRBigEndian
+    start = fp.tell()
+    peek = fp.read(6)
+    if len(peek) == 6 and (0x40 < peek[4] < 0x5B and 0x40 < peek[5] < 0x5B) == implicit:
+        return None  # the data set's VR encoding contradicts the transfer syntax: dcmread copes (and says so)
+    fp.seek(start)
+    elements: dict[str, Any] = {}
+    charset = None
+    try:
+        for element in data_element_generator(
+            fp, implicit, little, stop_when=_stop_at_pixels, specific_tags=_TAGS_READ
+        ):
+            tag = int(element.tag)
+            if tag == _SPECIFIC_CHARACTER_SET:
+                charset = element
+            else:
+                elements[_KEYWORD_BY_TAG[tag]] = element
+    except Exception:
+        return None
+    pixels_at = fp.tell()
+    if pixels_at == start:
+        raise HeaderError("unreadable DICOM header: no data elements after the file meta information")
+    return _ParsedHeader(_HeaderValues(elements, charset), syntax, media_class, pixels_at)
+
+
+def _parse_with_pydicom(fp) -> _ParsedHeader:
+    # pydicom warns (and logs) about invalid values quoting them, and a damaged file's values may be anything,
+    # identifiers included: nothing of that may reach the output. The warning filters and the logger are
+    # process-wide, hence the lock; this path is taken by unusual files only.
+    with _QUIET_PYDICOM, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pydicom_logger = logging.getLogger("pydicom")
+        was_disabled, pydicom_logger.disabled = pydicom_logger.disabled, True
+        try:
+            return _parse_dataset(fp)
+        finally:
+            pydicom_logger.disabled = was_disabled
+
+
+_QUIET_PYDICOM = threading.Lock()
+
+
+def _parse_dataset(fp) -> _ParsedHeader:
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except InvalidDicomError:
+        ds = _read_without_preamble(fp)
+    pixels_at = fp.tell()
+    if len(ds) == 0:
+        raise HeaderError("unreadable DICOM header: no data elements after the file meta information")
+    meta = getattr(ds, "file_meta", None)
+    media_class = str(meta.get("MediaStorageSOPClassUID", "")).strip() if meta is not None else ""
+    if media_class == _MEDIA_DIRECTORY or str(ds.get("SOPClassUID", "")).strip() == _MEDIA_DIRECTORY:
+        raise HeaderError(DICOMDIR_REASON, kind="DICOMDIR")
+    syntax = str(meta.get("TransferSyntaxUID", "")).strip() if meta is not None else ""
+    if syntax and not _UID_PATTERN.fullmatch(syntax):
+        raise HeaderError("unreadable DICOM header: TransferSyntaxUID is not a valid UID")
+    if not syntax:
+        implicit, little = ds.original_encoding
+        syntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    elements = {_KEYWORD_BY_TAG[tag]: elem for tag, elem in ds.items() if tag in _KEYWORD_BY_TAG}
+    return _ParsedHeader(_HeaderValues(elements, ds.get_item(_SPECIFIC_CHARACTER_SET)), syntax, media_class, pixels_at)
 
 
 def _read_without_preamble(fp) -> pydicom.Dataset:
@@ -318,60 +479,42 @@ def _read_without_preamble(fp) -> pydicom.Dataset:
     fp.seek(0)
     start = fp.read(4)
     if len(start) < 4 or start[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
-        raise HeaderError("not a DICOM file (no DICM prefix)")
+        raise HeaderError("not a DICOM file (no DICM prefix)", kind="not DICOM")
     fp.seek(0)
     ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
     if "SOPClassUID" not in ds and "Modality" not in ds:
-        raise HeaderError("not a DICOM file (no DICM prefix and no SOP Class or Modality)")
+        raise HeaderError("not a DICOM file (no DICM prefix and no SOP Class or Modality)", kind="not DICOM")
     return ds
 
 
-def _header_from_dataset(path: Path, size: int, ds: pydicom.Dataset, pixels_at: int, probe: bytes) -> SliceHeader:
-    if len(ds) == 0:
-        raise HeaderError("unreadable DICOM header: no data elements after the file meta information")
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")).strip() if meta is not None else ""
-    if syntax and not _UID_PATTERN.fullmatch(syntax):
-        raise HeaderError("unreadable DICOM header: TransferSyntaxUID is not a valid UID")
-    if not syntax:
-        implicit, little = ds.original_encoding
-        syntax = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    h = _HeaderValues(ds)
-    rows = h.int("Rows")
-    columns = h.int("Columns")
-    samples = h.int("SamplesPerPixel")
-    bits_allocated = h.int("BitsAllocated")
-    frames = h.int("NumberOfFrames") or 1
-    pixel_offset, pixel_problem = _locate_pixels(
-        syntax,
-        size,
-        pixels_at,
-        probe,
-        rows=rows,
-        columns=columns,
-        samples=samples or 1,
-        bits=bits_allocated,
-        frames=frames,
-    )
+def _header_from_values(
+    path: Path,
+    size: int,
+    parsed: _ParsedHeader,
+    dims: dict[str, int | None],
+    pixel_offset: int | None,
+    pixel_problem: str | None,
+) -> SliceHeader:
+    h = parsed.values
     return SliceHeader(
         path=path,
         file_size=size,
-        transfer_syntax=syntax,
-        sop_class_uid=h.text("SOPClassUID") or (str(meta.get("MediaStorageSOPClassUID", "")) if meta else ""),
+        transfer_syntax=parsed.syntax,
+        sop_class_uid=h.text("SOPClassUID") or parsed.media_sop_class,
         sop_instance_uid=h.text("SOPInstanceUID"),
         modality=h.text("Modality").upper(),
         study_uid=h.text("StudyInstanceUID"),
         series_uid=h.text("SeriesInstanceUID"),
         frame_of_reference_uid=h.text("FrameOfReferenceUID"),
         image_type=tuple(str(v).strip().upper() for v in h.values("ImageType")),
-        rows=rows,
-        columns=columns,
-        samples_per_pixel=samples,
+        rows=dims["rows"],
+        columns=dims["columns"],
+        samples_per_pixel=dims["samples"],
         photometric=h.text("PhotometricInterpretation").upper(),
-        bits_allocated=bits_allocated,
+        bits_allocated=dims["bits"],
         bits_stored=h.int("BitsStored"),
         pixel_representation=h.int("PixelRepresentation"),
-        number_of_frames=frames,
+        number_of_frames=dims["frames"],  # type: ignore[arg-type]
         orientation=h.floats("ImageOrientationPatient", 6),
         position=h.floats("ImagePositionPatient", 3),  # type: ignore[arg-type]
         pixel_spacing=h.floats("PixelSpacing", 2),  # type: ignore[arg-type]
@@ -392,14 +535,15 @@ def _locate_pixels(
     size: int,
     pixels_at: int,
     probe: bytes,
+    fp,
     *,
     rows: int | None,
     columns: int | None,
-    samples: int,
+    samples: int | None,
     bits: int | None,
-    frames: int,
+    frames: int | None,
 ) -> tuple[int | None, str | None]:
-    """Find the PixelData value in the file and check it is complete, without reading it."""
+    """Find the PixelData value in the file and check it is complete, without decoding it."""
     if len(probe) < 8:
         return None, "no pixel data (the file ends before a PixelData element)"
     if syntax in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
@@ -416,41 +560,93 @@ def _locate_pixels(
         (length,) = struct.unpack("<I", probe[8:12])
         value_at = pixels_at + 12
     if syntax not in NATIVE_TRANSFER_SYNTAXES:
-        if length != _UNDEFINED_LENGTH and value_at + length > size:
-            return None, f"truncated pixel data: {max(size - value_at, 0)} of {length} bytes present"
-        return None, None  # encapsulated: completeness is only known when decoding
+        if length != _UNDEFINED_LENGTH:
+            if value_at + length > size:
+                return None, f"truncated pixel data: {max(size - value_at, 0)} of {length} bytes present"
+            return None, None
+        return None, _encapsulated_problem(fp, value_at, size)
     if length == _UNDEFINED_LENGTH:
         return None, f"native transfer syntax {UID(syntax).name} but encapsulated (undefined length) pixel data"
     if rows is None or columns is None or bits is None:
         return None, None  # reported by the checks as missing attributes
-    expected = rows * columns * samples * frames * max(bits // 8, 1)
+    expected = rows * columns * (samples or 1) * (frames or 1) * max(bits // 8, 1)
     present = min(length, size - value_at)
     if present < expected:
         return None, f"truncated pixel data: {max(present, 0)} of {expected} bytes ({rows}x{columns}x{bits} bits)"
     return value_at, None
 
 
-def scan_headers(
-    paths: Sequence[str | os.PathLike], *, workers: int | None = None
-) -> tuple[list[SliceHeader], list[Rejection]]:
-    """Read the headers of many files in a thread pool.
+_ITEM_TAG = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER_TAG = (0xFFFE, 0xE0DD)
 
-    Threads rather than processes: header parsing holds the GIL, but most of a cold-cache walk is file I/O, which
-    threads overlap, and the results need no pickling (see benchmarks/bench_ingestion.py for the figures).
+
+def _encapsulated_problem(fp, value_at: int, size: int) -> str | None:
+    """Walk the items of encapsulated pixel data (item headers only) and say why the stream is incomplete.
+
+    A cut-off compressed file keeps a well-formed header; its last fragment is short or its sequence delimiter is
+    missing. Finding that here (a few seeks per file) lets the manifest reject the file instead of the decoder
+    failing later.
+    """
+    fp.seek(value_at)
+    items = 0
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            return (
+                f"truncated pixel data: the encapsulated pixel data ends after {items} item(s), without its "
+                "sequence delimiter"
+            )
+        group, element, length = struct.unpack("<HHI", head)
+        if (group, element) == _SEQUENCE_DELIMITER_TAG:
+            return None
+        if (group, element) != _ITEM_TAG or length == _UNDEFINED_LENGTH:
+            return f"damaged pixel data: ({group:04X},{element:04X}) where item {items + 1} of the encapsulated pixel data should start"
+        at = fp.tell()
+        if at + length > size:
+            return (
+                f"truncated pixel data: item {items + 1} of the encapsulated pixel data has {size - at} of its "
+                f"{length} bytes"
+            )
+        fp.seek(at + length)
+        items += 1
+
+
+def scan_headers(
+    paths: Sequence[str | os.PathLike],
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[list[SliceHeader], list[Rejection]]:
+    """Read the headers of many files, sequentially by default.
+
+    Sequential by default because header parsing holds the GIL: on files in the page cache, threads measured
+    slower than one thread (benchmarks/bench_ingestion.py). Threads (``workers`` > 1) overlap file I/O, which can
+    pay off on a cold network share.
 
     Args:
         paths: files to read.
-        workers: threads (default: CPU count); 1 reads sequentially.
+        workers: threads (default 1: sequential).
+        progress: called with 1 after each file (e.g. ``tqdm.update``).
 
     Returns:
         The headers of the DICOM files, and one rejection per file that is not usable DICOM.
     """
-    workers = workers or os.cpu_count() or 1
+    workers = workers or 1
     if workers <= 1 or len(paths) < 2 * workers:
-        results = [_try_header(p) for p in paths]
+        if progress is None:
+            results = [_try_header(p) for p in paths]
+        else:
+            results = []
+            for p in paths:
+                results.append(_try_header(p))
+                progress(1)
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dicom-header") as pool:
-            results = list(pool.map(_try_header, paths))
+            results = []
+            for result in pool.map(_try_header, paths):
+                results.append(result)
+                if progress is not None:
+                    progress(1)
     headers = [r for r in results if isinstance(r, SliceHeader)]
     rejections = [r for r in results if isinstance(r, Rejection)]
     return headers, rejections
@@ -461,10 +657,38 @@ def _try_header(path: str | os.PathLike) -> SliceHeader | Rejection:
         return read_header(path)
     except HeaderError as err:
         reason = str(err)
-        kind = "not DICOM" if reason.startswith("not a DICOM file") else "unreadable file"
+        kind = err.kind
         if kind == "not DICOM" and str(path).lower().endswith((".nii", ".nii.gz")):
             reason += "; a NIfTI file: pass it with --nifti-glob"
         return Rejection(Path(path), "", 1, reason, kind)
+
+
+def unreadable_file_reasons(rejections: Iterable[Rejection]) -> dict[Path, str]:
+    """For every folder holding damaged DICOM files, the reason that blocks the series of that folder.
+
+    A file that starts like DICOM but cannot be read (a damaged header, a read error) is most likely one of the
+    slices of the series beside it, so that series cannot be known to be complete: it is rejected with a reason
+    naming the file, rather than accepted short of a slice (or rejected for a gap that the damaged file explains).
+    Files that are not DICOM at all and DICOMDIRs block nothing.
+
+    Args:
+        rejections: file rejections from :func:`scan_headers`.
+
+    Returns:
+        ``{folder: reason}``.
+    """
+    by_folder: dict[Path, list[Rejection]] = defaultdict(list)
+    for r in rejections:
+        if r.kind == "unreadable file" and r.n_files == 1:
+            by_folder[r.path.parent].append(r)
+    reasons: dict[Path, str] = {}
+    for folder, bad in by_folder.items():
+        bad.sort(key=lambda r: str(r.path))
+        names = ", ".join(r.path.name for r in bad[:2]) + (f" and {len(bad) - 2} more" if len(bad) > 2 else "")
+        what = "unreadable file" if len(bad) == 1 else f"{len(bad)} unreadable files"
+        which = "that slice" if len(bad) == 1 else "those slices"
+        reasons[folder] = f"{what} in the series folder: {names} ({bad[0].reason}); the series may be missing {which}"
+    return reasons
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -507,7 +731,8 @@ def series_skip_reason(series: DicomSeries) -> str | None:
         return None
     reason, count = reasons[0]
     if count < series.n_files:
-        return f"{reason} ({count} of {series.n_files} files)"
+        odd = [s for s in series.slices if _slice_skip_reason(s) == reason]
+        return f"{reason} in {count} of {series.n_files} files ({_files(odd)})"
     return reason
 
 
@@ -533,20 +758,32 @@ def _skip_reason(modality: str, image_type: tuple[str, ...], orientation: tuple[
     return None
 
 
-def choose_series(candidates: Sequence[DicomSeries], check: SeriesCheck) -> tuple[DicomSeries | None, list[Rejection]]:
+#: how equally long candidate series are ranked (the first in this order that passes the checks is primary)
+TIE_BREAK_RULE = "folder path, then SeriesInstanceUID, in sorting order"
+
+
+def choose_series(
+    candidates: Sequence[DicomSeries],
+    check: SeriesCheck,
+    *,
+    blocked: Mapping[Path, str] | None = None,
+) -> tuple[DicomSeries | None, list[Rejection]]:
     """Pick the primary series among ``candidates`` (one study, or one folder) and explain every other one.
 
-    Candidates (see :func:`series_skip_reason`) are tried from the most slices down; the first that passes ``check``
-    is chosen (its ``geometry`` is set), the ones that fail are rejected with the check's reason, and the remaining
-    candidates are skipped as not primary.
+    Candidates (see :func:`series_skip_reason`) are tried from the most slices down (equally long ones ranked by
+    :data:`TIE_BREAK_RULE`); the first that passes ``check`` is chosen (its ``geometry`` is set), the ones that fail
+    are rejected with the check's reason, and the remaining candidates are skipped as not primary.
 
     Args:
         candidates: the series to choose from.
         check: the geometry check a chosen series must pass.
+        blocked: folders whose series fail regardless of the check, with the reason (see
+            :func:`unreadable_file_reasons`).
 
     Returns:
         The chosen series (or None) and the rejections of all the others.
     """
+    blocked = blocked or {}
     rejections: list[Rejection] = []
     eligible: list[DicomSeries] = []
     for s in candidates:
@@ -559,13 +796,22 @@ def choose_series(candidates: Sequence[DicomSeries], check: SeriesCheck) -> tupl
     chosen: DicomSeries | None = None
     for s in eligible:
         if chosen is not None:
-            rejections.append(
-                _series_rejection(
-                    s,
-                    f"skipped: not the primary series of its study ({s.n_files} slices; the primary has "
-                    f"{chosen.n_files})",
+            if s.n_files == chosen.n_files:
+                where = "in the same folder" if chosen.folder == s.folder else f"in {chosen.folder.name}"
+                reason = (
+                    f"skipped: not the primary series of its study: a tie ({s.n_files} slices each) with the primary "
+                    f"series {where}, broken by {TIE_BREAK_RULE} (the first that passes the checks is primary)"
                 )
-            )
+            else:
+                reason = (
+                    f"skipped: not the primary series of its study ({s.n_files} slices; the primary has "
+                    f"{chosen.n_files})"
+                )
+            rejections.append(_series_rejection(s, reason))
+            continue
+        block = next((blocked[f] for f in s.folders if f in blocked), None)
+        if block is not None:
+            rejections.append(_series_rejection(s, block))
             continue
         try:
             s.geometry = check(s.slices)
@@ -595,23 +841,41 @@ def discover_series(
     check: SeriesCheck | None = None,
     workers: int | None = None,
     exclude: Iterable[str | os.PathLike] = (),
+    recursive: bool = True,
+    progress: Callable[[int, int], object] | None = None,
 ) -> DiscoveryResult:
     """Walk ``root``, read every header, group the series, choose one primary axial CT series per study.
 
+    The same function serves ``aamct manifest build`` (a whole tree) and the scan loader (one series folder,
+    ``recursive=False``), so both give a series the same verdict and the same reason.
+
     Args:
-        root: folder searched recursively.
+        root: folder searched.
         check: geometry check for the chosen series (default :class:`SeriesCheck` with its defaults).
-        workers: header-reading threads (default: CPU count).
+        workers: header-reading threads (default: sequential, see :func:`scan_headers`).
         exclude: files under ``root`` to leave out (the labels CSV, the outputs).
+        recursive: search the sub-folders too.
+        progress: called as ``progress(files_read, files_found)`` once the files are listed and after each header.
 
     Returns:
         A :class:`DiscoveryResult`; every file is either in an accepted series or accounted for in a rejection.
     """
     root = Path(root)
     check = check or SeriesCheck()
-    files, rejections = iter_files(root, exclude=exclude)
-    headers, file_rejections = scan_headers(files, workers=workers)
+    files, rejections = iter_files(root, exclude=exclude, recursive=recursive)
+    step = None
+    if progress is not None:
+        done = 0
+        progress(0, len(files))
+
+        def step(n: int) -> None:
+            nonlocal done
+            done += n
+            progress(done, len(files))
+
+    headers, file_rejections = scan_headers(files, workers=workers, progress=step)
     rejections.extend(file_rejections)
+    blocked = unreadable_file_reasons(file_rejections)
     series = group_series(headers)
     by_study: dict[str, list[DicomSeries]] = defaultdict(list)
     for s in series:
@@ -623,11 +887,11 @@ def discover_series(
     accepted: list[DicomSeries] = []
     reader_check = check.relaxed()
     for study in by_study.values():
-        chosen, study_rejections = choose_series(study, check)
+        chosen, study_rejections = choose_series(study, check, blocked=blocked)
         rejections.extend(study_rejections)
         if chosen is None:
             continue
-        problem = _folder_problem(chosen, by_folder, reader_check)
+        problem = _folder_problem(chosen, by_folder, reader_check, blocked)
         if problem:
             rejections.append(_series_rejection(chosen, problem))
             chosen.geometry = None
@@ -638,7 +902,10 @@ def discover_series(
 
 
 def _folder_problem(
-    chosen: DicomSeries, by_folder: dict[Path, list[DicomSeries]], reader_check: SeriesCheck
+    chosen: DicomSeries,
+    by_folder: dict[Path, list[DicomSeries]],
+    reader_check: SeriesCheck,
+    blocked: Mapping[Path, str],
 ) -> str | None:
     """Why the manifest cannot point at this series' folder (the reader would not read exactly this series)."""
     folders = chosen.folders
@@ -653,7 +920,7 @@ def _folder_problem(
     copies = [
         DicomSeries(s.study_uid, s.series_uid, [h for h in s.slices if h.path.parent == folder]) for s in in_folder
     ]
-    picked, _ = choose_series(copies, reader_check)
+    picked, _ = choose_series(copies, reader_check, blocked=blocked)
     if picked is not None and picked.study_uid == chosen.study_uid and picked.series_uid == chosen.series_uid:
         return None
     return (
@@ -704,8 +971,14 @@ class SeriesCheck:
     Gantry tilt is rejected, not resampled: a tilted acquisition stores a sheared stack, and correcting it means
     interpolating every slice by a different in-plane shift, i.e. changing the pixel data the model sees in a
     scanner-dependent way; the stock MONAI/ITK readers silently build a non-sheared affine for such stacks, which puts
-    every voxel in the wrong place. Rejecting keeps the cohort honest; convert such series with a tool that corrects
-    tilt explicitly (e.g. ``dcm2niix``) and pass the NIfTI files instead.
+    every voxel in the wrong place. Rejecting keeps the cohort honest, and the project's reader raises the same
+    reason, so no stage (and no heatmap) ever claims a geometry the series does not have. Convert such series with a
+    tool that corrects tilt explicitly and pass the NIfTI files instead: ``dcm2niix -z y -o OUT SERIES_FOLDER`` writes,
+    beside the sheared volume, a copy resampled onto an orthogonal grid with ``_Tilt`` in its name, which
+    ``aamct manifest build --nifti-glob 'OUT/*_Tilt*.nii.gz'`` then takes.
+
+    A stack whose slices are complete but one of which sits off the regular grid (a moved ImagePositionPatient) is
+    reported as a slice position inconsistency naming that file, not as missing slices.
 
     Args:
         min_slices: fewest slices a series may have.
@@ -720,7 +993,7 @@ class SeriesCheck:
     def __init__(
         self,
         *,
-        min_slices: int = 16,
+        min_slices: int = DEFAULT_MIN_SLICES,
         spacing_tolerance_mm: float = 0.02,
         spacing_tolerance_fraction: float = 0.01,
         max_tilt_shift_pixels: float = 0.5,
@@ -896,12 +1169,13 @@ class SeriesCheck:
         span = float(along[-1] - along[0])
         drift = inplane[-1]
         expected = np.outer((along - along[0]) / span, drift)
-        scatter = float(np.max(np.linalg.norm(inplane - expected, axis=1)))
+        off_line = np.linalg.norm(inplane - expected, axis=1)
+        scatter = float(np.max(off_line))
         limit = self.max_tilt_shift_pixels * pixel_size
         if scatter > limit:
             raise SeriesRejected(
                 f"slice positions are not on one line: up to {scatter:.3f} mm off the line through the first and last "
-                f"slice (limit {limit:.3f} mm)"
+                f"slice, in {slices[int(np.argmax(off_line))].path.name} (limit {limit:.3f} mm)"
             )
         drift_mm = float(np.linalg.norm(drift))
         if drift_mm > limit:
@@ -914,6 +1188,10 @@ class SeriesCheck:
             )
         spacing = float(np.median(gaps))
         tolerance = max(self.spacing_tolerance_mm, self.spacing_tolerance_fraction * spacing)
+        if float(np.max(np.abs(gaps - spacing))) > tolerance:
+            moved = _moved_slice(slices, along, spacing, tolerance)
+            if moved is not None:
+                raise SeriesRejected(moved)
         big = np.flatnonzero(gaps > 1.5 * spacing)
         if big.size:
             i = int(big[np.argmax(gaps[big])])
@@ -930,6 +1208,30 @@ class SeriesCheck:
                 f"non-uniform slice spacing: {gaps.min():.3f} to {gaps.max():.3f} mm (seen: {shown}; tolerance "
                 f"{tolerance:.3f} mm)"
             )
+
+
+def _moved_slice(slices: Sequence[SliceHeader], along: np.ndarray, spacing: float, tolerance: float) -> str | None:
+    """The reason for a stack where one slice sits off the regular grid of the others (None if that is not it).
+
+    A slice whose ImagePositionPatient was shifted leaves a gap where it belongs and crowds its new neighbours. The
+    number of slices is right, so "missing slices" or "non-uniform spacing" would blame the wrong thing: the slice
+    whose removal leaves a regular grid with exactly one empty place is named instead.
+    """
+    gaps = np.diff(along)
+    crowded = np.flatnonzero(gaps < spacing - tolerance)
+    for j in sorted({int(i) for c in crowded for i in (c, c + 1)}):
+        rest = np.delete(along, j)
+        rest_gaps = np.diff(rest)
+        double = np.abs(rest_gaps - 2.0 * spacing) <= tolerance
+        regular = np.abs(rest_gaps - spacing) <= tolerance
+        if rest_gaps.size and np.count_nonzero(double) == 1 and bool(np.all(double | regular)):
+            hole = float(rest[int(np.flatnonzero(double)[0])] + spacing)
+            return (
+                f"slice position inconsistency: {slices[j].path.name} lies at {along[j]:.3f} mm along the normal, off "
+                f"the {spacing:.3f} mm grid of the other {len(along) - 1} slices, which has an empty place at "
+                f"{hole:.3f} mm (a moved slice: its ImagePositionPatient disagrees with the rest of the series)"
+            )
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -981,19 +1283,27 @@ _SPECIFIC_CHARACTER_SET = 0x00080005
 _KEYWORD_BY_TAG: dict[int, str] = {int(tag_for_keyword(k)): k for k in _KEYWORDS}  # type: ignore[arg-type]
 
 
+#: tags handed to pydicom's element generator: the values of all others are skipped, not read
+_TAGS_READ: list[int] = sorted(_KEYWORD_BY_TAG)
+
+
 class _HeaderValues:
-    """The attributes discovery needs from one dataset, decoded straight from the raw elements where that is safe.
+    """The attributes discovery needs from one file, decoded straight from the raw elements where that is safe.
 
     pydicom's attribute access converts and validates every element it touches, which costs more than parsing the
-    whole header; the codes, UIDs and numbers needed here are ASCII text (or US binary), so one pass over the
-    unconverted elements (``Dataset.items()``) and a direct decode is enough.
+    whole header; the codes, UIDs and numbers needed here are ASCII text (or US binary), so a direct decode of the
+    unconverted elements is enough.
+
+    Args:
+        elements: the elements read, by keyword (raw or already converted).
+        charset: the Specific Character Set element, if any.
     """
 
-    __slots__ = ("dataset", "elements")
+    __slots__ = ("elements", "charset")
 
-    def __init__(self, dataset: pydicom.Dataset) -> None:
-        self.dataset = dataset
-        self.elements = {_KEYWORD_BY_TAG[tag]: elem for tag, elem in dataset.items() if tag in _KEYWORD_BY_TAG}
+    def __init__(self, elements: dict[str, Any], charset: Any = None) -> None:
+        self.elements = elements
+        self.charset = charset
 
     def has(self, keyword: str) -> bool:
         return keyword in self.elements
@@ -1019,7 +1329,7 @@ class _HeaderValues:
         # decoded with the Specific Character Set but without pydicom's value validation, whose warnings quote the
         # value: PatientID must never reach a log
         try:
-            charset = self.dataset.get_item(_SPECIFIC_CHARACTER_SET)
+            charset = self.charset
             names = (
                 charset.value.decode("ascii", "replace").split("\\") if isinstance(charset, RawDataElement) else None
             )
@@ -1032,7 +1342,7 @@ class _HeaderValues:
 
     def _converted(self, keyword: str) -> list:
         try:
-            value = self.dataset.get(keyword)
+            value = self.elements[keyword].value
         except Exception:
             return []
         if value is None:

@@ -25,52 +25,44 @@ matching row keep an empty label; matching rows of equal rank that disagree reje
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
+import sys
+import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data.dicom import DicomSeries, Rejection, SeriesCheck, discover_series
+from pipeline.contracts.manifest import MANIFEST_COLUMNS as CONTRACT_COLUMNS
+from pipeline.contracts.manifest import REJECTION_COLUMNS, rejections_path_for
+from pipeline.data.dicom import DEFAULT_MIN_SLICES, DicomSeries, Rejection, SeriesCheck, discover_series
 from pipeline.data.nifti import NiftiInfo, NiftiRejected, check_nifti
 from pipeline.data.pseudonym import Pseudonymizer, load_key
 from pipeline.errors import UserError
 from pipeline.io import write_csv_atomic
 
 __all__ = [
+    "DEFAULT_MIN_SLICES",
     "MANIFEST_COLUMNS",
-    "REJECTION_COLUMNS",
     "LABEL_KEY_COLUMNS",
     "ManifestBuildResult",
     "LabelRow",
     "build_manifest",
     "read_labels",
-    "rejections_path_for",
 ]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "case_id",
-    "patient_id",
-    "image",
-    "label",
-    "site",
-    "split",
-    "fold",
-    "n_slices",
-    "spacing_mm",
-    "source",
-)
-REJECTION_COLUMNS: tuple[str, ...] = ("path", "series_uid", "reason", "n_files")
+#: what the builder writes: the manifest contract's columns (:mod:`pipeline.contracts.manifest`), then its own facts
+MANIFEST_COLUMNS: tuple[str, ...] = (*CONTRACT_COLUMNS, "n_slices", "spacing_mm", "source")
 #: key columns of a labels CSV, most specific first
 LABEL_KEY_COLUMNS: tuple[str, ...] = ("path", "series_uid", "study_uid", "accession", "patient_id")
-DEFAULT_MIN_SLICES = 16
 
 # rank of a match: higher wins; ancestor-folder matches rank by depth between study and exact path
 _RANK_EXACT = 1000
@@ -160,13 +152,6 @@ class LabelRow:
     label: str
     site: str
     patient_id: str = field(default="", repr=False)
-
-
-def rejections_path_for(manifest_path: str | os.PathLike) -> Path:
-    """``FILE.csv`` -> ``FILE.rejections.csv`` (beside it)."""
-    path = Path(manifest_path)
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    return path.with_name(f"{stem}.rejections.csv")
 
 
 def read_labels(labels_csv: str | os.PathLike, *, dicom_root: str | os.PathLike | None = None) -> list[LabelRow]:
@@ -261,6 +246,7 @@ def build_manifest(
     min_slices: int | None = None,
     key_file: str | os.PathLike | None = None,
     workers: int | None = None,
+    progress: bool = False,
 ) -> ManifestBuildResult:
     """Discover, check, label and pseudonymise a cohort; write the manifest and its rejections.
 
@@ -270,9 +256,11 @@ def build_manifest(
         labels_csv: labels CSV (see the module docstring), or None for unlabelled cases.
         out: manifest CSV to write; the rejections go to ``<stem>.rejections.csv`` beside it.
         site: site of cases whose site is not given in the labels CSV.
-        min_slices: fewest slices a series or volume may have (default 16).
+        min_slices: fewest slices a series or volume may have (default :data:`DEFAULT_MIN_SLICES`, 16).
         key_file: pseudonymisation key file (default: env ``AAMCT_PSEUDONYM_KEY`` or the per-user key).
-        workers: header-reading threads (default: CPU count).
+        workers: header-reading threads (default: sequential, the fastest on local disks; threads can help on a
+            network share) and NIfTI-checking threads (default: CPU count).
+        progress: show a progress bar of the files read on stderr (only when stderr is a terminal).
 
     Returns:
         A :class:`ManifestBuildResult`.
@@ -281,6 +269,7 @@ def build_manifest(
         UserError: no inputs, a missing DICOM root, a glob matching nothing, an unreadable labels CSV, an output that
             cannot be written, or a bad key file. Rejected series and files are not errors.
     """
+    _check_out_name(out)
     out = Path(out)
     rejections_path = rejections_path_for(out)
     if dicom_root is None and not nifti_glob:
@@ -289,8 +278,9 @@ def build_manifest(
         raise UserError(f"{dicom_root}: DICOM root folder not found")
     if min_slices is not None and min_slices < 1:
         raise UserError(f"--min-slices must be at least 1, got {min_slices}")
-    _check_writable(out)
+    _check_writable(out, rejections_path)
     nifti_files = _expand_glob(nifti_glob) if nifti_glob else []
+    _check_not_an_input(out, rejections_path, [*nifti_files, *([Path(labels_csv)] if labels_csv else [])])
     labels = read_labels(labels_csv, dicom_root=dicom_root) if labels_csv is not None else []
     pseudonymizer = Pseudonymizer(load_key(key_file))
     min_slices = DEFAULT_MIN_SLICES if min_slices is None else int(min_slices)
@@ -303,12 +293,18 @@ def build_manifest(
         exclude = [out, rejections_path, *nifti_files]
         if labels_csv is not None:
             exclude.append(Path(labels_csv))
-        discovery = discover_series(root, check=SeriesCheck(min_slices=min_slices), workers=workers, exclude=exclude)
+        with _progress_bar(progress, "reading DICOM headers") as on_file:
+            discovery = discover_series(
+                root, check=SeriesCheck(min_slices=min_slices), workers=workers, exclude=exclude, progress=on_file
+            )
         n_files, n_series, n_studies = discovery.n_files, len(discovery.series), discovery.n_studies
         rejections.extend(discovery.rejections)
         cases.extend(_dicom_case(s, root) for s in discovery.accepted)
     if nifti_files:
-        nifti_cases, nifti_rejections = _check_nifti_files(nifti_files, min_slices=min_slices, workers=workers)
+        with _progress_bar(progress, "checking NIfTI files") as on_file:
+            nifti_cases, nifti_rejections = _check_nifti_files(
+                nifti_files, min_slices=min_slices, workers=workers, progress=on_file
+            )
         cases.extend(nifti_cases)
         rejections.extend(nifti_rejections)
 
@@ -331,8 +327,11 @@ def build_manifest(
         ],
         columns=list(REJECTION_COLUMNS),
     )
-    write_csv_atomic(out, manifest)
-    write_csv_atomic(rejections_path, rejection_frame)
+    for path, frame in ((out, manifest), (rejections_path, rejection_frame)):
+        try:
+            write_csv_atomic(path, frame)
+        except OSError as err:
+            raise UserError(f"{path}: cannot write: {err.strerror or err}") from None
     result = ManifestBuildResult(
         manifest_path=out,
         rejections_path=rejections_path,
@@ -352,16 +351,70 @@ def build_manifest(
     return result
 
 
-def _check_writable(out: Path) -> None:
+def _check_out_name(out: str | os.PathLike) -> None:
+    text = os.fspath(out)
+    if not text.strip() or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise UserError(f"--out must name a CSV file, got {text!r}")
+
+
+def _check_writable(out: Path, rejections_path: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work is done (one line, no traceback)."""
     if out.is_dir():
         raise UserError(f"{out}: is a folder; --out must name a CSV file")
+    for path in (out, rejections_path):
+        # the files are replaced by a rename: a device, FIFO or socket under that name would be replaced too
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: exists and is not a regular file; --out must name a CSV file")
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise UserError(f"{path}: exists and is not writable")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: cannot write here ({parent} is not a writable folder)")
-    if out.exists() and not os.access(out, os.W_OK):
-        raise UserError(f"{out}: exists and is not writable")
+    if not parent.is_dir():
+        raise UserError(f"{out}: cannot write here ({parent} is not a folder)")
+    # os.access says yes to root on read-only or virtual file systems (/proc, /sys): try a real file instead
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".aamct-write-test.", dir=parent)
+    except OSError as err:
+        raise UserError(
+            f"{out}: cannot write here: creating a file in {parent} fails ({err.strerror or err})"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_not_an_input(out: Path, rejections_path: Path, inputs: Sequence[Path]) -> None:
+    given = {os.path.realpath(p): p for p in inputs}
+    for path in (out, rejections_path):
+        if os.path.realpath(path) in given:
+            raise UserError(f"{path}: is one of the inputs (--labels / --nifti-glob); --out must name a new CSV file")
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, description: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A ``(done, total)`` callback drawing a tqdm bar on stderr, or None (disabled, or stderr is no terminal)."""
+    if not enabled or not _stderr_is_terminal():
+        yield None
+        return
+    from tqdm import tqdm
+
+    # delay: short runs finish before a bar would appear; leave=False: the summary is the lasting output
+    with tqdm(desc=description, unit=" files", file=sys.stderr, delay=0.5, leave=False, dynamic_ncols=True) as bar:
+
+        def update(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(done - bar.n)
+
+        yield update
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _expand_glob(pattern: str) -> list[Path]:
@@ -404,7 +457,7 @@ def _dicom_case(series: DicomSeries, root: Path) -> _Case:
 
 
 def _check_nifti_files(
-    files: Sequence[Path], *, min_slices: int, workers: int | None
+    files: Sequence[Path], *, min_slices: int, workers: int | None, progress: Callable[[int, int], None] | None = None
 ) -> tuple[list[_Case], list[Rejection]]:
     def check(path: Path) -> NiftiInfo | Rejection:
         try:
@@ -414,9 +467,14 @@ def _check_nifti_files(
             kind = reason.split(":")[0]
             return Rejection(path, "", 1, reason, kind)
 
+    # threads pay off here: decompressing .nii.gz (zlib) releases the GIL
     workers = workers or os.cpu_count() or 1
+    results: list[NiftiInfo | Rejection] = []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files))), thread_name_prefix="nifti-check") as pool:
-        results = list(pool.map(check, files))
+        for result in pool.map(check, files):
+            results.append(result)
+            if progress is not None:
+                progress(len(results), len(files))
     cases = [
         _Case(
             image=info.path,

@@ -38,24 +38,21 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
+from pipeline.contracts.datalist import datalist_beside
 from pipeline.data.datalist import write_datalist
 from pipeline.errors import UserError
 from pipeline.io import write_csv_atomic
 
 __all__ = [
-    "MANIFEST_COLUMNS",
     "REQUIRED_COLUMNS",
     "NEGATIVE_CLASS_NAMES",
     "SplitResult",
     "split_manifest",
     "infer_class_names",
-    "datalist_path_for",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: the manifest columns of the contract, in order
-MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", "patient_id", "image", "label", "site", "split", "fold")
 #: columns a manifest must have before it can be split (``split`` / ``fold`` are added when absent)
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "patient_id", "image", "label", "site")
 #: class names (compared case-insensitively) that go first when the class list is inferred
@@ -119,12 +116,6 @@ class SplitResult:
             lines.append(f"  warning: {self.missing_images} image path(s) do not exist on this machine")
         lines.append(f"  datalist: {self.datalist_path}")
         return "\n".join(lines)
-
-
-def datalist_path_for(manifest: str | os.PathLike) -> Path:
-    """The default datalist beside a manifest: ``cohort.csv`` -> ``cohort.datalist.json``."""
-    manifest = Path(manifest)
-    return manifest.with_name(f"{manifest.stem}.datalist.json")
 
 
 def infer_class_names(labels: Sequence[str]) -> list[str]:
@@ -240,7 +231,7 @@ def split_manifest(
     frame["fold"] = ["" if fold is None else str(fold) for fold in fold_of_row]
     _check_patients_whole(frame)
 
-    datalist_path = Path(datalist_out) if datalist_out is not None else datalist_path_for(manifest)
+    datalist_path = Path(datalist_out) if datalist_out is not None else datalist_beside(manifest)
     entries, missing = _datalist_entries(frame, label_index, manifest)
     write_csv_atomic(manifest, frame)
     write_datalist(

@@ -38,10 +38,8 @@ __all__ = [
     "evaluate_predictions",
     "fold_metrics",
     "paired_t_test",
-    "read_operating_point",
     "reliability_curve",
     "roc_auc",
-    "write_operating_point",
     "write_report",
 ]
 
@@ -58,8 +56,6 @@ _HOME = {
     "OperatingPoint": "operating_point",
     "binary_metrics": "operating_point",
     "choose_threshold": "operating_point",
-    "read_operating_point": "operating_point",
-    "write_operating_point": "operating_point",
     "brier_score": "calibration",
     "decision_curve": "calibration",
     "reliability_curve": "calibration",

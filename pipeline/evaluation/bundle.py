@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.contracts.datalist import SELECTIONS, load_datalist, resolve_datalist, select
+from pipeline.contracts.failure import fail
+from pipeline.contracts.operating_point import operating_point_path, read_operating_point
 from pipeline.errors import UserError
 
 __all__ = ["EvaluationPlan", "file_sha256", "prepare_evaluation", "run_evaluators"]
@@ -128,10 +131,6 @@ def _plan(
     threshold: Any,
     network_name: str | None,
 ) -> EvaluationPlan:
-    from pipeline.data.datalist import SELECTIONS, load_datalist, select
-    from pipeline.evaluation.operating_point import read_operating_point
-    from pipeline.training.preflight import resolve_datalist
-
     split = str(split).strip().lower()
     if split not in SELECTIONS:
         raise UserError(f"--split {split!r} is not one of {', '.join(SELECTIONS)}")
@@ -156,7 +155,7 @@ def _plan(
     if not entries:
         raise UserError(f"{datalist_path}: no {split} cases to evaluate (fold {fold})")
     digest = file_sha256(checkpoint)
-    op_file = Path(operating_point_file) if operating_point_file else checkpoint.parent / "operating_point.json"
+    op_file = Path(operating_point_file) if operating_point_file else operating_point_path(checkpoint)
     output = Path(output_dir)
     provenance = {
         "checkpoint": str(checkpoint.resolve()),
@@ -239,8 +238,6 @@ def prepare_evaluation(
     Raises:
         SystemExit: (one ``aamct: error:`` line) for any problem the user has to fix.
     """
-    from pipeline.training.preflight import fail
-
     try:
         return _plan(
             datalist=datalist,
@@ -267,8 +264,6 @@ def run_evaluators(*evaluators: Any) -> None:
         SystemExit: (one ``aamct: error:`` line) when a handler reports a user-facing problem (e.g. a validation
             fold lacking a class, so no threshold can be chosen).
     """
-    from pipeline.training.preflight import fail
-
     for evaluator in evaluators:
         if evaluator is None:
             continue

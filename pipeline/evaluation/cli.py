@@ -39,6 +39,14 @@ def _add_ci_options(parser: argparse.ArgumentParser) -> None:
         "--bootstrap-method", choices=("percentile", "bca"), default="percentile", help="bootstrap interval"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--delong-scale",
+        choices=("logit", "auc"),
+        default="logit",
+        help="scale of the DeLong AUC interval: logit (default: stays inside (0, 1) and is asymmetric near 1, like "
+        "the AUC's sampling distribution) or auc (AUC ± z·SE clipped to [0, 1], as R pROC's "
+        "ci.auc(method = 'delong') reports it; use it to reconcile with pROC)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "auc",
         help="AUC with DeLong and stratified-bootstrap CIs per score; paired DeLong test for two scores",
         description="Read a CSV with one row per case, a ground-truth column and one or two score columns (higher = "
-        "more likely positive). Prints the AUC, its DeLong CI (logit scale) and stratified bootstrap CI per score, "
+        "more likely positive). Prints the AUC, its DeLong CI (logit scale unless --delong-scale auc) and stratified bootstrap CI per score, "
         "and with two scores the two-sided p-value of the paired DeLong test.",
     )
     auc.add_argument("--csv", type=Path, required=True, help="CSV file, one row per case")
@@ -151,6 +159,7 @@ def _cmd_auc(args: argparse.Namespace) -> int:
             confidence=args.confidence,
             n_resamples=args.n_resamples,
             bootstrap_method=args.bootstrap_method,
+            delong_scale=args.delong_scale,
             seed=args.seed,
         )
         for column, values in scores.items()
@@ -164,10 +173,16 @@ def _cmd_auc(args: argparse.Namespace) -> int:
             delong_reason = str(err)
 
     if args.json:
-        payload: dict = {"scores": {}, "delong_p": delong_p}
+        payload: dict = {
+            "scores": {},
+            "delong_p": delong_p,
+            "confidence": args.confidence,
+            "delong_scale": args.delong_scale,
+        }
         for column, result in results.items():
             entry = {
                 "auc": result.auc,
+                "delong_se": result.delong_se,
                 "delong_ci": list(result.delong_ci) if result.delong_ci else None,
                 "bootstrap_ci": list(result.bootstrap_ci) if result.bootstrap_ci else None,
             }
@@ -181,15 +196,18 @@ def _cmd_auc(args: argparse.Namespace) -> int:
 
     level = f"{args.confidence * 100:g}%"
     width = max(8, *(len(c) for c in results))
+    delong_header = f"DeLong {level} CI ({args.delong_scale})"
     print(
-        f"{'score':<{width}}  {'n+':>5}  {'n-':>5}  {'AUC':>6}  {'DeLong ' + level + ' CI':>19}  {'bootstrap ' + level + ' CI':>19}"
+        f"{'score':<{width}}  {'n+':>5}  {'n-':>5}  {'AUC':>6}  {'SE':>6}  {delong_header:>24}  {'bootstrap ' + level + ' CI':>19}"
     )
     for column, result in results.items():
         auc_text = f"{result.auc:.4f}" if result.auc is not None else "undef."
         delong = f"{result.delong_ci[0]:.4f}\u2013{result.delong_ci[1]:.4f}" if result.delong_ci else "undefined"
         boot = f"{result.bootstrap_ci[0]:.4f}\u2013{result.bootstrap_ci[1]:.4f}" if result.bootstrap_ci else "undefined"
+        se_text = f"{result.delong_se:.4f}" if result.delong_se is not None else "undef."
         print(
-            f"{column:<{width}}  {result.n_positive:>5}  {result.n_negative:>5}  {auc_text:>6}  {delong:>19}  {boot:>19}"
+            f"{column:<{width}}  {result.n_positive:>5}  {result.n_negative:>5}  {auc_text:>6}  {se_text:>6}  "
+            f"{delong:>24}  {boot:>19}"
         )
     for column, result in results.items():
         if result.reason:
@@ -264,6 +282,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         bootstrap_method=args.bootstrap_method,
         seed=args.seed,
         rejections=args.rejections,
+        delong_scale=args.delong_scale,
     )
     paths = write_report(result, args.out, title=args.title)
     for name, split in result.splits.items():

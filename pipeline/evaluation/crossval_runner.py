@@ -636,9 +636,8 @@ def run_crossval(settings: CrossValSettings, *, on_fold: Callable[[FoldRun], Non
     Raises:
         UserError: bad settings (unknown network, folds outside the datalist, missing bundle files) or a failed step.
     """
-    from pipeline.data.datalist import load_datalist
+    from pipeline.contracts.datalist import load_datalist, resolve_datalist
     from pipeline.networks import network_spec
-    from pipeline.training.preflight import resolve_datalist
 
     if not settings.networks:
         raise UserError("give at least one network")

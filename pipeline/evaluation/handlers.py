@@ -27,6 +27,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,17 +40,12 @@ from monai.data import decollate_batch
 from monai.handlers import from_engine
 from monai.utils import evenly_divisible_all_gather, string_list_all_gather
 
+from pipeline.contracts.operating_point import OperatingPoint, read_operating_point, write_operating_point
 from pipeline.errors import UserError
 from pipeline.evaluation.checks import UndefinedStatisticError, binary_truth
-from pipeline.evaluation.operating_point import (
-    OperatingPoint,
-    choose_threshold,
-    fixed_threshold,
-    read_operating_point,
-    write_operating_point,
-)
+from pipeline.evaluation.operating_point import choose_threshold, fixed_threshold
 from pipeline.evaluation.report import EvaluationReport, evaluate_predictions, write_report
-from pipeline.evaluation.roc import delong_ci, delong_covariance, format_auc, roc_auc
+from pipeline.evaluation.roc import DELONG_SCALES, DeLongScale, delong_ci, delong_covariance, format_auc, roc_auc
 from pipeline.io import write_csv_atomic, write_json_atomic
 
 __all__ = [
@@ -57,6 +53,10 @@ __all__ = [
     "DeLongAUCHandler",
     "EvaluationReportHandler",
     "PREDICTION_COLUMNS",
+    "Proportion",
+    "RunSummary",
+    "SplitSummary",
+    "read_run_summary",
     "update_run_summary",
 ]
 
@@ -226,7 +226,9 @@ class EvaluationReportHandler(CasePredictionCollector):
         n_resamples: bootstrap resamples of the AUC and F1 intervals.
         roc_band_resamples: resamples of the ROC band in the figure.
         seed: seed of every bootstrap.
-        title: report title.
+        title: report title (name the run: teacher and student reports of one experiment must differ).
+        delong_scale: scale of the DeLong AUC interval, ``"logit"`` (default) or ``"auc"`` (R pROC's AUC ± z·SE);
+            see :func:`~pipeline.evaluation.roc.delong_ci`.
         batch_transform: see :class:`CasePredictionCollector`.
         output_transform: see :class:`CasePredictionCollector`.
         save_rank: the rank that writes the files.
@@ -261,6 +263,7 @@ class EvaluationReportHandler(CasePredictionCollector):
         roc_band_resamples: int = 1000,
         seed: int = 0,
         title: str | None = None,
+        delong_scale: DeLongScale = "logit",
         batch_transform: Callable[[Any], Any] = lambda batch: batch,
         output_transform: Callable[[Any], Any] = from_engine(["pred", "label"]),
         save_rank: int = 0,
@@ -275,6 +278,9 @@ class EvaluationReportHandler(CasePredictionCollector):
             raise UserError(f"unknown threshold method {threshold_method!r} (use youden or target_sensitivity)")
         if choose_threshold and operating_point_file is None:
             raise UserError("choosing the threshold needs an operating_point_file to freeze it in")
+        if delong_scale not in DELONG_SCALES:
+            raise UserError(f"unknown DeLong scale {delong_scale!r} (use {' or '.join(DELONG_SCALES)})")
+        self.delong_scale = delong_scale
         self.output_dir = Path(output_dir)
         self.split = str(split)
         self.threshold = None if threshold is None else float(threshold)
@@ -426,6 +432,8 @@ class EvaluationReportHandler(CasePredictionCollector):
             n_resamples=self.n_resamples,
             roc_band_resamples=self.roc_band_resamples,
             seed=self.seed,
+            delong_scale=self.delong_scale,
+            source=predictions_path.name,  # the table beside the report, not "predictions" (a DataFrame has no name)
         )
         paths = write_report(report, self.output_dir, title=self.title)
         paths["predictions"] = predictions_path
@@ -454,6 +462,12 @@ class EvaluationReportHandler(CasePredictionCollector):
         logger.info("evaluation report: %s", self.paths.get("html"))
 
 
+#: the proportions a run summary carries per split (value, ``_ci``, ``_count`` = [numerator, denominator])
+_SUMMARY_PROPORTIONS = ("sensitivity", "specificity", "accuracy", "ppv", "npv", "f1")
+#: the top-level keys of a run summary copied from its headline split
+_HEADLINE_KEYS = ("auc", "auc_ci", "auc_bootstrap_ci", "threshold", "sensitivity", "specificity")
+
+
 def _headline(report: EvaluationReport, split: str) -> dict[str, Any]:
     """The numbers of one split a run summary carries."""
     evaluated = report.splits.get(split) or report.splits[report.primary_split]
@@ -466,13 +480,17 @@ def _headline(report: EvaluationReport, split: str) -> dict[str, Any]:
         "auc_ci": list(evaluated.auc.delong_ci) if evaluated.auc.delong_ci else None,
         "auc_bootstrap_ci": list(evaluated.auc.bootstrap_ci) if evaluated.auc.bootstrap_ci else None,
         "auc_note": evaluated.auc.reason,
+        "confidence": evaluated.auc.confidence,
+        "delong_scale": evaluated.auc.delong_scale,
         "threshold": report.operating_point.threshold,
         "threshold_chosen_on": report.operating_point.chosen_on,
     }
-    for name in ("sensitivity", "specificity", "accuracy", "ppv", "npv", "f1"):
+    for name in _SUMMARY_PROPORTIONS:
         estimate = getattr(metrics, name)
         out[name] = estimate.value
         out[f"{name}_ci"] = list(estimate.ci) if estimate.ci else None
+        if estimate.numerator is not None and estimate.denominator is not None:
+            out[f"{name}_count"] = [int(estimate.numerator), int(estimate.denominator)]
     out["cases_failed"] = report.flow.rejected
     return out
 
@@ -528,7 +546,7 @@ def update_run_summary(
     headline = splits[headline_split]
     summary = {
         "split": headline_split,
-        **{k: headline[k] for k in ("auc", "auc_ci", "auc_bootstrap_ci", "threshold", "sensitivity", "specificity")},
+        **{k: headline[k] for k in _HEADLINE_KEYS},
         "n": headline["n"],
         "report": headline["report"],
         "operating_point": headline["operating_point"],
@@ -536,6 +554,214 @@ def update_run_summary(
         "splits": splits,
     }
     return write_json_atomic(path, summary)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proportion:
+    """One thresholded proportion of a run summary (sensitivity, specificity, ...).
+
+    Attributes:
+        value: the proportion, or ``None`` when undefined.
+        ci: its confidence interval, or ``None``.
+        numerator: cases counted (e.g. true positives), when recorded.
+        denominator: cases it is a proportion of (e.g. positives), when recorded.
+    """
+
+    value: float | None
+    ci: tuple[float, float] | None = None
+    numerator: int | None = None
+    denominator: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSummary:
+    """The headline numbers of one evaluated split, as :func:`update_run_summary` stores them.
+
+    Attributes:
+        split: split name (``test``, ``val``, ``external``).
+        n: evaluated cases.
+        n_positive: positive cases among them.
+        n_negative: negative cases.
+        auc: the AUC, or ``None`` when undefined.
+        auc_ci: DeLong interval on the scale ``delong_scale``, or ``None`` (``auc_note`` says why).
+        auc_bootstrap_ci: stratified bootstrap interval, or ``None``.
+        auc_note: why an AUC value or interval is missing.
+        confidence: level of every interval (0.95 in summaries written before it was recorded).
+        delong_scale: ``"logit"`` or ``"auc"`` (``"logit"`` in summaries written before it was recorded).
+        threshold: the operating threshold the proportions were computed at.
+        threshold_chosen_on: ``validation``, ``given`` or ``default``.
+        proportions: ``sensitivity, specificity, accuracy, ppv, npv, f1`` -> :class:`Proportion`.
+        cases_failed: cases of the split that could not be scored.
+        report: the split's ``report.html``, relative to the summary.
+        operating_point: the operating point's plain-JSON form.
+    """
+
+    split: str
+    n: int | None
+    n_positive: int | None
+    n_negative: int | None
+    auc: float | None
+    auc_ci: tuple[float, float] | None
+    auc_bootstrap_ci: tuple[float, float] | None
+    auc_note: str | None
+    confidence: float
+    delong_scale: str
+    threshold: float | None
+    threshold_chosen_on: str | None
+    proportions: dict[str, Proportion]
+    cases_failed: int | None
+    report: str | None
+    operating_point: dict[str, Any] | None
+
+    def proportion(self, name: str) -> Proportion:
+        """One of :data:`_SUMMARY_PROPORTIONS` (an undefined one when the summary lacks it)."""
+        return self.proportions.get(name) or Proportion(value=None)
+
+    def eval_metrics(self) -> dict[str, Any]:
+        """The numbers as MONAI bundle metadata's ``eval_metrics`` carries them (the summary's own values)."""
+        out: dict[str, Any] = {
+            "split": self.split,
+            "n": self.n,
+            "n_positive": self.n_positive,
+            "n_negative": self.n_negative,
+            "auc": self.auc,
+            "auc_ci": list(self.auc_ci) if self.auc_ci else None,
+            "auc_bootstrap_ci": list(self.auc_bootstrap_ci) if self.auc_bootstrap_ci else None,
+            "confidence": self.confidence,
+            "delong_scale": self.delong_scale,
+            "threshold": self.threshold,
+        }
+        for name in ("sensitivity", "specificity"):
+            estimate = self.proportion(name)
+            out[name] = estimate.value
+            out[f"{name}_ci"] = list(estimate.ci) if estimate.ci else None
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """A run's ``metrics.json`` (written by :func:`update_run_summary`), read by :func:`read_run_summary`.
+
+    Attributes:
+        source: the file it was read from (``None`` for a mapping).
+        split: the headline split (``test`` when evaluated).
+        splits: every evaluated split.
+        operating_point: the headline split's operating point.
+        provenance: checkpoint digest, datalist, network name ... (may hold local paths: never copy it into
+            anything shared).
+    """
+
+    source: Path | None
+    split: str
+    splits: dict[str, SplitSummary]
+    operating_point: dict[str, Any] | None
+    provenance: dict[str, Any]
+
+    @property
+    def headline(self) -> SplitSummary:
+        """The headline split's numbers."""
+        return self.splits[self.split]
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if _is_number(value) else None
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if _is_number(value) and float(value).is_integer() else None
+
+
+def _split_summary(name: str, raw: Mapping[str, Any]) -> SplitSummary:
+    proportions = {}
+    for metric in _SUMMARY_PROPORTIONS:
+        count = raw.get(f"{metric}_count")
+        numerator = denominator = None
+        if isinstance(count, (list, tuple)) and len(count) == 2:
+            numerator, denominator = _count(count[0]), _count(count[1])
+        proportions[metric] = Proportion(
+            value=_number(raw.get(metric)),
+            ci=_pair(raw.get(f"{metric}_ci")),
+            numerator=numerator,
+            denominator=denominator,
+        )
+    operating_point = raw.get("operating_point")
+    return SplitSummary(
+        split=name,
+        n=_count(raw.get("n")),
+        n_positive=_count(raw.get("n_positive")),
+        n_negative=_count(raw.get("n_negative")),
+        auc=_number(raw.get("auc")),
+        auc_ci=_pair(raw.get("auc_ci")),
+        auc_bootstrap_ci=_pair(raw.get("auc_bootstrap_ci")),
+        auc_note=str(raw["auc_note"]) if raw.get("auc_note") else None,
+        confidence=_number(raw.get("confidence")) or 0.95,
+        delong_scale=str(raw.get("delong_scale") or "logit"),
+        threshold=_number(raw.get("threshold")),
+        threshold_chosen_on=str(raw["threshold_chosen_on"]) if raw.get("threshold_chosen_on") else None,
+        proportions=proportions,
+        cases_failed=_count(raw.get("cases_failed")),
+        report=str(raw["report"]) if raw.get("report") else None,
+        operating_point=dict(operating_point) if isinstance(operating_point, Mapping) else None,
+    )
+
+
+def read_run_summary(source: str | os.PathLike | Mapping[str, Any]) -> RunSummary:
+    """Read a run's ``metrics.json``: the one reader of the format :func:`update_run_summary` writes.
+
+    Args:
+        source: the file, or its parsed content.
+
+    Returns:
+        The :class:`RunSummary`.
+
+    Raises:
+        UserError: a missing or unreadable file, or one that is not a run summary (e.g. the per-split
+            ``eval_<split>/metrics.json`` of the full report, which is named in the message).
+    """
+    path = None if isinstance(source, Mapping) else Path(source)
+    name = str(path) if path is not None else "run summary"
+    if path is not None:
+        if not path.is_file():
+            raise UserError(f"{path}: run summary (metrics.json) not found; evaluate the run first")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"{path}: run summary is not readable JSON ({err})") from None
+    else:
+        data = source
+    if not isinstance(data, Mapping):
+        raise UserError(f"{name}: a run summary must be a JSON object")
+    if "primary_split" in data and "split" not in data:
+        raise UserError(
+            f"{name}: this is the full report of one split (eval_<split>/metrics.json); pass the run's own "
+            "metrics.json, which the evaluation writes in the run folder"
+        )
+    splits_raw = data.get("splits")
+    if not isinstance(splits_raw, Mapping) or not splits_raw:
+        raise UserError(f"{name}: not a run summary (no 'splits'); it is written by the evaluation of a run")
+    splits = {str(k): _split_summary(str(k), v) for k, v in splits_raw.items() if isinstance(v, Mapping)}
+    headline = str(data.get("split") or ("test" if "test" in splits else next(iter(splits))))
+    if headline not in splits:
+        raise UserError(f"{name}: headline split {headline!r} has no entry under 'splits'")
+    provenance = data.get("provenance")
+    operating_point = data.get("operating_point")
+    return RunSummary(
+        source=path,
+        split=headline,
+        splits=splits,
+        operating_point=dict(operating_point) if isinstance(operating_point, Mapping) else None,
+        provenance=dict(provenance) if isinstance(provenance, Mapping) else {},
+    )
 
 
 class DeLongAUCHandler:
@@ -550,12 +776,13 @@ class DeLongAUCHandler:
     ``engine.state.metrics`` (NaN when undefined, e.g. a class absent or a perfect separation) and
     ``<metric_name>`` itself when no ``ROCAUC`` has set it. The DeLong variance is
     :func:`~pipeline.evaluation.roc.delong_covariance` (Sun & Xu's fast algorithm); the interval is on the logit
-    scale, as in the evaluation report.
+    scale by default, as in the evaluation report (``delong_scale="auc"``: R pROC's AUC ± z·SE).
 
     Args:
         metric_name: name of the AUC metric (``val_auc`` in ``train.json``).
         positive_index: channel of the positive class in ``pred``.
         confidence: two-sided level of the interval.
+        delong_scale: ``"logit"`` or ``"auc"``, see :func:`~pipeline.evaluation.roc.delong_ci`.
         output_transform: extracts ``(preds, labels)`` from ``engine.state.output`` (as for MONAI's ``ROCAUC``).
         history_path: JSON file rewritten (atomically) after every epoch with the AUC, SE and CI of each epoch.
         save_rank: the rank that logs and writes the history.
@@ -570,10 +797,14 @@ class DeLongAUCHandler:
         metric_name: str = "val_auc",
         positive_index: int = 1,
         confidence: float = 0.95,
+        delong_scale: DeLongScale = "logit",
         output_transform: Callable[[Any], Any] = from_engine(["pred", "label"]),
         history_path: str | os.PathLike | None = None,
         save_rank: int = 0,
     ) -> None:
+        if delong_scale not in DELONG_SCALES:
+            raise UserError(f"unknown DeLong scale {delong_scale!r} (use {' or '.join(DELONG_SCALES)})")
+        self.delong_scale = delong_scale
         self.metric_name = metric_name
         self.positive_index = int(positive_index)
         self.confidence = float(confidence)
@@ -634,7 +865,9 @@ class DeLongAUCHandler:
         try:
             out["auc"] = roc_auc(labels, scores)
             out["se"] = float(delong_covariance(labels, scores)[1][0, 0]) ** 0.5
-            out["ci_lower"], out["ci_upper"] = delong_ci(labels, scores, confidence=self.confidence)
+            out["ci_lower"], out["ci_upper"] = delong_ci(
+                labels, scores, confidence=self.confidence, scale=self.delong_scale
+            )
         except UndefinedStatisticError as err:
             out["reason"] = str(err)
         return out
@@ -673,7 +906,12 @@ class DeLongAUCHandler:
         if self.history_path is not None:
             write_json_atomic(
                 self.history_path,
-                {"metric": self.metric_name, "confidence": self.confidence, "epochs": self.history},
+                {
+                    "metric": self.metric_name,
+                    "confidence": self.confidence,
+                    "delong_scale": self.delong_scale,
+                    "epochs": self.history,
+                },
             )
 
 

@@ -6,87 +6,38 @@ sensitivity), and then applied unchanged to test and external data; choosing it 
 would bias every number below. Proportion intervals come from statsmodels ``proportion_confint`` (Wilson score or
 Clopper-Pearson exact). F1 is not a binomial proportion, so its interval is a percentile bootstrap over cases
 (multinomial resampling of the four cells of the 2x2 table), written here because no library provides one.
+
+The frozen operating point itself (:class:`~pipeline.contracts.OperatingPoint`, ``models/operating_point.json``) is
+a contract between stages and lives in :mod:`pipeline.contracts.operating_point`; this module chooses it and
+computes the metrics at it.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_curve
 from statsmodels.stats.proportion import proportion_confint
 
+from pipeline.contracts.operating_point import OperatingPoint
 from pipeline.errors import UserError
 from pipeline.evaluation.checks import UndefinedStatisticError, finite_scores, require_both_classes
-from pipeline.io import write_json_atomic
 
 __all__ = [
     "BinaryMetrics",
     "ConfusionCounts",
     "Estimate",
-    "OperatingPoint",
     "binary_metrics",
     "choose_threshold",
     "confusion_counts",
     "fixed_threshold",
     "proportion_with_ci",
-    "read_operating_point",
-    "write_operating_point",
 ]
 
 CIMethod = Literal["wilson", "clopper-pearson"]
 _STATSMODELS_METHOD = {"wilson": "wilson", "clopper-pearson": "beta"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class OperatingPoint:
-    """A frozen decision threshold and where it came from.
-
-    Attributes:
-        threshold: call positive when ``score >= threshold``.
-        method: ``"youden"``, ``"target_sensitivity"`` or ``"fixed"``.
-        target_sensitivity: the target for ``"target_sensitivity"``.
-        chosen_on: ``"validation"`` (chosen from data), ``"given"`` (supplied by the user) or ``"default"``.
-        validation_sensitivity: sensitivity reached on the validation data.
-        validation_specificity: specificity reached on the validation data.
-        n_validation: validation cases used.
-    """
-
-    threshold: float
-    method: str
-    target_sensitivity: float | None = None
-    chosen_on: str = "given"
-    validation_sensitivity: float | None = None
-    validation_specificity: float | None = None
-    n_validation: int | None = None
-
-    def to_dict(self) -> dict:
-        """Plain-JSON form."""
-        return asdict(self)
-
-    def describe(self) -> str:
-        """One sentence for a report's methods section."""
-        if self.chosen_on == "default":
-            return (
-                f"No threshold or validation data was supplied, so the decision threshold was left at the default "
-                f"{self.threshold:.4g}; it was not chosen on validation data."
-            )
-        if self.chosen_on != "validation":
-            return f"The decision threshold was fixed in advance at {self.threshold:.4g} and applied unchanged."
-        how = (
-            "maximising Youden's J (sensitivity + specificity - 1)"
-            if self.method == "youden"
-            else f"as the most specific threshold reaching a sensitivity of at least {self.target_sensitivity:.0%}"
-        )
-        return (
-            f"The decision threshold ({self.threshold:.4g}) was chosen on {self.n_validation} validation cases "
-            f"{how} and then applied unchanged to every evaluated split."
-        )
 
 
 def fixed_threshold(threshold: float, *, chosen_on: Literal["given", "default"] = "given") -> OperatingPoint:
@@ -154,59 +105,6 @@ def choose_threshold(
         validation_specificity=float(1.0 - fpr[index]),
         n_validation=int(y.size),
     )
-
-
-def write_operating_point(
-    path: str | os.PathLike, operating_point: OperatingPoint, *, provenance: Mapping[str, Any] | None = None
-) -> Path:
-    """Freeze an operating point in a JSON file (atomically), e.g. a bundle's ``models/operating_point.json``.
-
-    The file holds the :class:`OperatingPoint` fields at the top level (``threshold`` first, the key inference and
-    export read) and, under ``provenance``, where it came from (checkpoint digest, fold, validation cases).
-
-    Args:
-        path: the JSON file to write.
-        operating_point: the frozen operating point.
-        provenance: plain-JSON facts about how it was chosen.
-
-    Returns:
-        The written path.
-    """
-    payload: dict[str, Any] = operating_point.to_dict()
-    payload["provenance"] = dict(provenance or {})
-    return write_json_atomic(path, payload)
-
-
-def read_operating_point(path: str | os.PathLike) -> tuple[OperatingPoint, dict[str, Any]]:
-    """Read an operating point written by :func:`write_operating_point` (or a hand-written ``{"threshold": t}``).
-
-    Args:
-        path: the JSON file.
-
-    Returns:
-        ``(operating point, provenance)``; a file with only ``threshold`` gives a ``"fixed"`` / ``"given"`` point.
-
-    Raises:
-        UserError: a missing or unreadable file, or a threshold that is not a finite number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: operating point file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable operating point JSON ({err})") from None
-    if not isinstance(data, Mapping):
-        raise UserError(f"{path}: an operating point file must hold a JSON object")
-    threshold = data.get("threshold")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
-        raise UserError(f"{path}: 'threshold' must be a finite number, got {threshold!r}")
-    known = {f.name for f in fields(OperatingPoint)}
-    values = {key: value for key, value in data.items() if key in known}
-    values["threshold"] = float(threshold)
-    values.setdefault("method", "fixed")
-    provenance = data.get("provenance")
-    return OperatingPoint(**values), dict(provenance) if isinstance(provenance, Mapping) else {}
 
 
 @dataclass(frozen=True, kw_only=True)

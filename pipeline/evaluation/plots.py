@@ -24,6 +24,9 @@ from pipeline.evaluation.roc import AUCResult, RocBand, roc_auc
 from pipeline.io import atomic_path
 
 __all__ = [
+    "CONFUSION_DISPLAY_WIDTH_PX",
+    "CONFUSION_FIGURE_INCHES",
+    "confusion_matrix_figure",
     "plot_calibration",
     "plot_confusion_matrix",
     "plot_cv_roc",
@@ -33,6 +36,9 @@ __all__ = [
 ]
 
 _DPI = 200
+#: the confusion-matrix figure's size, and the width the HTML report displays it at (text sizes follow from both)
+CONFUSION_FIGURE_INCHES = (7.0, 3.3)
+CONFUSION_DISPLAY_WIDTH_PX = 760
 _CURVE = "#1f4e9c"
 _BAND = "#8fb3e8"
 _REFERENCE = "#7f7f7f"
@@ -243,6 +249,53 @@ def plot_cv_roc_comparison(
     return _save(figure, path)
 
 
+def confusion_matrix_figure(
+    counts: ConfusionCounts | np.ndarray,
+    *,
+    class_names: Sequence[str] = ("Negative", "Positive"),
+    title: str | None = None,
+) -> Figure:
+    """The confusion-matrix figure of :func:`plot_confusion_matrix`, not yet saved (for tests and callers that embed
+    it elsewhere).
+
+    Sized for :data:`CONFUSION_DISPLAY_WIDTH_PX`: the report shows it at that width, where its smallest text
+    (tick labels) is about 11 px and the cell counts about 17 px (earlier a 9-inch figure squeezed into a 520 px
+    column made the text about 5 px).
+
+    Raises:
+        UserError: a matrix that is not square or does not match ``class_names``.
+    """
+    matrix = counts.matrix() if isinstance(counts, ConfusionCounts) else np.asarray(counts)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names):
+        raise UserError(f"confusion matrix of shape {matrix.shape} does not match {len(class_names)} class names")
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(row_totals > 0, matrix / np.maximum(row_totals, 1), np.nan)
+    figure = _figure(*CONFUSION_FIGURE_INCHES)
+    left, right = figure.subplots(1, 2)
+    cell_font = {"fontsize": 15}
+    ConfusionMatrixDisplay(matrix, display_labels=list(class_names)).plot(
+        ax=left, cmap="Blues", values_format="d", colorbar=False, text_kw=cell_font
+    )
+    left.set_title("Counts", fontsize=12)
+    ConfusionMatrixDisplay(normalised, display_labels=list(class_names)).plot(
+        ax=right,
+        cmap="Blues",
+        values_format=".1%",
+        colorbar=False,
+        im_kw={"vmin": 0.0, "vmax": 1.0},
+        text_kw=cell_font,
+    )
+    right.set_title("Normalised by true class", fontsize=12)
+    for axes in (left, right):
+        axes.set_xlabel("Predicted class", fontsize=11)
+        axes.set_ylabel("True class", fontsize=11)
+        axes.tick_params(labelsize=10)
+    if title:
+        figure.suptitle(title, fontsize=12)
+    return figure
+
+
 def plot_confusion_matrix(
     path: str | os.PathLike,
     counts: ConfusionCounts | np.ndarray,
@@ -264,28 +317,7 @@ def plot_confusion_matrix(
     Raises:
         UserError: a matrix that is not square or does not match ``class_names``.
     """
-    matrix = counts.matrix() if isinstance(counts, ConfusionCounts) else np.asarray(counts)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names):
-        raise UserError(f"confusion matrix of shape {matrix.shape} does not match {len(class_names)} class names")
-    row_totals = matrix.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.where(row_totals > 0, matrix / np.maximum(row_totals, 1), np.nan)
-    figure = _figure(9.0, 4.0)
-    left, right = figure.subplots(1, 2)
-    ConfusionMatrixDisplay(matrix, display_labels=list(class_names)).plot(
-        ax=left, cmap="Blues", values_format="d", colorbar=True
-    )
-    left.set_title("Counts")
-    ConfusionMatrixDisplay(normalised, display_labels=list(class_names)).plot(
-        ax=right, cmap="Blues", values_format=".1%", colorbar=True, im_kw={"vmin": 0.0, "vmax": 1.0}
-    )
-    right.set_title("Normalised by true class")
-    for axes in (left, right):
-        axes.set_xlabel("Predicted class")
-        axes.set_ylabel("True class")
-    if title:
-        figure.suptitle(title)
-    return _save(figure, path)
+    return _save(confusion_matrix_figure(counts, class_names=class_names, title=title), path)
 
 
 def plot_calibration(

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from pipeline.contracts.operating_point import OperatingPoint
 from pipeline.errors import UserError
 from pipeline.evaluation.calibration import DecisionCurve, ReliabilityCurve, decision_curve, reliability_curve
 from pipeline.evaluation.checks import UndefinedStatisticError, binary_truth
@@ -34,12 +35,11 @@ from pipeline.evaluation.crossval import fold_metrics, summarise_folds
 from pipeline.evaluation.operating_point import (
     BinaryMetrics,
     Estimate,
-    OperatingPoint,
     binary_metrics,
     choose_threshold,
     fixed_threshold,
 )
-from pipeline.evaluation.roc import AUCResult, RocBand, auc_summary, format_auc, roc_band
+from pipeline.evaluation.roc import DELONG_SCALES, AUCResult, DeLongScale, RocBand, auc_summary, format_auc, roc_band
 from pipeline.io import write_csv_atomic, write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "SplitEvaluation",
     "evaluate_predictions",
     "read_predictions",
+    "run_title",
     "write_report",
 ]
 
@@ -299,7 +300,9 @@ class EvaluationReport:
             add(name, "all", "n", split.n)
             add(name, "all", "n_positive", auc.n_positive)
             add(name, "all", "n_negative", auc.n_negative)
-            add(name, "all", "auc", auc.auc, auc.delong_ci, method="DeLong", note=auc.reason)
+            add(
+                name, "all", "auc", auc.auc, auc.delong_ci, method=f"DeLong ({auc.delong_scale} scale)", note=auc.reason
+            )
             add(name, "all", "auc_bootstrap", auc.auc, auc.bootstrap_ci, method="stratified bootstrap", note=auc.reason)
             add(name, "all", "auc_se", auc.delong_se, method="DeLong")
             for metric, estimate in split.metrics.estimates().items():
@@ -388,6 +391,7 @@ def _discrimination(
         confidence=settings["confidence"],
         n_resamples=settings["n_resamples"],
         bootstrap_method=settings["bootstrap_method"],
+        delong_scale=settings["delong_scale"],
         seed=settings["seed"],
     )
     metrics = binary_metrics(
@@ -482,6 +486,34 @@ def _labelled(frame: pd.DataFrame, *, classes, positive, name: str) -> pd.DataFr
     return usable
 
 
+def run_title(settings: object, run_dir: str | os.PathLike | None = None, *, prefix: str = "aamct evaluation") -> str:
+    """A report title that names the run, so a teacher's and its student's reports differ.
+
+    Args:
+        settings: the run's settings (:class:`pipeline.contracts.run_record.RunSettings` or anything with
+            ``network_name``, ``network_kwargs``, ``written_by`` and ``teacher``).
+        run_dir: the run folder (its name is shown, e.g. ``distill``).
+        prefix: leading words.
+
+    Returns:
+        e.g. ``"aamct evaluation: student aam_student_small (width 0.125) distilled from aam_student_small, run
+        distill"`` or ``"aamct evaluation: aam_student_small trained on labels, run demo"``.
+    """
+    name = str(getattr(settings, "network_name", None) or "network")
+    kwargs = dict(getattr(settings, "network_kwargs", None) or {})
+    if kwargs:
+        name += " (" + ", ".join(f"{k} {v}" for k, v in sorted(kwargs.items())) + ")"
+    teacher = getattr(settings, "teacher", None)
+    if getattr(settings, "written_by", None) == "distilling" or teacher:
+        what = f"student {name} distilled from {teacher or 'a teacher'}"
+    elif getattr(settings, "written_by", None) == "training":
+        what = f"{name} trained on labels"
+    else:
+        what = name
+    where = f", run {Path(run_dir).name}" if run_dir is not None and Path(run_dir).name else ""
+    return f"{prefix}: {what}{where}"
+
+
 def evaluate_predictions(
     predictions: str | os.PathLike | pd.DataFrame,
     *,
@@ -499,6 +531,8 @@ def evaluate_predictions(
     calibration_bins: int = 10,
     seed: int = 0,
     rejections: str | os.PathLike | None = None,
+    delong_scale: DeLongScale = "logit",
+    source: str | None = None,
 ) -> EvaluationReport:
     """Evaluate a predictions table split by split at one frozen operating point.
 
@@ -508,7 +542,7 @@ def evaluate_predictions(
     Args:
         predictions: predictions CSV path or DataFrame (see the module docstring for the columns).
         threshold: a frozen threshold (``probability >= threshold`` is positive), or an :class:`OperatingPoint`
-            frozen earlier (e.g. read with :func:`~pipeline.evaluation.operating_point.read_operating_point`), which
+            frozen earlier (e.g. read with :func:`~pipeline.contracts.read_operating_point`), which
             the report then describes as it was chosen.
         validation: validation predictions (same columns) on which to choose the threshold.
         threshold_method: ``"youden"`` or ``"target_sensitivity"``.
@@ -523,6 +557,11 @@ def evaluate_predictions(
         calibration_bins: equal-width bins of the reliability curve.
         seed: seed of every bootstrap.
         rejections: the manifest's rejections CSV, counted at the top of the flow.
+        delong_scale: scale of the DeLong AUC interval: ``"logit"`` (default; stays inside (0, 1), asymmetric near
+            1) or ``"auc"`` (AUC ± z·SE, R pROC's ``ci.auc(method = "delong")``); see
+            :func:`~pipeline.evaluation.roc.delong_ci`.
+        source: how the report names the predictions (default: the path, or ``predictions`` for a DataFrame);
+            e.g. the ``predictions.csv`` an evaluator wrote beside the report.
 
     Returns:
         The :class:`EvaluationReport`.
@@ -535,8 +574,10 @@ def evaluate_predictions(
         raise UserError("give either a frozen threshold or validation predictions to choose it on, not both")
     if validation is None and (threshold_method != "youden" or target_sensitivity is not None):
         raise UserError("a target-sensitivity threshold is chosen on validation predictions; give them")
-    name = _source_name(predictions, "predictions")
-    frame = read_predictions(predictions)
+    if delong_scale not in DELONG_SCALES:
+        raise UserError(f"unknown DeLong scale {delong_scale!r} (use {' or '.join(DELONG_SCALES)})")
+    name = source or _source_name(predictions, "predictions")
+    frame = read_predictions(predictions, what=name)
     class_names: tuple[str, str] = tuple(classes) if classes is not None else ("negative", "positive")  # type: ignore[assignment]
     if classes is None and positive is not None:
         class_names = ("other", str(positive))
@@ -585,7 +626,7 @@ def evaluate_predictions(
         "ci_method": ci_method,
         "n_resamples": n_resamples,
         "bootstrap_method": bootstrap_method,
-        "delong_transform": "logit",
+        "delong_scale": delong_scale,
         "roc_band_resamples": roc_band_resamples,
         "calibration_bins": calibration_bins,
         "seed": seed,
@@ -708,6 +749,7 @@ def write_report(
     out_dir: str | os.PathLike,
     *,
     title: str = "aamct evaluation report",
+    gallery: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Write ``report.html`` (self-contained, images embedded), ``metrics.json``, ``metrics.csv``, ``per_site.csv``,
     ``misclassified.csv``, ``cv_folds.csv`` (when folds exist) and the PNGs under ``figures/``.
@@ -716,6 +758,7 @@ def write_report(
         report: the :class:`EvaluationReport`.
         out_dir: output folder (created).
         title: HTML title.
+        gallery: the cohort's heatmap gallery (:mod:`pipeline.evaluation.gallery`), linked (relative) from the top.
 
     Returns:
         ``{"html", "json", "csv", "per_site", "misclassified", ...}`` paths.
@@ -737,7 +780,10 @@ def write_report(
     }
     if report.cross_validation is not None:
         paths["cv_folds"] = write_csv_atomic(out / "cv_folds.csv", report.cross_validation)
-    paths["html"] = write_text_atomic(out / "report.html", _html(report, figures, title, payload["software"]))
+    gallery_href = None if gallery is None else Path(os.path.relpath(Path(gallery).resolve(), out.resolve())).as_posix()
+    paths["html"] = write_text_atomic(
+        out / "report.html", _html(report, figures, title, payload["software"], gallery_href=gallery_href)
+    )
     for split_figures in figures.values():
         paths.update({f"figure:{path.stem}": path for _, path in split_figures})
     return paths
@@ -786,11 +832,22 @@ def _fmt_site_proportion(row: dict, metric: str) -> str:
     return f"{text}; {row[f'{metric}_numerator']}/{row[f'{metric}_denominator']}"
 
 
-def _image(path: Path, caption: str) -> str:
+def _image(path: Path, caption: str, *, width_px: int | None = None) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
+    # a wide figure (the two-panel confusion matrix) gets its own row at the width its text sizes were chosen for
+    style = f' style="flex:1 1 100%;max-width:{width_px}px"' if width_px else ""
     return (
-        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+        f'<figure{style}><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
         f"<figcaption>{_e(caption)} (<code>figures/{_e(path.name)}</code>)</figcaption></figure>"
+    )
+
+
+def _delong_scale_text(settings: dict) -> str:
+    if settings.get("delong_scale", "logit") == "auc":
+        return 'interval AUC ± z·SE clipped to [0, 1], as R pROC\'s ci.auc(method = "delong") reports it'
+    return (
+        "interval on the logit scale, which stays inside (0, 1) and is asymmetric near 1 like the AUC's sampling "
+        "distribution; the plain AUC ± z·SE interval of R pROC is available with --delong-scale auc"
     )
 
 
@@ -801,7 +858,7 @@ def _methods(report: EvaluationReport) -> str:
     boot = "percentile" if s["bootstrap_method"] == "percentile" else "bias-corrected and accelerated (BCa)"
     text = (
         f"Discrimination is the area under the ROC curve (AUC, scikit-learn) with {level} confidence intervals by "
-        "DeLong's method (fast midrank algorithm of Sun &amp; Xu 2014, interval on the logit scale) and by a "
+        f"DeLong's method (fast midrank algorithm of Sun &amp; Xu 2014, {_delong_scale_text(s)}) and by a "
         f"stratified bootstrap ({s['n_resamples']} resamples of positive and negative cases separately, {boot} "
         f"interval, seed {s['seed']}). {_e(report.operating_point.describe())} A case is called positive when its "
         f"probability is at or above the threshold. Sensitivity, specificity, PPV, NPV and accuracy are given with "
@@ -817,13 +874,22 @@ def _methods(report: EvaluationReport) -> str:
     return f"<p>{text}</p>"
 
 
-def _html(report: EvaluationReport, figures: dict, title: str, software: dict[str, str]) -> str:
+def _html(
+    report: EvaluationReport, figures: dict, title: str, software: dict[str, str], *, gallery_href: str | None = None
+) -> str:
+    from pipeline.evaluation.plots import CONFUSION_DISPLAY_WIDTH_PX
+
     parts = [
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>',
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>',
         f"<h1>{_e(title)}</h1>",
         f'<p class="muted">Predictions: <code>{_e(report.source)}</code></p>',
     ]
+    if gallery_href is not None:
+        parts.append(
+            f'<p>Heatmaps of every case, sorted by score: <a href="{_e(gallery_href)}">heatmap gallery</a> '
+            "(where the network's evidence lies; not a segmentation).</p>"
+        )
     primary = report.primary_split
     if primary is not None:
         split = report.splits[primary]
@@ -858,7 +924,8 @@ def _html(report: EvaluationReport, figures: dict, title: str, software: dict[st
         ["Cases (positive / negative)"]
         + [f"{s.n} ({s.auc.n_positive} / {s.auc.n_negative})" for s in report.splits.values()]
     ]
-    rows.append(["AUC (DeLong CI)"] + [s.auc.format() for s in report.splits.values()])
+    scale = report.settings.get("delong_scale", "logit")
+    rows.append([f"AUC (DeLong CI, {scale} scale)"] + [s.auc.format() for s in report.splits.values()])
     rows.append(
         ["AUC (bootstrap CI)"]
         + [format_auc(s.auc.auc, s.auc.bootstrap_ci, confidence=s.auc.confidence) for s in report.splits.values()]
@@ -928,7 +995,10 @@ def _html(report: EvaluationReport, figures: dict, title: str, software: dict[st
         if name == "cv":
             continue
         parts.append(f"<h2>Figures: {_e(name)} split</h2><div class='figs'>")
-        parts.extend(_image(path, caption) for caption, path in items)
+        parts.extend(
+            _image(path, caption, width_px=CONFUSION_DISPLAY_WIDTH_PX if caption == "Confusion matrix" else None)
+            for caption, path in items
+        )
         parts.append("</div>")
 
     if report.cross_validation is not None:

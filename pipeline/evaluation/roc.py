@@ -27,8 +27,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from pipeline.errors import UserError
 from pipeline.evaluation.checks import UndefinedStatisticError, finite_scores, require_both_classes
 
+#: where DeLong's normal approximation is applied: ``logit`` (default, inside (0, 1)) or ``auc`` (pROC's AUC ± z·SE)
+DeLongScale = Literal["logit", "auc"]
+DELONG_SCALES: tuple[str, ...] = ("logit", "auc")
+
 __all__ = [
+    "DELONG_SCALES",
     "AUCResult",
+    "DeLongScale",
     "PairedDeLongResult",
     "RocBand",
     "auc_summary",
@@ -138,19 +144,24 @@ def delong_ci(
     scores,
     *,
     confidence: float = 0.95,
-    transform: Literal["logit", "none"] = "logit",
+    scale: DeLongScale = "logit",
 ) -> tuple[float, float]:
     """Confidence interval of the AUC from DeLong's variance.
 
-    The default ``"logit"`` interval is computed as ``expit(logit(AUC) ± z·SE / (AUC·(1 - AUC)))`` (delta method),
-    which is asymmetric near 1 as the AUC's sampling distribution is, and always stays inside (0, 1). ``"none"`` is
-    the plain Wald interval ``AUC ± z·SE`` clipped to [0, 1] (what pROC reports).
+    ``scale`` is where the normal approximation is applied:
+
+    * ``"logit"`` (default): ``expit(logit(AUC) ± z·SE / (AUC·(1 - AUC)))`` (delta method). The AUC's sampling
+      distribution is skewed near 1, where classifiers worth reporting live; on the logit scale the interval is
+      asymmetric like it and always stays inside (0, 1), while the plain interval can reach past 1 and is clipped
+      there (a zero-width upper side).
+    * ``"auc"``: the Wald interval ``AUC ± z·SE`` clipped to [0, 1], which is what R's pROC reports
+      (``ci.auc(roc, method = "delong")``), the reference of most radiology papers: use it to reconcile numbers.
 
     Args:
         labels: 0/1 ground truth.
         scores: one score per case.
         confidence: two-sided confidence level.
-        transform: ``"logit"`` or ``"none"``.
+        scale: ``"logit"`` or ``"auc"`` (see above).
 
     Returns:
         ``(lower, upper)``.
@@ -166,12 +177,12 @@ def delong_ci(
         raise UndefinedStatisticError(_zero_variance_reason(auc, "DeLong variance"))
     z = stats.norm.ppf(0.5 + confidence / 2.0)
     se = variance**0.5
-    if transform == "logit":
+    if scale == "logit":
         centre, half = special.logit(auc), z * se / (auc * (1.0 - auc))
         return float(special.expit(centre - half)), float(special.expit(centre + half))
-    if transform == "none":
+    if scale == "auc":
         return max(0.0, auc - z * se), min(1.0, auc + z * se)
-    raise ValueError(f"unknown transform {transform!r} (use 'logit' or 'none')")
+    raise ValueError(f"unknown DeLong scale {scale!r} (use 'logit' or 'auc')")
 
 
 def _zero_variance_reason(auc: float, what: str) -> str:
@@ -326,12 +337,13 @@ class AUCResult:
     Attributes:
         auc: the AUC (scikit-learn), or ``None`` when a class is absent.
         delong_se: DeLong standard error.
-        delong_ci: DeLong interval (see :func:`delong_ci` for the transform).
+        delong_ci: DeLong interval, on the scale ``delong_scale`` (see :func:`delong_ci`).
         bootstrap_ci: stratified bootstrap interval.
         n_positive: positive cases.
         n_negative: negative cases.
         confidence: confidence level of both intervals.
         reason: why any of the values above is ``None``; ``None`` when everything is defined.
+        delong_scale: ``"logit"`` or ``"auc"``, the scale of ``delong_ci``.
     """
 
     auc: float | None
@@ -342,6 +354,7 @@ class AUCResult:
     n_negative: int
     confidence: float
     reason: str | None = None
+    delong_scale: str = "logit"
 
     def to_dict(self) -> dict:
         """Plain-JSON form (tuples become lists)."""
@@ -372,7 +385,7 @@ def auc_summary(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     bootstrap_method: Literal["percentile", "bca"] = "percentile",
-    transform: Literal["logit", "none"] = "logit",
+    delong_scale: DeLongScale = "logit",
     seed: int = 0,
 ) -> AUCResult:
     """AUC, DeLong SE and CI, and stratified bootstrap CI, with undefined values marked instead of raised.
@@ -383,7 +396,7 @@ def auc_summary(
         confidence: two-sided level of both intervals.
         n_resamples: bootstrap resamples (0 skips the bootstrap, recorded as the reason).
         bootstrap_method: ``"percentile"`` or ``"bca"``.
-        transform: DeLong interval transform, see :func:`delong_ci`.
+        delong_scale: scale of the DeLong interval, see :func:`delong_ci`.
         seed: bootstrap seed.
 
     Returns:
@@ -393,6 +406,8 @@ def auc_summary(
         UserError: NaN/infinite scores, mismatched lengths or labels other than 0/1 (input mistakes, not undefined
             statistics).
     """
+    if delong_scale not in DELONG_SCALES:
+        raise UserError(f"unknown DeLong scale {delong_scale!r} (use {' or '.join(DELONG_SCALES)})")
     y = np.asarray(labels)
     if y.ndim != 1 or not np.isin(y, (0, 1)).all():
         raise UserError("labels must be one 0 (negative) or 1 (positive) per case; convert them with binary_truth()")
@@ -412,12 +427,13 @@ def auc_summary(
             n_negative=n_negative,
             confidence=confidence,
             reason=str(err),
+            delong_scale=delong_scale,
         )
     se = ci = boot = None
     try:
         variance = float(delong_covariance(y, scores)[1][0, 0])
         se = variance**0.5
-        ci = delong_ci(y, scores, confidence=confidence, transform=transform)
+        ci = delong_ci(y, scores, confidence=confidence, scale=delong_scale)
     except UndefinedStatisticError as err:
         reasons.append(f"DeLong CI: {err}")
     if n_resamples > 0:
@@ -438,6 +454,7 @@ def auc_summary(
         n_negative=n_negative,
         confidence=confidence,
         reason="; ".join(reasons) or None,
+        delong_scale=delong_scale,
     )
 
 

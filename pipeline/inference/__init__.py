@@ -5,7 +5,7 @@
 * :mod:`~pipeline.inference.heatmap`: the heatmap mapped back onto the source image's own grid, NIfTI and PNG montage.
 * :mod:`~pipeline.inference.case`: :class:`CasePredictor`, load -> preprocess -> infer -> heatmap for one case.
 * :mod:`~pipeline.inference.cohort`: :class:`CohortRunner`, the resumable, shardable batch job and its tables.
-* :mod:`~pipeline.inference.bundle`: bundle folder / zip, weights, frozen threshold and class names.
+* :mod:`~pipeline.inference.bundle`: bundle folder / zip, its inference config, weights and class names.
 * :mod:`~pipeline.inference.cli`: ``aamct evaluate-cohort`` and ``aamct infer``.
 
 Public names are imported lazily (see :mod:`pipeline._lazy`), so ``aamct --help`` does not load torch.
@@ -22,7 +22,6 @@ _HOME = {
     "CohortSummary": "cohort",
     "DenseClassificationInferer": "sliding",
     "DensePrediction": "sliding",
-    "FrozenThreshold": "bundle",
     "PREDICTION_COLUMNS": "cohort",
     "STAGES": "case",
     "Shard": "cohort",
@@ -34,8 +33,6 @@ _HOME = {
     "positive_evidence": "sliding",
     "read_cases": "cohort",
     "read_class_names": "bundle",
-    "read_frozen_threshold": "bundle",
-    "read_manifest_cases": "cohort",
     "resample_to_grid": "heatmap",
     "resolve_bundle": "bundle",
     "split_loading": "case",

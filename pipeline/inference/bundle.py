@@ -1,9 +1,12 @@
-"""Finding what an inference run needs in a bundle: its root, config, weights, frozen threshold and class names.
+"""Finding what an inference run needs in a bundle: its root, config, weights and class names.
 
 Accepted ``--bundle`` forms: a bundle folder (``configs/`` + ``models/model.pt``), a training run folder with
 ``models/model.pt`` but no ``configs/inference.json`` (the project's own ``bundle/configs/inference.json`` is used
-then), or a bundle zip (extracted once under the run folder; a zip with one top-level folder, as
-``monai.bundle`` exports them, is descended into).
+then, with the network and preprocessing of the run's ``models/run.json``), or a bundle zip (extracted once under
+the run folder; a zip with one top-level folder, as ``monai.bundle`` exports them, is descended into).
+
+The frozen threshold and the run record are contracts between stages, read with
+:func:`pipeline.contracts.frozen_threshold` and :func:`pipeline.contracts.settings_for`.
 """
 
 from __future__ import annotations
@@ -15,53 +18,29 @@ import os
 import shutil
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.contracts.defaults import DEFAULT_CLASS_NAMES
+from pipeline.contracts.run_record import settings_for
 from pipeline.errors import UserError
-from pipeline.training.run_record import RECORDED_SETTINGS
 
 __all__ = [
-    "DEFAULT_CLASS_NAMES",
-    "FrozenThreshold",
+    "PROJECT_BUNDLE",
     "file_fingerprint",
     "inference_config_path",
     "load_inference_config",
     "load_weights",
     "read_class_names",
-    "read_frozen_threshold",
     "resolve_bundle",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CLASS_NAMES: tuple[str, str] = ("negative", "positive")
 #: the project's own bundle, used for run folders that carry weights but no inference config
 PROJECT_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-_THRESHOLD_KEYS = ("operating_threshold", "threshold")
-#: settings that must be the ones the model was trained with (read from a run folder's models/run.json)
-TRAINING_SETTINGS: tuple[str, ...] = RECORDED_SETTINGS
-
-
-@dataclass(frozen=True)
-class FrozenThreshold:
-    """The operating threshold applied unchanged to a new cohort, and where it came from.
-
-    Attributes:
-        threshold: call positive when ``probability >= threshold``.
-        source: the file (and key) it was read from, or ``"default"`` when none was found.
-    """
-
-    threshold: float
-    source: str
-
-    @property
-    def is_default(self) -> bool:
-        """True when no frozen threshold was found and 0.5 is used."""
-        return self.source == "default"
 
 
 def resolve_bundle(bundle: str | os.PathLike, *, extract_to: str | os.PathLike | None = None) -> Path:
@@ -142,9 +121,9 @@ def inference_config_path(bundle_root: str | os.PathLike) -> Path:
 def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
     """Parse a bundle's inference config with MONAI's ``ConfigParser``, pointed at ``bundle_root``.
 
-    When the config is the project's default (a run folder without ``configs/inference.json``), the training
-    settings (:data:`TRAINING_SETTINGS`) are taken from the run's ``models/run.json`` (written by training and
-    distillation) or else from its ``configs/train.json``, so the network and preprocessing match the weights.
+    When the config is the project's default (a run folder without ``configs/inference.json``), the network and
+    preprocessing are the run's own (:func:`pipeline.contracts.settings_for` on its ``models/run.json``, written by
+    training and distillation), so they match the weights; without a record the config's defaults stay.
 
     Args:
         bundle_root: from :func:`resolve_bundle`.
@@ -167,25 +146,11 @@ def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str
         raise UserError(f"{config_path}: not a readable bundle config ({err})") from None
     if config_path.parent != root / "configs":
         # a run folder without its own inference config: the network and preprocessing its weights were trained with
-        parser.update(_training_settings(root))
+        settings = settings_for(root)
+        if settings.recorded:
+            parser.update(settings.config_overrides())
     parser.update({"bundle_root": str(root), **dict(overrides or {})})
     return parser
-
-
-def _training_settings(root: Path) -> dict[str, Any]:
-    """The settings a run folder's weights need: its ``models/run.json``, else literal values of ``configs/train.json``."""
-    from pipeline.training.run_record import recorded_settings
-
-    recorded = recorded_settings(root)
-    if recorded:
-        return recorded
-    trained = _read_json(root / "configs" / "train.json") or {}
-    # literal values only: an expression or reference ("$...", "@...") means something in train.json's own scope
-    return {
-        key: trained[key]
-        for key in TRAINING_SETTINGS
-        if key in trained and not (isinstance(trained[key], str) and trained[key][:1] in "$@%")
-    }
 
 
 def load_weights(
@@ -227,46 +192,6 @@ def load_weights(
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise UserError(f"{path}: weights do not match the configured network ({first})") from None
     return network.eval()
-
-
-def read_frozen_threshold(bundle_root: str | os.PathLike, *, default: float = 0.5) -> FrozenThreshold:
-    """The frozen operating threshold stored with a bundle.
-
-    Looked up, in order: ``models/operating_point.json`` (``threshold``, read with the evaluation stage's
-    :func:`pipeline.evaluation.operating_point.read_operating_point`, which writes it), then ``configs/metadata.json`` (``operating_threshold`` or ``threshold``, top level or under ``operating_point``).
-
-    Args:
-        bundle_root: bundle folder.
-        default: used, with ``source="default"``, when neither file has one.
-
-    Returns:
-        The :class:`FrozenThreshold`.
-
-    Raises:
-        UserError: if a file exists but its threshold is not a number in ``[0, 1]``.
-    """
-    root = Path(bundle_root)
-    operating_point_file = root / "models" / "operating_point.json"
-    if operating_point_file.is_file():
-        from pipeline.evaluation.operating_point import read_operating_point
-
-        operating_point, _ = read_operating_point(operating_point_file)
-        return _checked(operating_point.threshold, operating_point_file, "threshold", root)
-    data = _read_json(root / "configs" / "metadata.json")
-    if data is not None:
-        for scope_name, scope in (("", data), ("operating_point.", data.get("operating_point"))):
-            if not isinstance(scope, Mapping):
-                continue
-            for key in _THRESHOLD_KEYS:
-                if key in scope:
-                    return _checked(scope[key], root / "configs" / "metadata.json", scope_name + key, root)
-    return FrozenThreshold(float(default), "default")
-
-
-def _checked(value: Any, path: Path, key: str, root: Path) -> FrozenThreshold:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise UserError(f"{path}: {key} must be a number in [0, 1], got {value!r}")
-    return FrozenThreshold(float(value), f"{path.relative_to(root)}:{key}")
 
 
 def read_class_names(bundle_root: str | os.PathLike) -> list[str]:

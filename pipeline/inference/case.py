@@ -6,8 +6,10 @@ transform (``LoadImaged``) is run on its own, so that the image *as loaded* (HU,
 :class:`pipeline.data.reader.CTImageReader`) is available as the target geometry of the heatmap and as the
 background of the montage, and so that loading and preprocessing are timed separately.
 
-Failures are raised as :class:`CaseFailure`, which names the stage, so that the cohort job can record a one-line
-reason (``unreadable image: ...``, ``inference failed: ...``) and go on with the next case.
+Failures are raised as :class:`CaseFailure`, so that the cohort job can record a one-line reason and go on with the
+next case. A user-facing problem (a :class:`~pipeline.errors.UserError`, e.g. the loader's ``<path>: <reason>`` for a
+scan the ingestion rejects) is recorded as it is worded; anything else names the stage it broke
+(``preprocessing failed: ...``, ``inference failed: ...``).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import numpy as np
 import torch
 from monai.transforms import Compose, LoadImage, LoadImaged
 
-from pipeline.inference.heatmap import (
-    LUNG_WINDOW_HU,
-    map_affine,
-    resample_to_grid,
-    write_heatmap_nifti,
-    write_montage_png,
+from pipeline.errors import UserError
+from pipeline.inference.heatmap import LUNG_WINDOW_HU, write_heatmap_nifti, write_overlay_png
+from pipeline.inference.maps import (
+    DEFAULT_MAP_KIND,
+    MapMaker,
+    finish_map,
+    map_on_source_grid,
+    predict_with_map,
+    written_map_description,
 )
 from pipeline.inference.sliding import DenseClassificationInferer, positive_evidence
 
@@ -52,12 +57,14 @@ class CaseFailure(Exception):
     Args:
         stage: one of :data:`STAGES`.
         detail: what went wrong.
+        stage_prefix: start the message with the stage's phrase (``unreadable image: ...``); ``False`` keeps
+            ``detail`` as the whole message (a reason already worded for the user).
     """
 
-    def __init__(self, stage: str, detail: str) -> None:
+    def __init__(self, stage: str, detail: str, *, stage_prefix: bool = True) -> None:
         self.stage = stage
         self.detail = " ".join(str(detail).split())
-        super().__init__(f"{_STAGE_REASON.get(stage, stage)}: {self.detail}")
+        super().__init__(f"{_STAGE_REASON.get(stage, stage)}: {self.detail}" if stage_prefix else self.detail)
 
 
 @dataclass(frozen=True)
@@ -122,8 +129,15 @@ class CasePredictor:
         write_montage: write ``<case_id>.png``.
         heatmap_dtype: ``"uint8"`` (scaled, compact) or ``"float32"``; see
             :func:`pipeline.inference.heatmap.write_heatmap_nifti`.
-        montage_slices: axial slices in the montage.
-        window_hu: display window of the montage.
+        montage_slices: unused (the PNG is the three-plane overlay of
+            :func:`pipeline.inference.heatmap.write_overlay_png`); kept for configs that set it.
+        window_hu: display window of the PNG.
+        heatmap_kind: ``cam``, ``gradcam``, ``gradcampp`` or ``attention`` (:mod:`pipeline.inference.maps`); the
+            case score is the same for every kind.
+        gradcam_layer: the Grad-CAM layer (the registry's ``gradcam_layer`` of the network).
+        attention_stage: the attention map's stage, or ``mean``.
+        heatmap_values: ``relative`` (0..1 inside the body, see :func:`pipeline.inference.maps.finish_map`) or
+            ``raw`` (the kind's own units, e.g. CAM log-odds).
     """
 
     def __init__(
@@ -140,8 +154,21 @@ class CasePredictor:
         heatmap_dtype: str = "uint8",
         montage_slices: int = 12,
         window_hu: tuple[float, float] = LUNG_WINDOW_HU,
+        heatmap_kind: str = DEFAULT_MAP_KIND,
+        gradcam_layer: str | None = None,
+        attention_stage: str = "mean",
+        heatmap_values: str = "relative",
     ) -> None:
         self.network = network.eval()
+        self.map_maker = MapMaker(
+            network=self.network,
+            kind=heatmap_kind,
+            target_layer=gradcam_layer,
+            attention_stage=attention_stage,
+            positive_index=positive_index,
+        )
+        self.heatmap_values = heatmap_values
+        self.map_text = written_map_description(self.map_maker.description, values=heatmap_values)
         self.inferer = inferer
         self.load, self.preprocess = split_loading(preprocessing)
         self.image_key = image_key
@@ -154,7 +181,12 @@ class CasePredictor:
         self.window_hu = tuple(window_hu)
 
     def __call__(
-        self, image: str | os.PathLike, *, case_id: str, heatmap_dir: str | os.PathLike | None = None
+        self,
+        image: str | os.PathLike,
+        *,
+        case_id: str,
+        heatmap_dir: str | os.PathLike | None = None,
+        label: str | None = None,
     ) -> CasePrediction:
         """Run every stage on one image.
 
@@ -162,6 +194,7 @@ class CasePredictor:
             image: DICOM series folder or NIfTI file.
             case_id: pseudonymous case id, used for file names and the montage title.
             heatmap_dir: folder of ``<case_id>.nii.gz`` / ``<case_id>.png``; ``None`` writes neither.
+            label: the case's reference label, shown in the PNG's caption (``None``: unlabelled).
 
         Returns:
             The :class:`CasePrediction`.
@@ -170,9 +203,7 @@ class CasePredictor:
             CaseFailure: naming the failing stage. ``KeyboardInterrupt`` / ``SystemExit`` pass through untouched.
         """
         seconds: dict[str, float] = {}
-        path = Path(image)
-        if not path.exists():
-            raise CaseFailure("load", f"image not found: {path}")
+        path = Path(image)  # a missing path is the loader's to report, in the same words as any rejected scan
 
         with _StageTimer("load", seconds):
             loaded = self.load({self.image_key: str(path)})
@@ -180,39 +211,58 @@ class CasePredictor:
         source_affine, source_shape = _geometry(source)
         with _StageTimer("preprocess", seconds):
             prepared = self.preprocess(dict(loaded))[self.image_key]
+        wants_heatmap = heatmap_dir is not None and (self.write_heatmap or self.write_montage)
         with _StageTimer("inference", seconds):
             batch = torch.as_tensor(prepared)[None].to(self.input_device)
-            prediction = self.inferer.predict(batch, self.network)
+            heat = None
+            if wants_heatmap and self.map_maker.kind != "cam":
+                # one sliding-window pass yields the score and the map (Grad-CAM per window: pipeline.inference.maps)
+                mapped = predict_with_map(self.inferer, batch, self.map_maker)
+                prediction, heat = mapped.prediction, mapped.heat
+            else:
+                prediction = self.inferer.predict(batch, self.network)
             probabilities = prediction.probabilities[0].cpu().numpy()
             logits = prediction.logits[0].cpu().numpy()
 
         heatmap_path = montage_path = None
-        wants_heatmap = heatmap_dir is not None and (self.write_heatmap or self.write_montage)
         if wants_heatmap:
             heatmap_dir = Path(heatmap_dir)
+            description, colorbar_label = self.map_text
             with _StageTimer("heatmap", seconds):
-                evidence = positive_evidence(prediction.class_map, positive_index=self.positive_index)[0, 0]
+                if heat is None:
+                    heat = positive_evidence(prediction.class_map, positive_index=self.positive_index)
                 prepared_affine, prepared_shape = _geometry(prepared)
-                heatmap = resample_to_grid(
-                    evidence,
-                    source_affine=map_affine(prepared_affine, prepared_shape, evidence.shape),
-                    target_affine=source_affine,
-                    target_shape=source_shape,
+                heatmap = map_on_source_grid(
+                    heat[0, 0],
+                    prepared_affine=prepared_affine,
+                    prepared_shape=prepared_shape,
+                    source_affine=source_affine,
+                    source_shape=source_shape,
                 )
+                if self.heatmap_values == "relative":
+                    heatmap = finish_map(heatmap, kind=self.map_maker.kind, hu=_spatial(source), affine=source_affine)
                 if self.write_heatmap:
                     heatmap_path = write_heatmap_nifti(
-                        heatmap_dir / f"{case_id}.nii.gz", heatmap, source_affine, dtype=self.heatmap_dtype
+                        heatmap_dir / f"{case_id}.nii.gz",
+                        heatmap,
+                        source_affine,
+                        dtype=self.heatmap_dtype,
+                        description=description,
+                        intent_name=self.map_maker.kind,
                     )
             if self.write_montage:
                 with _StageTimer("montage", seconds):
-                    montage_path = write_montage_png(
+                    caption = [case_id, f"p(class {self.positive_index}) = {probabilities[self.positive_index]:.3f}"]
+                    if label:
+                        caption.append(f"label {label}")
+                    montage_path = write_overlay_png(
                         heatmap_dir / f"{case_id}.png",
                         image=_spatial(source),
                         heatmap=heatmap,
                         affine=source_affine,
-                        n_slices=self.montage_slices,
                         window_hu=self.window_hu,
-                        title=f"{case_id}   p(class {self.positive_index}) = {probabilities[self.positive_index]:.3f}",
+                        title="   ".join([*caption, "status ok"]),
+                        colorbar_label=colorbar_label,
                     )
         return CasePrediction(
             probabilities=probabilities,
@@ -239,8 +289,22 @@ class _StageTimer:
         self.seconds[self.name] = time.perf_counter() - self.start
         if error is None or not isinstance(error, Exception) or isinstance(error, CaseFailure):
             return False  # success, or KeyboardInterrupt / SystemExit: let it through
+        user_error = _user_error(error)
+        if user_error is not None:  # already one line naming the file and the problem
+            raise CaseFailure(self.name, str(user_error), stage_prefix=False) from error
         detail = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
         raise CaseFailure(self.name, f"{type(error).__name__}: {detail}") from error
+
+
+def _user_error(error: BaseException) -> UserError | None:
+    """The :class:`UserError` in an exception chain (MONAI wraps a failing transform in a ``RuntimeError``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _spatial(image) -> np.ndarray:

@@ -8,7 +8,6 @@ as config overrides.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -41,7 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     cohort.add_argument("--bundle", required=True, help="bundle folder, training run folder (models/model.pt) or zip")
     source = cohort.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="manifest CSV (case_id, image[, label, site, split, fold])")
-    source.add_argument("--input", help="folder searched for DICOM series and NIfTI files (unlabelled)")
+    source.add_argument(
+        "--input",
+        help="folder searched for DICOM series and NIfTI files as `aamct manifest build` searches (unlabelled); "
+        "what it would reject is listed as error rows with its reason",
+    )
     cohort.add_argument("--out", required=True, help="run folder (created; a rerun resumes it)")
     cohort.add_argument("--split", help="only the manifest rows of this split (e.g. test)")
     _add_common_options(cohort)
@@ -73,6 +76,31 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-heatmaps", action="store_true", help="score only: no heatmap NIfTI, no montage")
     parser.add_argument("--no-montage", action="store_true", help="no PNG montage")
     parser.add_argument("--heatmap-dtype", choices=("uint8", "float32"), help="heatmap storage (default uint8, scaled)")
+    parser.add_argument(
+        "--heatmap",
+        choices=("cam", "gradcam", "gradcampp", "attention"),
+        help="map kind: the dense CAM (default), Grad-CAM / Grad-CAM++ at the network's registry layer, or the "
+        "AAM's spatial attention (AAM-ResNets)",
+    )
+    parser.add_argument("--gradcam-layer", help="Grad-CAM layer by module name (default: the registry's, e.g. layer4)")
+    parser.add_argument("--attention-stage", help="attention map of one stage (e.g. layer1) or mean (default)")
+    parser.add_argument(
+        "--heatmap-values",
+        choices=("relative", "raw"),
+        help="relative: 0-1 of the in-body maximum, 0 outside the body (default); raw: the map's own units",
+    )
+    parser.add_argument(
+        "--dicom-out",
+        type=Path,
+        help="also write, per DICOM case, the heatmap as a DICOM Parametric Map and the score and decision as a "
+        "DICOM SR into this folder (viewers overlay them on the source series); pseudonymous patient module",
+    )
+    parser.add_argument(
+        "--keep-patient-identity",
+        action="store_true",
+        help="with --dicom-out: copy the source's patient and study identity into the DICOM outputs, so a PACS "
+        "files them with the patient (in-hospital use only; off by default)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -125,8 +153,16 @@ def _overrides(args: argparse.Namespace, *, output_dir: Path) -> dict[str, Any]:
         overrides["write_montage"] = False
     if args.heatmap_dtype:
         overrides["heatmap_dtype"] = args.heatmap_dtype
+    for option in ("heatmap", "gradcam_layer", "attention_stage", "heatmap_values"):
+        if getattr(args, option, None):
+            overrides["heatmap_kind" if option == "heatmap" else option] = getattr(args, option)
+    if args.keep_patient_identity and args.dicom_out is None:
+        raise UserError("--keep-patient-identity only applies to --dicom-out outputs; give --dicom-out DIR")
+    if args.dicom_out is not None:
+        overrides["dicom_out"] = str(args.dicom_out)
+        overrides["keep_patient_identity"] = bool(args.keep_patient_identity)
     if args.threshold is not None:
-        overrides["frozen_threshold"] = f"$pipeline.inference.FrozenThreshold({args.threshold!r}, 'command line')"
+        overrides["frozen_threshold"] = f"$pipeline.contracts.FrozenThreshold({args.threshold!r}, 'command line')"
     overrides.update(parse_set_overrides(args.set))
     return overrides
 
@@ -155,11 +191,15 @@ def _parsed(parser, key: str):
 
 
 def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
+    from pipeline.data.loading import DEFAULT_MIN_SLICES
     from pipeline.inference.cohort import CohortRunner, Shard, read_cases, summary_dict
 
     out = Path(args.out)
-    cases = read_cases(args.manifest or args.input, split=args.split)
     parser = _config(args, out, {"retry_errors": bool(args.retry_errors), "evaluate": not args.no_report})
+    # a folder is searched with the loader's minimum slice count, so discovery and loading agree (a bundle exported
+    # before the key existed loads with the loader's default)
+    min_slices = _parsed(parser, "min_slices") if "min_slices" in parser.get() else DEFAULT_MIN_SLICES
+    cases = read_cases(args.manifest or args.input, split=args.split, min_slices=min_slices)
     if args.merge:
         # merging needs no network: build the runner from the settings only
         from pipeline.inference.bundle import file_fingerprint
@@ -173,6 +213,10 @@ def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
             class_names=_parsed(parser, "class_names"),
             positive_index=_parsed(parser, "positive_index"),
             fingerprint=file_fingerprint(_parsed(parser, "checkpoint")),
+            evaluate_predictions=_parsed(parser, "runner#evaluate_predictions"),
+            write_report=_parsed(parser, "runner#write_report"),
+            # a bundle exported before the gallery existed has no such key: merge without it
+            write_gallery=_parsed(parser, "runner#write_gallery") if parser.get("runner#write_gallery") else None,
         )
         runner.claim_output_dir()
         merged = runner.merge(cases)
@@ -197,21 +241,20 @@ def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
+    from pipeline.contracts.manifest import path_case_id
     from pipeline.inference.cohort import CohortCase, Shard
 
     out = Path(args.out)
-    cases = []
-    for image in args.images:
-        path = Path(image)
-        if not path.exists():
-            raise UserError(f"{path}: image not found")
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
-        cases.append(CohortCase(case_id=f"case-{digest}", image=path))
+    # a missing or rejected image is an error row like any other, so the other images are still scored
+    cases = [CohortCase(case_id=path_case_id(Path(image).resolve()), image=Path(image)) for image in args.images]
+    if len({case.case_id for case in cases}) != len(cases):
+        raise UserError("an image is given more than once")
     runner = _parsed(_config(args, out, {"evaluate": False}), "runner")
     summary = runner.run(cases, shard=Shard())
     frame = pd.read_csv(runner.predictions_path, keep_default_na=False)
     by_id = {case.case_id: case.image for case in cases}
     for row in frame.itertuples():
-        score = f"{row.probability:.4f} -> {row.predicted_label}" if row.status == "ok" else f"error: {row.reason}"
+        ok = row.status == "ok"
+        score = f"{float(row.probability):.4f} -> {row.predicted_label}" if ok else f"error: {row.reason}"
         print(f"{row.case_id}  {by_id.get(row.case_id, '')}  {score}")
     return 0 if summary.n_error == 0 else 1

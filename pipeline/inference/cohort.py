@@ -7,7 +7,13 @@ Layout of a run folder::
     predictions.csv           one row per input case (rewritten atomically after every case)
     parts/predictions.rank<i>-of-<n>.csv   per-shard tables when sharded
     heatmaps/<case_id>.nii.gz heatmap in the source image's geometry; heatmaps/<case_id>.png the montage
+    dicom/<case_id>_*.dcm      with --dicom-out: Parametric Map of the heatmap + score SR per DICOM case (any folder)
     report/                   the evaluation report (pipeline.evaluation) when the cohort has labels
+
+Inputs: a manifest (:func:`pipeline.contracts.read_manifest`) or a folder searched as ``aamct manifest build`` searches
+a DICOM root (:func:`discover_cases`); every series or file the ingestion rejects becomes an ``error`` row with the
+ingestion's own reason, and a manifest case whose scan fails the loader's checks does too, so no case is dropped and
+none is scored that the manifest builder would reject.
 
 Resuming: a rerun skips every case that has a record (``retry_errors=True`` reruns the error ones). A killed run
 loses at most the case in flight: records and tables are only ever replaced whole.
@@ -34,9 +40,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.contracts.defaults import DEFAULT_CLASS_NAMES, DEFAULT_THRESHOLD
+from pipeline.contracts.manifest import CARRIED_COLUMNS, ManifestCase, path_case_id, read_manifest
+from pipeline.data.dicom import DEFAULT_MIN_SLICES, SeriesCheck, discover_series
+from pipeline.data.loading import check_scan
+from pipeline.data.reader import is_nifti_path
 from pipeline.errors import UserError
 from pipeline.inference.case import STAGES, CaseFailure
 from pipeline.io import write_csv_atomic, write_json_atomic
+
+#: predictions-table columns of the DICOM outputs (when requested): Parametric Map, SR, and why one is missing
+_DICOM_COLUMNS = ("dicom_map", "dicom_sr", "dicom_note")
 
 __all__ = [
     "PREDICTION_COLUMNS",
@@ -46,7 +60,6 @@ __all__ = [
     "Shard",
     "discover_cases",
     "read_cases",
-    "read_manifest_cases",
     "summary_dict",
 ]
 
@@ -62,10 +75,6 @@ PREDICTION_COLUMNS: tuple[str, ...] = (
     "reason",
     "seconds",
 )
-#: manifest columns copied into the predictions table (the evaluation report uses them)
-CARRIED_COLUMNS: tuple[str, ...] = ("label", "site", "split", "fold")
-_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +88,8 @@ class CohortCase:
         site: acquiring site, may be empty.
         split: manifest split, may be empty.
         fold: manifest fold, may be empty.
+        rejection: the ingestion's one-line reason (``<path>: <reason>``) when the case was rejected while being
+            found; such a case is recorded as an error without being loaded.
     """
 
     case_id: str
@@ -87,6 +98,14 @@ class CohortCase:
     site: str = ""
     split: str = ""
     fold: str = ""
+    rejection: str = ""
+
+    @classmethod
+    def from_manifest(cls, case: ManifestCase) -> CohortCase:
+        """The cohort case of a manifest row (:class:`pipeline.contracts.ManifestCase`)."""
+        return cls(
+            case_id=case.case_id, image=case.image, label=case.label, site=case.site, split=case.split, fold=case.fold
+        )
 
 
 @dataclass(frozen=True)
@@ -170,123 +189,82 @@ class CohortSummary:
 # ----------------------------------------------------------------------------------------------------------- inputs
 
 
-def read_manifest_cases(manifest: str | os.PathLike, *, split: str | None = None) -> list[CohortCase]:
-    """Cases of a manifest CSV (columns ``case_id, image`` required; ``label, site, split, fold`` optional).
+def read_cases(
+    source: str | os.PathLike, *, split: str | None = None, min_slices: int = DEFAULT_MIN_SLICES
+) -> list[CohortCase]:
+    """Cases from a manifest CSV (a file, :func:`pipeline.contracts.read_manifest`) or a folder (:func:`discover_cases`).
 
     Args:
-        manifest: the manifest; relative ``image`` paths are relative to its folder.
-        split: keep only rows of this split (e.g. ``test``).
-
-    Returns:
-        The cases in manifest order.
+        source: the manifest or the folder.
+        split: with a manifest, only the rows of this split.
+        min_slices: for a folder, the fewest slices a scan may have (the loader's and the manifest builder's).
 
     Raises:
-        UserError: missing file or column, a bad or duplicate ``case_id``, or no row left.
+        UserError: a missing source, a bad manifest, or ``split`` given with a folder.
     """
-    path = Path(manifest)
-    if not path.is_file():
-        raise UserError(f"{path}: manifest not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in ("case_id", "image") if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
-    if split is not None:
-        if "split" not in frame.columns:
-            raise UserError(f"{path}: no 'split' column to select split {split!r} from")
-        frame = frame[frame["split"].str.strip().str.lower() == split.lower()]
-        if frame.empty:
-            raise UserError(f"{path}: no case in split {split!r}")
-    cases = []
-    for row_number, row in enumerate(frame.to_dict("records"), start=2):
-        case_id = str(row["case_id"]).strip()
-        if not _CASE_ID.match(case_id):
-            raise UserError(f"{path}: row {row_number}: case_id {case_id!r} is not a plain id (letters, digits, ._-)")
-        image = Path(str(row["image"]).strip())
-        if not str(row["image"]).strip():
-            raise UserError(f"{path}: row {row_number}: empty image path")
-        cases.append(
-            CohortCase(
-                case_id=case_id,
-                image=image if image.is_absolute() else (path.parent / image),
-                **{column: str(row.get(column, "")).strip() for column in CARRIED_COLUMNS},
-            )
-        )
-    if not cases:
-        raise UserError(f"{path}: the manifest lists no case")
-    _check_unique(cases, str(path))
-    return cases
-
-
-def discover_cases(folder: str | os.PathLike) -> list[CohortCase]:
-    """Every NIfTI file and every DICOM series folder under a folder, as unlabelled cases.
-
-    A DICOM series folder is a folder directly holding ``.dcm`` files or files with the DICOM preamble. Case ids are
-    ``case-`` plus a hash of the path relative to ``folder``: folder names of hospital exports often are patient
-    names or numbers, and must not reach the outputs. For labels, sites and keyed pseudonyms build a manifest
-    first (``aamct manifest build``).
-
-    Args:
-        folder: the folder to search.
-
-    Returns:
-        The cases, sorted by path.
-
-    Raises:
-        UserError: if the folder is missing or holds no image.
-    """
-    import hashlib
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"{root}: input folder not found")
-    images: list[Path] = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        here = Path(directory)
-        files = sorted(f for f in files if not f.startswith("."))
-        images += [here / f for f in files if f.lower().endswith(_NIFTI_SUFFIXES)]
-        if any(f.lower().endswith(".dcm") or _has_dicom_preamble(here / f) for f in files[:3]):
-            images.append(here)
-    if not images:
-        raise UserError(f"{root}: no NIfTI file or DICOM series found")
-    cases = [
-        CohortCase(
-            case_id="case-" + hashlib.sha256(image.relative_to(root).as_posix().encode()).hexdigest()[:10],
-            image=image,
-        )
-        for image in images
-    ]
-    _check_unique(cases, str(root))
-    return cases
-
-
-def read_cases(source: str | os.PathLike, *, split: str | None = None) -> list[CohortCase]:
-    """Cases from a manifest CSV (a file) or by :func:`discover_cases` (a folder)."""
     if Path(source).is_dir():
         if split is not None:
             raise UserError(f"{source}: --split needs a manifest, not a folder")
-        return discover_cases(source)
-    return read_manifest_cases(source, split=split)
+        return discover_cases(source, min_slices=min_slices)
+    return [CohortCase.from_manifest(case) for case in read_manifest(source, split=split)]
 
 
-def _has_dicom_preamble(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+def discover_cases(folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_SLICES) -> list[CohortCase]:
+    """Every NIfTI file and DICOM series under a folder, found and checked as ``aamct manifest build`` does.
 
+    DICOM files are discovered and checked by :func:`pipeline.data.dicom.discover_series` (headers only, one primary
+    axial CT series per study), as the manifest builder does, and NIfTI headers by the loader's probe
+    (:func:`pipeline.data.loading.check_scan`), with the builder's minimum slice count; what they reject is listed
+    too, as a case carrying the builder's one-line reason (``<path>: <reason>``), so the cohort's predictions account
+    for every series and file, as the rejections CSV does. What only the voxels show (NaN values, pixel data that do
+    not decode) is found when the case is loaded, with the same reason.
 
-def _check_unique(cases: Sequence[CohortCase], source: str) -> None:
+    Case ids are ``case-`` plus a hash of the path relative to ``folder`` (and of the SeriesInstanceUID for a rejected
+    series): folder names of hospital exports often are patient names or numbers, and must not reach the outputs. For
+    labels, sites and keyed pseudonyms build a manifest first (``aamct manifest build``).
+
+    Args:
+        folder: the folder to search.
+        min_slices: the fewest slices a scan may have (default: the manifest builder's).
+
+    Returns:
+        The cases, sorted by path; rejected ones have a ``rejection``.
+
+    Raises:
+        UserError: if the folder is missing or holds nothing.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"{root}: input folder not found")
+    nifti_files = sorted(
+        path
+        for path in root.rglob("*")
+        if is_nifti_path(path)
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+    found: list[tuple[Path, str, str]] = []  # (image, identity beyond the path, rejection)
+    discovery = discover_series(root, check=SeriesCheck(min_slices=min_slices), exclude=nifti_files)
+    found += [(series.folder, "", "") for series in discovery.accepted]
+    found += [(r.path, r.series_uid, f"{r.path}: {r.reason}") for r in discovery.rejections]
+    for path in nifti_files:
+        reason = check_scan(path, min_slices=min_slices)
+        found.append((path, "", f"{path}: {reason}" if reason else ""))
+    if not found:
+        raise UserError(f"{root}: no NIfTI file or DICOM series found")
+    cases: list[CohortCase] = []
     seen: set[str] = set()
-    for case in cases:
-        if case.case_id in seen:
-            raise UserError(f"{source}: case_id {case.case_id!r} appears more than once")
-        seen.add(case.case_id)
+    for image, extra, rejection in sorted(found, key=lambda item: (str(item[0]), item[1], item[2])):
+        relative = image.relative_to(root) if image.is_relative_to(root) else image
+        case_id = path_case_id(relative, *([extra] if extra else []))
+        # several rejections of one folder (e.g. its other series) are numbered in path order, so ids stay stable
+        base, number = case_id, 1
+        while case_id in seen:
+            number += 1
+            case_id = f"{base}-{number}"
+        seen.add(case_id)
+        cases.append(CohortCase(case_id=case_id, image=image, rejection=rejection))
+    return cases
 
 
 # ------------------------------------------------------------------------------------------------------------ runner
@@ -310,6 +288,18 @@ class CohortRunner:
         fingerprint: identifies the model and settings; a run folder holding results of another fingerprint is
             refused, so results of two models never mix.
         evaluate: write the evaluation report after merging when the cohort has labels.
+        evaluate_predictions: ``evaluate_predictions(predictions_csv, threshold=..., classes=...)`` returning a
+            report object (:func:`pipeline.evaluation.report.evaluate_predictions`); injected by ``inference.json``
+            or the CLI, because the evaluation stage lies above inference. ``None``: no report.
+        write_report: ``write_report(report, folder, title=..., gallery=...)``
+            (:func:`pipeline.evaluation.report.write_report`).
+        write_gallery: ``write_gallery(output_dir)`` writing ``gallery.html`` from ``predictions.csv``
+            (:func:`pipeline.evaluation.gallery.write_gallery`), called after every merge when heatmaps are
+            written; the report links it. Injected like the report. ``None``: no gallery.
+        dicom_outputs: ``dicom_outputs(image=..., heatmap=..., case_id=..., probability=..., threshold=...)`` writing
+            a scored DICOM case's Parametric Map and SR (:class:`pipeline.inference.dicom_outputs.DicomOutputWriter`,
+            ``aamct evaluate-cohort --dicom-out``); ``None``: no DICOM outputs. A case whose DICOM outputs fail stays
+            scored (``ok``); the table's ``dicom_note`` says why.
     """
 
     def __init__(
@@ -317,15 +307,19 @@ class CohortRunner:
         *,
         predictor: Callable[..., Any],
         output_dir: str | os.PathLike,
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
         threshold_source: str = "default",
-        class_names: Sequence[str] = ("negative", "positive"),
+        class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
         positive_index: int = 1,
         write_heatmaps: bool = True,
         retry_errors: bool = False,
         progress: bool = True,
         fingerprint: str = "",
         evaluate: bool = True,
+        evaluate_predictions: Callable[..., Any] | None = None,
+        write_report: Callable[..., Any] | None = None,
+        write_gallery: Callable[..., Any] | None = None,
+        dicom_outputs: Callable[..., Any] | None = None,
     ) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise UserError(f"threshold must be in [0, 1], got {threshold}")
@@ -340,6 +334,10 @@ class CohortRunner:
         self.progress = progress
         self.fingerprint = fingerprint
         self.evaluate = evaluate
+        self.evaluate_predictions = evaluate_predictions
+        self.report_writer = write_report
+        self.gallery_writer = write_gallery
+        self.dicom_outputs = dicom_outputs
 
     @property
     def records_dir(self) -> Path:
@@ -453,7 +451,11 @@ class CohortRunner:
         record: dict[str, Any] = {"case_id": case.case_id}
         heatmap_dir = self.output_dir / "heatmaps" if self.write_heatmaps else None
         try:
-            prediction = self.predictor(case.image, case_id=case.case_id, heatmap_dir=heatmap_dir)
+            if case.rejection:
+                raise CaseFailure("load", case.rejection, stage_prefix=False)
+            prediction = self.predictor(
+                case.image, case_id=case.case_id, heatmap_dir=heatmap_dir, label=case.label or None
+            )
         except Exception as failure:  # one bad case must not stop the cohort; KeyboardInterrupt still does
             reason = (
                 str(failure) if isinstance(failure, CaseFailure) else f"failed: {type(failure).__name__}: {failure}"
@@ -471,12 +473,36 @@ class CohortRunner:
                 montage=_relative(prediction.montage, self.output_dir),
             )
             record.update({f"seconds_{k}": round(v, 4) for k, v in prediction.stage_seconds.items()})
+            if self.dicom_outputs is not None:
+                record.update(self._dicom(case, prediction, probability))
         record["threshold"] = self.threshold
         record["seconds"] = round(time.perf_counter() - started, 4)
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         record["pid"] = os.getpid()
         write_json_atomic(self.records_dir / f"{case.case_id}.json", record)
         return record
+
+    def _dicom(self, case: CohortCase, prediction: Any, probability: float) -> dict[str, str]:
+        """The case's DICOM outputs (paths, or a note on why there are none); never fails the case."""
+        try:
+            written = self.dicom_outputs(
+                image=case.image,
+                heatmap=prediction.heatmap,
+                case_id=case.case_id,
+                probability=probability,
+                threshold=self.threshold,
+            )
+        except Exception as err:  # the score stands; only its DICOM copy is missing, and the table says why
+            note = " ".join(str(err).split())[:300]
+            logger.warning("%s: no DICOM outputs: %s", case.case_id, note)
+            return {"dicom_note": f"no DICOM outputs: {note}"}
+        if written is None:
+            return {"dicom_note": "not a DICOM input"}
+        return {
+            "dicom_map": _relative(written.parametric_map, self.output_dir),
+            "dicom_sr": _relative(written.structured_report, self.output_dir),
+            "dicom_note": "; ".join(written.notes),
+        }
 
     def _call(self, probability: float, probabilities) -> str:
         if len(self.class_names) == 2:
@@ -516,8 +542,18 @@ class CohortRunner:
             row.update({key: value for key, value in record.items() if key.startswith("seconds_")})
             row["heatmap"] = record.get("heatmap") or ""
             row["montage"] = record.get("montage") or ""
+            if self.dicom_outputs is not None:
+                row.update({key: record.get(key) or "" for key in _DICOM_COLUMNS})
             rows.append(row)
-        columns = [*PREDICTION_COLUMNS, *CARRIED_COLUMNS, "heatmap", "montage", *(f"seconds_{s}" for s in STAGES)]
+        dicom = list(_DICOM_COLUMNS) if self.dicom_outputs is not None else []
+        columns = [
+            *PREDICTION_COLUMNS,
+            *CARRIED_COLUMNS,
+            "heatmap",
+            "montage",
+            *dicom,
+            *(f"seconds_{s}" for s in STAGES),
+        ]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.drop(columns=[c for c in CARRIED_COLUMNS if (frame[c].fillna("") == "").all()])
 
@@ -541,7 +577,14 @@ class CohortRunner:
         if missing:
             logger.warning("%d of %d cases have no result yet (unfinished shard?): marked error", missing, len(cases))
         write_csv_atomic(self.predictions_path, merged)
+        if self.gallery_writer is not None and self.write_heatmaps:
+            self.gallery_writer(self.output_dir)
         return merged
+
+    @property
+    def gallery_path(self) -> Path:
+        """The heatmap gallery (written by ``write_gallery`` after a merge)."""
+        return self.output_dir / "gallery.html"
 
     def write_report(self, predictions: pd.DataFrame) -> tuple[Path | None, str]:
         """Write the evaluation report (``report/``) when the cohort has labelled, scored cases.
@@ -554,15 +597,19 @@ class CohortRunner:
             or not ((predictions["status"] == "ok") & (predictions["label"].fillna("") != "")).any()
         ):
             return None, "no labelled case scored: predictions only, no evaluation report"
-        from pipeline.evaluation.report import evaluate_predictions, write_report
-
+        if self.evaluate_predictions is None or self.report_writer is None:
+            return None, "no report writer configured (evaluate_predictions / write_report): predictions only"
         try:
-            report = evaluate_predictions(
+            report = self.evaluate_predictions(
                 self.predictions_path,
                 threshold=None if self.threshold_source == "default" else self.threshold,
                 classes=self.class_names[:2] if len(self.class_names) == 2 else None,
             )
-            write_report(report, self.output_dir / "report", title=f"aamct cohort evaluation: {self.output_dir.name}")
+            title = f"aamct cohort evaluation: {self.output_dir.name}"
+            if self.gallery_path.is_file():
+                self.report_writer(report, self.output_dir / "report", title=title, gallery=self.gallery_path)
+            else:
+                self.report_writer(report, self.output_dir / "report", title=title)
         except UserError as err:
             logger.warning("evaluation report not written: %s", err)
             return None, f"evaluation report not written: {err}"

@@ -1,11 +1,14 @@
-"""Heatmaps in the source image's own geometry: resampling, NIfTI writing and a PNG montage.
+"""Heatmaps in the source image's own geometry: resampling, NIfTI writing, a PNG montage and a three-plane overlay.
 
 The stitched class map lives on a coarse grid (the preprocessed grid divided by the network's output stride). It is
 mapped straight back to the grid of the image as loaded (same shape, spacing, origin and direction as the input
 DICOM series or NIfTI file) by world coordinates, i.e. through the affines, which does not depend on which
 preprocessing transforms ran or whether they are invertible (``Invertd`` would need every transform invertible).
-NIfTI files get sform and qform both set, as ITK / 3D Slicer / ITK-SNAP expect; the montage uses
-:func:`monai.visualize.blend_images` and :func:`monai.visualize.matshow3d`.
+NIfTI files get sform and qform both set, as ITK / 3D Slicer / ITK-SNAP expect, and say in ``descrip`` and
+``intent_name`` what their values are; the montage uses :func:`monai.visualize.blend_images` and
+:func:`monai.visualize.matshow3d`; the overlay (:func:`write_overlay_png`, what the gallery shows) is drawn with
+matplotlib: axial, coronal and sagittal planes through the map's peak, lung window, the map as a translucent colour
+overlay with a colour bar, and the case's id, score, label and status.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ __all__ = [
     "map_affine",
     "montage_frames",
     "resample_to_grid",
+    "overlay_planes",
     "write_heatmap_nifti",
     "write_montage_png",
+    "write_overlay_png",
 ]
 
 #: display window for CT lungs (level -600 HU, width 1500 HU)
@@ -133,6 +138,8 @@ def write_heatmap_nifti(
     affine: np.ndarray | torch.Tensor,
     *,
     dtype: str = "uint8",
+    description: str | None = None,
+    intent_name: str | None = None,
 ) -> Path:
     """Write a 3D heatmap as NIfTI, atomically, with sform and qform both set to ``affine`` (as MONAI's writer does).
 
@@ -146,6 +153,9 @@ def write_heatmap_nifti(
         heatmap: ``(X, Y, Z)`` values on the grid described by ``affine``.
         affine: ``4x4`` voxel-to-world affine in RAS (the MONAI / nibabel convention), e.g. the loaded image's.
         dtype: ``"uint8"`` (scaled, compact) or ``"float32"`` (exact).
+        description: what the values are, stored in the header's ``descrip`` (80 bytes at most, cut there).
+        intent_name: a short name of the map (``intent_name``, 16 bytes at most), with the intent code
+            ``NIFTI_INTENT_ESTIMATE`` (a parameter estimate per voxel).
 
     Returns:
         The written path.
@@ -161,6 +171,10 @@ def write_heatmap_nifti(
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     image.set_data_dtype(np.dtype(dtype))
+    if description is not None:
+        image.header["descrip"] = description.encode("ascii", "replace")[:80]
+    if intent_name is not None:
+        image.header.set_intent("estimate", name=intent_name[:16])
     with atomic_path(target) as tmp:
         nib.save(image, tmp)
     return Path(target)
@@ -258,6 +272,145 @@ def write_montage_png(
     finally:
         plt.close(fig)
     return Path(target)
+
+
+def overlay_planes(
+    *,
+    image: np.ndarray | torch.Tensor,
+    heatmap: np.ndarray | torch.Tensor,
+    affine: np.ndarray | torch.Tensor,
+) -> dict[str, dict]:
+    """The axial, coronal and sagittal planes through the map's peak, oriented as a radiologist reads them.
+
+    Axial: patient right on the image's left, anterior at the top. Coronal: right on the left, superior at the top.
+    Sagittal: anterior on the left, superior at the top. Whatever the storage order of the volume.
+
+    Args:
+        image: ``(X, Y, Z)`` CT in HU on the grid of ``affine``.
+        heatmap: ``(X, Y, Z)`` map on the same grid.
+        affine: ``4x4`` RAS affine of the grid.
+
+    Returns:
+        ``{"axial" | "coronal" | "sagittal": {"image": 2D, "heatmap": 2D, "aspect": row/column pixel ratio,
+        "peak": (row, column)}}`` and ``"peak_lps"``: the peak's index in (L, P, S) display order. A constant map
+        (e.g. no positive evidence anywhere) has no peak (``None``): its planes go through the volume's middle.
+    """
+    image_lps = _to_display_order(_as_float32(image), affine)
+    heat_lps = _to_display_order(_as_float32(heatmap), affine)
+    spacing = _display_spacing(affine)
+    finite = np.where(np.isfinite(heat_lps), heat_lps, -np.inf)
+    shown = heat_lps[np.isfinite(heat_lps)]
+    flat = shown.size == 0 or float(shown.max()) <= float(shown.min())
+    # a constant map has no peak: show the middle of the volume and mark nothing
+    peak = tuple(n // 2 for n in heat_lps.shape) if flat else np.unravel_index(int(np.argmax(finite)), heat_lps.shape)
+    i, j, k = (int(v) for v in peak)
+    planes = {
+        # rows: posterior (down), columns: patient left (right of the image)
+        "axial": (image_lps[:, :, k].T, heat_lps[:, :, k].T, spacing[1] / spacing[0], (j, i)),
+        # rows: superior at the top (flipped S), columns: patient left
+        "coronal": (
+            image_lps[:, j, :].T[::-1],
+            heat_lps[:, j, :].T[::-1],
+            spacing[2] / spacing[0],
+            (heat_lps.shape[2] - 1 - k, i),
+        ),
+        # rows: superior at the top, columns: posterior (anterior on the left)
+        "sagittal": (
+            image_lps[i, :, :].T[::-1],
+            heat_lps[i, :, :].T[::-1],
+            spacing[2] / spacing[1],
+            (heat_lps.shape[2] - 1 - k, j),
+        ),
+    }
+    result: dict[str, dict] = {
+        name: {"image": img, "heatmap": heat, "aspect": float(aspect), "peak": None if flat else where}
+        for name, (img, heat, aspect, where) in planes.items()
+    }
+    result["peak_lps"] = {"index": None if flat else (i, j, k)}
+    return result
+
+
+def write_overlay_png(
+    target: str | os.PathLike,
+    *,
+    image: np.ndarray | torch.Tensor,
+    heatmap: np.ndarray | torch.Tensor,
+    affine: np.ndarray | torch.Tensor,
+    title: str,
+    colorbar_label: str = "relative evidence",
+    window_hu: tuple[float, float] = LUNG_WINDOW_HU,
+    value_range: tuple[float, float] | None = None,
+    alpha: float = 0.45,
+) -> Path:
+    """A PNG for a person: three planes through the map's peak, lung window, translucent map with a colour bar.
+
+    The map is drawn with the ``inferno`` colour map, transparent where it is below 5 % of its range (so the anatomy
+    stays readable where the map says nothing); a cross marks the peak in every plane.
+
+    Args:
+        target: output ``.png`` path (written atomically).
+        image: ``(X, Y, Z)`` CT in HU on the grid of ``affine``.
+        heatmap: ``(X, Y, Z)`` map on the same grid.
+        affine: ``4x4`` RAS affine of the grid.
+        title: the caption (no PHI: the pseudonymous case id, score, label, status).
+        colorbar_label: what the colours mean.
+        window_hu: display window ``(low, high)`` in HU.
+        value_range: colour scale ``(low, high)`` (default: 0 .. the map's maximum, or its range if negative).
+        alpha: opacity of the map.
+
+    Returns:
+        The written path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: a batch job on a server has no display
+    import matplotlib.pyplot as plt
+
+    planes = overlay_planes(image=image, heatmap=heatmap, affine=affine)
+    values = _as_float32(heatmap)
+    if value_range is None:
+        finite = values[np.isfinite(values)]
+        high = float(finite.max()) if finite.size else 1.0
+        low = min(0.0, float(finite.min())) if finite.size else 0.0
+        value_range = (low, high if high > low else low + 1.0)
+    low, high = value_range
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), facecolor="black")
+    try:
+        shown = None
+        for axis, name in zip(axes, ("axial", "coronal", "sagittal"), strict=True):
+            plane = planes[name]
+            axis.imshow(plane["image"], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], aspect=plane["aspect"])
+            heat = np.ma.masked_less(plane["heatmap"], low + 0.05 * (high - low))
+            shown = axis.imshow(heat, cmap="inferno", vmin=low, vmax=high, alpha=alpha, aspect=plane["aspect"])
+            if plane["peak"] is not None:
+                row, column = plane["peak"]
+                axis.plot([column], [row], marker="+", color="cyan", markersize=14, markeredgewidth=1.5)
+            axis.set_title(name, color="white", fontsize=10)
+            axis.set_axis_off()
+        bar = fig.colorbar(shown, ax=list(axes), fraction=0.025, pad=0.02)
+        bar.set_label(colorbar_label, color="white")
+        bar.ax.yaxis.set_tick_params(color="white", labelcolor="white")
+        if planes["peak_lps"]["index"] is None:
+            title += "   (map is flat: nothing highlighted)"
+        fig.suptitle(title, color="white", fontsize=11)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=90, format="png", facecolor="black")
+    finally:
+        plt.close(fig)
+    return Path(target)
+
+
+def _display_spacing(affine: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Voxel spacing along the (L, P, S) display axes of :func:`_to_display_order`."""
+    affine = _affine64(affine)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(("L", "P", "S"))
+    )
+    display = np.empty(3)
+    for source_axis, (target_axis, _flip) in enumerate(transform):
+        display[int(target_axis)] = spacing[source_axis]
+    return display
 
 
 def _as_float32(values: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -12,16 +12,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.networks.aam_resnet import ATTENTION_PLACEMENTS, DEPTHS, AAMResNet
+from pipeline.networks.aam_resnet import ATTENTION_PLACEMENTS, DEPTHS, PAPER_FORM, AAMResNet
 from pipeline.networks.attention import (
     ATTENTION_BRANCHES,
     FUSION_MODES,
+    SPATIAL_BRANCHES,
     AdaptiveAttention,
     attention_modules,
     set_store_attention,
 )
 from pipeline.networks.baselines import CAMDenseNet121, CAMResNet, UNetEncoderClassifier
-from pipeline.networks.blocks import ScaledResidualBasicBlock, ScaledResidualBottleneck
+from pipeline.networks.blocks import GAMMA_PLACEMENTS, ScaledResidualBasicBlock, ScaledResidualBottleneck
+from pipeline.networks.deploy import optimized_for_inference
 from pipeline.networks.registry import NetworkSpec, available, build, network_spec
 
 __all__ = [
@@ -29,6 +31,9 @@ __all__ = [
     "DEPTHS",
     "ATTENTION_BRANCHES",
     "FUSION_MODES",
+    "GAMMA_PLACEMENTS",
+    "PAPER_FORM",
+    "SPATIAL_BRANCHES",
     "AAMResNet",
     "AdaptiveAttention",
     "CAMDenseNet121",
@@ -42,6 +47,7 @@ __all__ = [
     "available",
     "build",
     "network_spec",
+    "optimized_for_inference",
     "set_store_attention",
 ]
 

@@ -12,6 +12,26 @@ Layout (``spatial_dims``-generic through MONAI's ``Conv`` / ``Pool`` factories a
 Total stride 32: any input of at least 32 voxels per axis works (odd sizes included). Because the classifier is
 linear and applied per location, ``class_activation(x)`` (per-location class logits at 1/32 resolution) averaged over
 space equals ``forward(x)``, so CAM heatmaps and sliding-window whole-volume inference come without Grad-CAM.
+
+The backbone's parameters are drawn in the same random order whatever the attention: every Adaptive Attention Module
+is built (and initialised) on a forked random stream that is then discarded, so ``AAMResNet(attention="none")`` and
+an attention variant built after the same ``torch.manual_seed`` share every backbone weight. With a pass-through
+attention (``attention_fusion="gated"``, or ``gamma_placement="attention"`` with ``gamma_init=0``) the two networks
+then compute the same output at initialisation.
+
+Variants that make the attention unable to hurt at initialisation (all options of :class:`AAMResNet`; the paper's form,
+:data:`PAPER_FORM`, stays available):
+
+- ``attention_fusion="gated"``: gates centred on pass-through, initialised to exactly 1 (see
+  :mod:`pipeline.networks.attention`); ``"residual"``: ``x * (1 + a)`` (Wang et al., CVPR 2017).
+- ``zero_init_residual=True``: the last norm of every residual branch starts at zero, so every unit starts as its
+  shortcut (Goyal et al., "Accurate, Large Minibatch SGD", 2017; the torchvision option of the same name).
+- ``attention="stage"``: attention only in the last unit of each stage (as BAM sits at stage ends, Park et al., BMVC
+  2018).
+- ``gamma_placement="attention"`` (with ``gamma_init=0``): ``F + gamma * (A(F) - F)``, gamma scales only the attention's
+  change, initialised to zero (SAGAN, Zhang et al., ICML 2019).
+- ``attention_spatial="separable"``, ``attention_spatial_stride=2``: the cheap spatial branch (depthwise-separable
+  dilated convolutions at half resolution; DeepLabv3+, Chen et al., ECCV 2018).
 """
 
 from __future__ import annotations
@@ -24,10 +44,15 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from pipeline.networks.attention import ATTENTION_BRANCHES, FUSION_MODES, AdaptiveAttention
-from pipeline.networks.blocks import SHORTCUT_MODES, ScaledResidualBasicBlock, ScaledResidualBottleneck
+from pipeline.networks.attention import ATTENTION_BRANCHES, FUSION_MODES, SPATIAL_BRANCHES, AdaptiveAttention
+from pipeline.networks.blocks import (
+    GAMMA_PLACEMENTS,
+    SHORTCUT_MODES,
+    ScaledResidualBasicBlock,
+    ScaledResidualBottleneck,
+)
 
-__all__ = ["AAMResNet", "ATTENTION_PLACEMENTS", "DEPTHS"]
+__all__ = ["AAMResNet", "ATTENTION_PLACEMENTS", "DEPTHS", "PAPER_FORM"]
 
 #: depth -> (residual unit, units per layer), as in He et al. 2016 / MONAI's resnet18/34/50
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -36,8 +61,29 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     50: ("bottleneck", (3, 4, 6, 3)),
 }
 ATTENTION_PLACEMENTS: tuple[str, ...] = ("block", "stage", "none")
+#: the AAM-ResNet as the paper describes it (and as this project built it up to session 3): AAM with product fusion
+#: and the full dilated ASPP spatial branch at full resolution in every unit, gamma 0.5 scaling the whole branch
+PAPER_FORM: dict[str, object] = {
+    "attention": "block",
+    "attention_fusion": "product",
+    "attention_spatial": "aspp",
+    "attention_spatial_stride": 1,
+    "gamma_placement": "branch",
+    "gamma_init": 0.5,
+    "zero_init_residual": False,
+}
 _AFFINE_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 _UNITS = {"basic": ScaledResidualBasicBlock, "bottleneck": ScaledResidualBottleneck}
+
+
+def _isolated_rng(factory: type[nn.Module], **kwargs: object) -> nn.Module:
+    """Build ``factory(**kwargs)`` on a fork of the CPU random stream, leaving the global stream where it was.
+
+    Why: the backbone's weights must not depend on whether (and where) attention modules are built, so that an
+    attention variant and the attention-free network built after the same seed share the backbone exactly.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return factory(**kwargs)
 
 
 class AAMResNet(nn.Module):
@@ -59,9 +105,15 @@ class AAMResNet(nn.Module):
         attention_dilations: dilation rates of the AAM spatial branch.
         attention_fusion: ``"product"`` or ``"sum"`` (see :mod:`pipeline.networks.attention`).
         attention_branches: ``"both"`` (the AAM), ``"channel"`` or ``"spatial"`` (one branch only: ablation).
+        attention_spatial: the AAM's spatial branch, ``"aspp"`` (full dilated convolutions, the paper's) or
+            ``"separable"`` (depthwise dilated convolutions).
+        attention_spatial_stride: ``1`` (spatial map at full resolution) or ``2`` (half resolution, upsampled).
         gamma_init: initial value of every residual scale ``gamma``.
         learn_gamma: learn ``gamma`` (default) or keep it fixed at ``gamma_init`` (ablation: ``gamma_init=1``,
             ``learn_gamma=False`` is the plain residual ``F(x) + Ws(x)``).
+        gamma_placement: ``"branch"`` (``gamma * A(F)``, the paper's) or ``"attention"`` (``F + gamma * (A(F) - F)``);
+            see :mod:`pipeline.networks.blocks`.
+        zero_init_residual: initialise the last norm's scale of every residual branch to zero (Goyal et al. 2017).
         shortcut: ``"auto"`` (1x1x1 projection only where the shape changes, identity elsewhere) or ``"projection"``
             (1x1x1 projection on every shortcut).
         dropout_prob: dropout on the pooled features before the classifier (training only).
@@ -90,8 +142,12 @@ class AAMResNet(nn.Module):
         attention_dilations: Sequence[int] = (1, 2, 3),
         attention_fusion: str = "product",
         attention_branches: str = "both",
+        attention_spatial: str = "aspp",
+        attention_spatial_stride: int = 1,
         gamma_init: float = 0.5,
         learn_gamma: bool = True,
+        gamma_placement: str = "branch",
+        zero_init_residual: bool = False,
         shortcut: str = "auto",
         dropout_prob: float = 0.0,
         act: str | tuple = ("relu", {"inplace": True}),
@@ -106,6 +162,12 @@ class AAMResNet(nn.Module):
             raise ValueError(f"attention_fusion must be one of {FUSION_MODES}, got {attention_fusion!r}")
         if attention_branches not in ATTENTION_BRANCHES:
             raise ValueError(f"attention_branches must be one of {ATTENTION_BRANCHES}, got {attention_branches!r}")
+        if attention_spatial not in SPATIAL_BRANCHES:
+            raise ValueError(f"attention_spatial must be one of {SPATIAL_BRANCHES}, got {attention_spatial!r}")
+        if attention_spatial_stride not in (1, 2):
+            raise ValueError(f"attention_spatial_stride must be 1 or 2, got {attention_spatial_stride}")
+        if gamma_placement not in GAMMA_PLACEMENTS:
+            raise ValueError(f"gamma_placement must be one of {GAMMA_PLACEMENTS}, got {gamma_placement!r}")
         if shortcut not in SHORTCUT_MODES:
             raise ValueError(f"shortcut must be one of {SHORTCUT_MODES}, got {shortcut!r}")
         if width <= 0 or in_channels < 1 or num_classes < 1:
@@ -150,13 +212,16 @@ class AAMResNet(nn.Module):
                 out_channels = stage_planes * unit.expansion
                 wants_attention = attention == "block" or (attention == "stage" and position == n_units - 1)
                 aam = (
-                    AdaptiveAttention(
+                    _isolated_rng(
+                        AdaptiveAttention,
                         spatial_dims=spatial_dims,
                         channels=out_channels,
                         reduction=attention_reduction,
                         dilations=attention_dilations,
                         fusion=attention_fusion,
                         branches=attention_branches,
+                        spatial=attention_spatial,
+                        spatial_stride=attention_spatial_stride,
                         act=act,
                         norm=norm,
                     )
@@ -172,6 +237,7 @@ class AAMResNet(nn.Module):
                         attention=aam,
                         gamma_init=gamma_init,
                         learn_gamma=learn_gamma,
+                        gamma_placement=gamma_placement,
                         shortcut=shortcut,
                         act=act,
                         norm=norm,
@@ -184,18 +250,31 @@ class AAMResNet(nn.Module):
         self.global_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.dropout = nn.Dropout(p=float(dropout_prob))
         self.classifier = conv_type(channels, num_classes, kernel_size=1, bias=True)
-        self._init_weights(conv_type)
+        self._init_weights(conv_type, zero_init_residual=zero_init_residual)
 
-    def _init_weights(self, conv_type: type[nn.Module]) -> None:
+    def _init_weights(self, conv_type: type[nn.Module], *, zero_init_residual: bool) -> None:
         # MONAI ResNet's scheme (Kaiming fan_out for convolutions, unit norms); the classifier keeps PyTorch's default
-        # (Linear-like) init so initial logits stay small, bias 0 as MONAI does for its fc
+        # (Linear-like) init so initial logits stay small, bias 0 as MONAI does for its fc. The attention modules
+        # initialised themselves on their own random stream: skipping them keeps the backbone's draws in the same order
+        # whatever the attention
+        inside_attention = {
+            id(sub) for aam in self.modules() if isinstance(aam, AdaptiveAttention) for sub in aam.modules()
+        }
         for module in self.modules():
+            if id(module) in inside_attention:
+                continue
             if isinstance(module, conv_type) and module is not self.classifier:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, _AFFINE_NORMS) and module.weight is not None:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.zeros_(self.classifier.bias)
+        if zero_init_residual:
+            for unit in self.modules():
+                if isinstance(unit, (ScaledResidualBasicBlock, ScaledResidualBottleneck)):
+                    last_norm = unit.bn3 if isinstance(unit, ScaledResidualBottleneck) else unit.bn2
+                    if getattr(last_norm, "weight", None) is not None:
+                        nn.init.zeros_(last_norm.weight)
 
     @torch.jit.export
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:

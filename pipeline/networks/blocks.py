@@ -1,9 +1,16 @@
 """Residual units with a learnable per-channel scale on the residual branch.
 
-Both units compute ``H(x) = act(gamma * A(F(x)) + Ws(x))`` where ``F`` is the usual residual branch (two 3x3x3
-convolutions for the basic unit, 1x1x1 -> 3x3x3 -> 1x1x1 for the bottleneck), ``A`` is an optional attention module
-applied to the residual branch (the Adaptive Attention Module of :mod:`pipeline.networks.attention`, or identity),
-``gamma`` is a learnable per-channel scale initialised to 0.5, and ``Ws`` is the shortcut.
+Both units compute ``H(x) = act(R(F(x)) + Ws(x))`` where ``F`` is the usual residual branch (two 3x3x3 convolutions
+for the basic unit, 1x1x1 -> 3x3x3 -> 1x1x1 for the bottleneck), ``A`` is an optional attention module applied to the
+residual branch (the Adaptive Attention Module of :mod:`pipeline.networks.attention`, or identity), ``gamma`` is a
+learnable per-channel scale, ``Ws`` is the shortcut, and ``R`` places ``gamma`` (``gamma_placement``):
+
+- ``"branch"`` (the paper's): ``R(F) = gamma * A(F)``, gamma initialised to 0.5: the whole branch is scaled;
+- ``"attention"``: ``R(F) = F + gamma * (A(F) - F)``: gamma scales only what the attention changes, the branch itself
+  passes at full strength; with ``gamma_init=0`` the unit starts as the plain residual unit ``act(F(x) + Ws(x))`` and
+  learns how much attention to apply, as the attention output of SAGAN (Zhang et al., ICML 2019) and DANet (Fu et al.,
+  CVPR 2019) is added through a scale initialised to zero. A unit without attention has no gamma in this placement
+  (a fixed buffer of ones keeps the state-dict layout), so it is exactly the plain residual unit.
 
 MONAI's :class:`monai.networks.nets.resnet.ResNetBlock` / ``ResNetBottleneck`` have neither the scale nor an
 attention slot, and their ``forward`` cannot be extended without copying it, so these units are written here; they
@@ -18,11 +25,19 @@ from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-__all__ = ["SHORTCUT_MODES", "ScaledResidualBasicBlock", "ScaledResidualBottleneck", "make_shortcut"]
+__all__ = [
+    "GAMMA_PLACEMENTS",
+    "SHORTCUT_MODES",
+    "ScaledResidualBasicBlock",
+    "ScaledResidualBottleneck",
+    "make_shortcut",
+]
 
 #: ``"auto"``: ``Ws`` is a 1x1x1 convolution + norm where the shape changes (stride != 1 or channel count changes) and
 #: identity elsewhere (as in He et al. 2016, option B); ``"projection"``: a 1x1x1 convolution + norm on every shortcut.
 SHORTCUT_MODES: tuple[str, ...] = ("auto", "projection")
+#: where the residual scale ``gamma`` acts (see the module docstring)
+GAMMA_PLACEMENTS: tuple[str, ...] = ("branch", "attention")
 
 
 def make_shortcut(
@@ -68,8 +83,40 @@ def _set_channel_scale(module: nn.Module, channels: int, spatial_dims: int, init
         module.register_buffer("gamma", value)
 
 
-class ScaledResidualBasicBlock(nn.Module):
-    """Basic residual unit ``act(gamma * A(bn2(conv2(act(bn1(conv1(x)))))) + Ws(x))`` (two 3x3x3 convolutions).
+class _ScaledResidualUnit(nn.Module):
+    """What both units share: the attention slot, ``gamma`` and its placement, the shortcut, the output."""
+
+    def _setup_scaling(
+        self,
+        *,
+        out_channels: int,
+        spatial_dims: int,
+        attention: nn.Module | None,
+        gamma_init: float,
+        learn_gamma: bool,
+        gamma_placement: str,
+    ) -> None:
+        if gamma_placement not in GAMMA_PLACEMENTS:
+            raise ValueError(f"gamma_placement must be one of {GAMMA_PLACEMENTS}, got {gamma_placement!r}")
+        self.gamma_placement = gamma_placement
+        self.scale_attention_only = gamma_placement == "attention"
+        self.attention = attention if attention is not None else nn.Identity()
+        self.has_attention = attention is not None
+        if self.scale_attention_only and attention is None:
+            _set_channel_scale(self, out_channels, spatial_dims, 1.0, False)  # unused: the plain residual unit
+        else:
+            _set_channel_scale(self, out_channels, spatial_dims, gamma_init, learn_gamma)
+
+    def _residual(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.scale_attention_only:
+            return self.gamma * self.attention(branch)
+        if not self.has_attention:
+            return branch
+        return branch + self.gamma * (self.attention(branch) - branch)
+
+
+class ScaledResidualBasicBlock(_ScaledResidualUnit):
+    """Basic residual unit ``act(R(bn2(conv2(act(bn1(conv1(x)))))) + Ws(x))`` (two 3x3x3 convolutions).
 
     Args:
         in_channels: channels of the input.
@@ -81,6 +128,8 @@ class ScaledResidualBasicBlock(nn.Module):
         gamma_init: initial value of the per-channel scale ``gamma``.
         learn_gamma: ``False`` keeps ``gamma`` fixed at ``gamma_init`` (a buffer; the ablation "without gamma" uses
             ``gamma_init=1``, the plain residual sum).
+        gamma_placement: one of :data:`GAMMA_PLACEMENTS` (``"branch"``: ``gamma * A(F)``; ``"attention"``:
+            ``F + gamma * (A(F) - F)``).
         shortcut: one of :data:`SHORTCUT_MODES`.
         act: activation (MONAI ``get_act_layer`` name or ``(name, args)``).
         norm: normalisation (MONAI ``get_norm_layer`` name or ``(name, args)``).
@@ -98,6 +147,7 @@ class ScaledResidualBasicBlock(nn.Module):
         attention: nn.Module | None = None,
         gamma_init: float = 0.5,
         learn_gamma: bool = True,
+        gamma_placement: str = "branch",
         shortcut: str = "auto",
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
@@ -110,8 +160,14 @@ class ScaledResidualBasicBlock(nn.Module):
         self.act = get_act_layer(name=act)
         self.conv2 = conv_type(planes, out_channels, kernel_size=3, padding=1, bias=False)
         self.bn2 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_channels)
-        self.attention = attention if attention is not None else nn.Identity()
-        _set_channel_scale(self, out_channels, spatial_dims, gamma_init, learn_gamma)
+        self._setup_scaling(
+            out_channels=out_channels,
+            spatial_dims=spatial_dims,
+            attention=attention,
+            gamma_init=gamma_init,
+            learn_gamma=learn_gamma,
+            gamma_placement=gamma_placement,
+        )
         self.shortcut = make_shortcut(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
@@ -124,14 +180,13 @@ class ScaledResidualBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the unit to ``x`` of shape ``(B, in_channels, *spatial)``."""
         out = self.act(self.bn1(self.conv1(x)))
-        out = self.attention(self.bn2(self.conv2(out)))
-        return self.act(self.gamma * out + self.shortcut(x))
+        return self.act(self._residual(self.bn2(self.conv2(out))) + self.shortcut(x))
 
 
-class ScaledResidualBottleneck(nn.Module):
+class ScaledResidualBottleneck(_ScaledResidualUnit):
     """Bottleneck residual unit (1x1x1 -> 3x3x3 -> 1x1x1, ``expansion`` 4) with scale ``gamma`` and attention slot.
 
-    ``H(x) = act(gamma * A(bn3(conv3(act(bn2(conv2(act(bn1(conv1(x))))))))) + Ws(x))``; the stride sits on the 3x3x3
+    ``H(x) = act(R(bn3(conv3(act(bn2(conv2(act(bn1(conv1(x))))))))) + Ws(x))``; the stride sits on the 3x3x3
     convolution, as in MONAI's ``ResNetBottleneck``.
 
     Args:
@@ -144,6 +199,8 @@ class ScaledResidualBottleneck(nn.Module):
         gamma_init: initial value of the per-channel scale ``gamma``.
         learn_gamma: ``False`` keeps ``gamma`` fixed at ``gamma_init`` (a buffer; the ablation "without gamma" uses
             ``gamma_init=1``, the plain residual sum).
+        gamma_placement: one of :data:`GAMMA_PLACEMENTS` (``"branch"``: ``gamma * A(F)``; ``"attention"``:
+            ``F + gamma * (A(F) - F)``).
         shortcut: one of :data:`SHORTCUT_MODES`.
         act: activation (MONAI ``get_act_layer`` name or ``(name, args)``).
         norm: normalisation (MONAI ``get_norm_layer`` name or ``(name, args)``).
@@ -161,6 +218,7 @@ class ScaledResidualBottleneck(nn.Module):
         attention: nn.Module | None = None,
         gamma_init: float = 0.5,
         learn_gamma: bool = True,
+        gamma_placement: str = "branch",
         shortcut: str = "auto",
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
@@ -175,8 +233,14 @@ class ScaledResidualBottleneck(nn.Module):
         self.conv3 = conv_type(planes, out_channels, kernel_size=1, bias=False)
         self.bn3 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_channels)
         self.act = get_act_layer(name=act)
-        self.attention = attention if attention is not None else nn.Identity()
-        _set_channel_scale(self, out_channels, spatial_dims, gamma_init, learn_gamma)
+        self._setup_scaling(
+            out_channels=out_channels,
+            spatial_dims=spatial_dims,
+            attention=attention,
+            gamma_init=gamma_init,
+            learn_gamma=learn_gamma,
+            gamma_placement=gamma_placement,
+        )
         self.shortcut = make_shortcut(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
@@ -190,5 +254,4 @@ class ScaledResidualBottleneck(nn.Module):
         """Apply the unit to ``x`` of shape ``(B, in_channels, *spatial)``."""
         out = self.act(self.bn1(self.conv1(x)))
         out = self.act(self.bn2(self.conv2(out)))
-        out = self.attention(self.bn3(self.conv3(out)))
-        return self.act(self.gamma * out + self.shortcut(x))
+        return self.act(self._residual(self.bn3(self.conv3(out))) + self.shortcut(x))

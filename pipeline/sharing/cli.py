@@ -39,9 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "changelog entry. The source bundle is not modified.",
     )
     export.add_argument("--bundle", type=Path, required=True, help="source bundle folder (configs/, LICENSE)")
-    export.add_argument("--out", type=Path, required=True, help="zip to write; its stem is the bundle name")
+    export.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to write NAME_vVERSION.zip into (with --name), or NAME.zip: its stem names the bundle and "
+        "the file written is NAME_vVERSION.zip beside it (the model zoo's naming)",
+    )
     export.add_argument("--checkpoint", type=Path, help="trained weights (default: BUNDLE/models/model.pt)")
-    export.add_argument("--report", type=Path, help="evaluation report metrics.json for the model card")
+    export.add_argument(
+        "--report", type=Path, help="the run's metrics.json (RUN/metrics.json) for the model card and eval_metrics"
+    )
     export.add_argument("--datalist", type=Path, help="training datalist JSON (data summary, PHI guard)")
     export.add_argument("--name", help="bundle name (default: the zip's stem)")
     export.add_argument("--bump", choices=("patch", "minor", "major"), default="patch", help="version part to bump")
@@ -59,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the eager-vs-TorchScript-config probability check on a synthetic volume",
     )
+    export.add_argument("--verify", action="store_true", help="run `aamct bundle verify` on the written zip")
     export.set_defaults(func=_cmd_export)
 
     verify = actions.add_parser(
@@ -97,17 +106,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
         check_parity=not args.no_parity_check,
     )
     print(result.summary())
+    if args.verify:
+        return _verify(result.zip_path, schema=None, check_networks=True)
+    return 0
+
+
+def _verify(archive: Path, *, schema: Path | None, check_networks: bool) -> int:
+    from pipeline.sharing.verify import verify_bundle
+
+    report = verify_bundle(archive, schema_path=schema, check_networks=check_networks)
+    print("\n".join(report.lines()))
+    if not report.ok:
+        raise UserError(f"{archive}: verification failed: {report.first_failure.detail}")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.sharing.verify import verify_bundle
-
-    report = verify_bundle(args.archive, schema_path=args.schema, check_networks=not args.no_network_checks)
-    print("\n".join(report.lines()))
-    if not report.ok:
-        raise UserError(f"{args.archive}: verification failed: {report.first_failure.detail}")
-    return 0
+    return _verify(args.archive, schema=args.schema, check_networks=not args.no_network_checks)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -1,22 +1,30 @@
 """``aamct bundle export``: a trained bundle -> ``NAME.zip`` a collaborator can verify and run with MONAI alone.
 
-What the zip holds (MONAI's archive layout, every member under ``NAME/``)::
+The zip is named ``NAME_vVERSION.zip`` (the model zoo's convention, what ``monai.bundle download`` fetches) and
+holds MONAI's archive layout, every member under ``NAME/``::
 
-    NAME/configs/metadata.json              version bumped, changelog entry, model card, frozen operating point
-    NAME/configs/inference.json ...         the source bundle's configs (they import ``pipeline``)
-    NAME/configs/inference_torchscript.json stock-MONAI inference on models/model.ts (no ``pipeline`` anywhere)
+    NAME/configs/metadata.json              version bumped, changelog, model card, eval_metrics, operating point
+    NAME/configs/inference.json ...         the source bundle's configs (they import ``pipeline``), with portable
+                                            paths (bundle_root ".", no repository or absolute path)
+    NAME/configs/inference_torchscript.json stock-MONAI inference on models/model_dense.ts (no ``pipeline`` anywhere)
     NAME/models/model.pt                    the network's state dict (loadable with ``weights_only=True``)
-    NAME/models/model.ts                    TorchScript of ``DenseClassifier(network)`` via MONAI ``ckpt_export``
+    NAME/models/model.ts                    TorchScript of the network: (B, 1, x, y, z) -> (B, C) logits, exactly
+                                            what ``network_data_format`` in metadata.json describes
+    NAME/models/model_dense.ts              TorchScript of ``DenseClassifier(network)``: the dense class-logit map
     NAME/models/operating_point.json        the frozen threshold (read by ``aamct infer``), when a report is given
-    NAME/docs/README.md                     the model card (metadata + evaluation report + datalist counts)
+    NAME/docs/README.md                     the model card (metadata + run summary + datalist counts)
+    NAME/large_files.yml                    the model files with their sha256 (model-zoo convention; stock
+                                            ``python -m monai.bundle download_large_files`` checks them)
     NAME/LICENSE
     NAME/checksums.sha256                   sha256 of every other member (its own digest is in the zip comment)
 
-Why the TorchScript model returns the dense class map rather than logits: the package scores a case by running
+Why two TorchScript files: ``model.ts`` is the model the metadata describes, so stock MONAI tools
+(``verify_net_in_out``) and anyone loading it get ``(B, C)`` logits. The package scores a whole volume by running
 MONAI's sliding window over the network's dense class-activation map and averaging the stitched map
-(:class:`pipeline.inference.DenseClassificationInferer`). Tracing ``DenseClassifier(network)`` lets the recipient's
-config do the same with stock ``SlidingWindowInferer`` + a spatial mean + softmax, so both paths compute the same
-numbers for any volume size. The exporter checks that on a synthetic CT volume before writing the zip (``parity``).
+(:class:`pipeline.inference.DenseClassificationInferer`); ``model_dense.ts`` is that map, so the recipient's
+``inference_torchscript.json`` does the same with stock ``SlidingWindowInferer`` + a spatial mean + softmax and gets
+the same numbers for any volume size. The exporter checks that on a synthetic CT volume before writing the zip
+(``parity``), and that ``model.ts`` returns the shape the metadata states.
 
 Before zipping, the staged bundle is searched for the cohort's patient identifiers (:mod:`pipeline.sharing.phi_guard`)
 and the metadata is validated against the repository's MONAI metadata schema; either failing stops the export.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -37,16 +46,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.contracts.run_record import settings_for
 from pipeline.errors import UserError
+from pipeline.evaluation.handlers import RunSummary, read_run_summary
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.sharing.archive import BUNDLE_NAME_PATTERN, write_bundle_zip
 from pipeline.sharing.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums, sha256_of_file
 from pipeline.sharing.config_listing import code_references, load_config_file, references_to_package
-from pipeline.sharing.metadata import VersionPart, metadata_problems, release_metadata
+from pipeline.sharing.metadata import VersionPart, bump_version, metadata_problems, release_metadata
 from pipeline.sharing.model_card import (
+    DENSE_MODEL_FILE,
     MODEL_CARD_KEY,
     build_model_card,
-    read_report,
     render_model_card,
     summarize_datalist,
 )
@@ -54,15 +65,20 @@ from pipeline.sharing.monai_logs import quiet_monai_bundle_logs
 from pipeline.sharing.phi_guard import collect_phi_values, datalist_images, find_phi
 
 __all__ = [
+    "DENSE_MODEL_FILE",
     "EAGER_CONFIG_CANDIDATES",
+    "LARGE_FILES",
     "PARITY_TOLERANCE",
+    "PORTABLE_PATHS",
     "PROJECT_BUNDLE",
     "SHARED_PARAMETER_KEYS",
     "TORCHSCRIPT_CONFIG",
     "ExportResult",
+    "config_path_problems",
     "export_bundle",
     "torchscript_parity",
     "write_synthetic_ct",
+    "zip_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,6 +103,20 @@ SHARED_PARAMETER_KEYS = (
 )
 #: largest accepted difference between eager and TorchScript-config probabilities
 PARITY_TOLERANCE = 1e-5
+#: the model-zoo file listing the large files (weights) with their digests
+LARGE_FILES = "large_files.yml"
+#: path-valued keys of the exported configs and the portable value each gets: the source bundle's values are this
+#: repository's folders (``bundle``, ``runs/demo/...``), meaningless to a recipient, who passes their own
+PORTABLE_PATHS: dict[str, str] = {
+    "bundle_root": ".",
+    "output_dir": "$os.path.join(@bundle_root, 'eval')",  # the model zoo's choice
+    "teacher_ckpt": "$os.path.join(@bundle_root, 'models', 'model.pt')",  # distilling the shipped model further
+    "datalist": "datalist.json",
+    "manifest": "manifest.csv",
+    "dataset_dir": "data",
+}
+_REPOSITORY_PREFIXES = ("runs/", "bundle/", "./runs/", "./bundle/")
+_QUOTED_ABSOLUTE = re.compile(r"""['"](/|[A-Za-z]:[\\/])[^'"]*['"]""")
 _DENSE_NET_ID = "_aamct_export_dense_network"
 _LICENSE_CANDIDATES = ("LICENSE", "LICENSE.txt", "docs/license.txt", "docs/LICENSE")
 
@@ -325,21 +355,36 @@ def torchscript_parity(
 
 
 def _export_torchscript(
-    *, root: Path, eager_config: Path, net_id: str, state: Mapping[str, torch.Tensor], input_shape: list[int]
+    *,
+    root: Path,
+    eager_config: Path,
+    net_id: str,
+    state: Mapping[str, torch.Tensor],
+    input_shape: list[int],
+    filename: str,
+    dense: bool,
 ) -> None:
-    """Trace ``DenseClassifier(network_def)`` to ``models/model.ts`` with MONAI's ``ckpt_export``."""
+    """Trace the network (``dense=False``) or ``DenseClassifier(network)`` to ``models/<filename>`` with MONAI's
+    ``ckpt_export`` (which embeds the metadata and the config in the file)."""
     from monai.bundle import ckpt_export
 
-    # ckpt_export loads the checkpoint into the module it exports; the wrapper keeps the network under ``model.``
     with tempfile.TemporaryDirectory(prefix=".aamct-ts-") as tmp:
-        dense_checkpoint = Path(tmp) / "dense_state.pt"
-        torch.save({f"model.{key}": value for key, value in state.items()}, dense_checkpoint)
+        checkpoint = Path(tmp) / "state.pt"
+        # ckpt_export loads the checkpoint into the module it exports; the dense wrapper keeps the network under model.
+        torch.save({f"model.{key}": value for key, value in state.items()} if dense else dict(state), checkpoint)
+        extra = (
+            {
+                "net_id": _DENSE_NET_ID,
+                _DENSE_NET_ID: {"_target_": "pipeline.networks.DenseClassifier", "model": f"@{net_id}"},
+            }
+            if dense
+            else {"net_id": net_id}
+        )
         try:
             with quiet_monai_bundle_logs():
                 ckpt_export(
-                    net_id=_DENSE_NET_ID,
-                    filepath=str(root / "models" / "model.ts"),
-                    ckpt_file=str(dense_checkpoint),
+                    filepath=str(root / "models" / filename),
+                    ckpt_file=str(checkpoint),
                     meta_file=str(root / "configs" / "metadata.json"),
                     config_file=str(eager_config),
                     use_trace=True,
@@ -348,15 +393,117 @@ def _export_torchscript(
                     # verify=True compares the traced and eager outputs instead, and the parity check follows
                     converter_kwargs={"verify": True, "rtol": 1e-4, "atol": 1e-5, "check_trace": False},
                     bundle_root=str(root),
-                    **{_DENSE_NET_ID: {"_target_": "pipeline.networks.DenseClassifier", "model": f"@{net_id}"}},
+                    **extra,
                 )
         except UserError:
             raise
         except Exception as err:
             raise UserError(
-                f"{eager_config}: TorchScript export of '{net_id}' failed "
+                f"{eager_config}: TorchScript export of '{net_id}' to models/{filename} failed "
                 f"({type(err).__name__}: {' '.join(str(err).split())[:300]})"
             ) from err
+
+
+def zip_name(name: str, version: str) -> str:
+    """``NAME_vVERSION.zip``: the model zoo's file name, which ``monai.bundle download`` looks for."""
+    return f"{name}_v{version}.zip"
+
+
+def _looks_like_repository_path(text: str) -> bool:
+    stripped = text.strip()
+    return (
+        os.path.isabs(stripped)
+        or bool(re.match(r"^[A-Za-z]:[\\/]", stripped))
+        or stripped in ("bundle", "runs", "./bundle", "./runs")
+        or stripped.startswith(_REPOSITORY_PREFIXES)
+    )
+
+
+def config_path_problems(config: Any, *, file: str) -> list[str]:
+    """Absolute or repository paths in a config (plain strings and quoted literals inside ``$`` expressions).
+
+    Args:
+        config: the parsed config.
+        file: its name, for the messages.
+
+    Returns:
+        ``"<file> <key path>: <value>"`` per offending value; empty when the config is portable.
+    """
+    problems: list[str] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, f"{where}#{key}" if where else str(key))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{where}#{index}")
+        elif isinstance(value, str):
+            if value.startswith("$"):
+                # a quoted '/...' literal is absolute unless it is appended to a path ("@bundle_root + '/eval'")
+                if any(value[: m.start()].rstrip()[-1:] != "+" for m in _QUOTED_ABSOLUTE.finditer(value)):
+                    problems.append(f"{file} {where}: {value[:120]}")
+            elif not value.startswith(("@", "%")) and _looks_like_repository_path(value):
+                problems.append(f"{file} {where}: {value[:120]}")
+
+    walk(config, "")
+    return problems
+
+
+def _portable_configs(configs: Path) -> None:
+    """Give every staged config's path keys their :data:`PORTABLE_PATHS` value; refuse any other local path."""
+    for path in sorted(configs.glob("*.json")):
+        if path.name == "metadata.json":
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            continue
+        changed = False
+        for key, portable in PORTABLE_PATHS.items():
+            value = config.get(key)
+            # expressions such as "$os.path.join(@bundle_root, 'eval')" are relative already
+            if isinstance(value, str) and not value.startswith(("$", "@", "%")) and value != portable:
+                config[key] = portable
+                changed = True
+        problems = config_path_problems(config, file=f"configs/{path.name}")
+        if problems:
+            raise UserError(
+                f"{problems[0]} is a local path; a shared bundle must hold relative paths only (set it to a path "
+                "relative to the bundle, or to an expression on @bundle_root, in the source config)"
+            )
+        if changed:
+            write_text_atomic(path, json.dumps(config, indent=2) + "\n")
+
+
+def _write_large_files(root: Path, files: list[str]) -> Path:
+    """``large_files.yml`` of the model zoo: each model file with its sha256 (``url`` empty: it is in the zip)."""
+    import yaml
+
+    entries = [
+        {"path": name, "url": "", "hash_val": sha256_of_file(root / name), "hash_type": "sha256"} for name in files
+    ]
+    text = (
+        "# model files of this bundle with their sha256 (MONAI model-zoo convention). They ship in the zip, so url is\n"
+        "# empty; `python -m monai.bundle download_large_files --bundle_path .` checks every digest (offline).\n"
+        + yaml.safe_dump({"large_files": entries}, sort_keys=False)
+    )
+    return write_text_atomic(root / LARGE_FILES, text)
+
+
+def _check_classifier_shape(root: Path, metadata: Mapping[str, Any], input_shape: list[int]) -> tuple[int, ...]:
+    """``models/model.ts`` must return the ``(B, C, *spatial_shape)`` the metadata's output describes."""
+    outputs = (metadata.get("network_data_format") or {}).get("outputs") or {}
+    spec = next(iter(outputs.values()), {}) if outputs else {}
+    expected = (input_shape[0], int(spec.get("num_channels", 0)), *[int(v) for v in spec.get("spatial_shape") or []])
+    scripted = torch.jit.load(str(root / "models" / "model.ts"), map_location="cpu").eval()
+    with torch.no_grad():
+        shape = tuple(scripted(torch.zeros(input_shape)).shape)
+    if shape != expected:
+        raise UserError(
+            f"configs/metadata.json: network_data_format describes outputs of shape {expected}, but models/model.ts "
+            f"returns {shape}; fix the outputs entry of the source metadata"
+        )
+    return shape
 
 
 def _copy_tree_files(source: Path, target: Path, *, skip: set[str]) -> None:
@@ -369,38 +516,54 @@ def _copy_tree_files(source: Path, target: Path, *, skip: set[str]) -> None:
         shutil.copyfile(path, destination)
 
 
-def _eval_metrics(card: Mapping[str, Any]) -> dict[str, Any]:
-    metrics = card.get("metrics") or {}
-    primary = metrics.get("primary_split")
-    split = (metrics.get("splits") or {}).get(primary) if primary else None
-    if not split:
-        return {}
-    out: dict[str, Any] = {"split": primary, "n": split.get("n"), "auc": split.get("auc")}
-    if split.get("auc_ci"):
-        out["auc_ci"] = split["auc_ci"]
-    for name in ("sensitivity", "specificity"):
-        if split.get(name):
-            out[name] = split[name]["value"]
-            out[f"{name}_ci"] = split[name].get("ci")
-    if card.get("operating_threshold"):
-        out["threshold"] = card["operating_threshold"]["value"]
-    return out
-
-
 def _recorded_overrides(checkpoint: Path, config: Path) -> dict[str, Any]:
     """The run record's settings that the exported config has as keys (nothing without a record)."""
-    from pipeline.training.run_record import recorded_settings
-
+    settings = settings_for(checkpoint)
+    if not settings.recorded:
+        return {}
     keys = set(json.loads(config.read_text(encoding="utf-8")))
-    recorded = recorded_settings(checkpoint)
-    if recorded:
-        logger.info("%s: network and preprocessing from the run record: %s", checkpoint, recorded)
+    recorded = settings.config_overrides()
+    logger.info("%s: network and preprocessing from the run record %s: %s", checkpoint, settings.record, recorded)
     return {key: value for key, value in recorded.items() if key.split("#")[0] in keys}
+
+
+def _dense_description(network: torch.nn.Module, input_shape: list[int]) -> dict[str, Any]:
+    """What ``models/model_dense.ts`` returns for the metadata's input size (recorded in metadata.json)."""
+    from pipeline.networks import DenseClassifier
+
+    with torch.no_grad():
+        shape = tuple(DenseClassifier(network).eval()(torch.zeros(input_shape)).shape)
+    stride = [int(round(i / o)) for i, o in zip(input_shape[2:], shape[2:], strict=True)]
+    return {
+        "file": f"models/{DENSE_MODEL_FILE}",
+        "type": "logits",
+        "format": "dense class-logit map",
+        "num_channels": int(shape[1]),
+        "input_shape": list(input_shape[1:]),
+        "output_shape": list(shape[1:]),
+        "output_stride": stride,
+        "description": "(B, C_in, x, y, z) -> (B, C, about x/s, y/s, z/s) with s = output_stride; the case logits are "
+        "its spatial mean (configs/inference_torchscript.json: sliding window, spatial mean, softmax)",
+    }
+
+
+def _out_zip(out: Path, name: str | None, version: str) -> tuple[str, Path]:
+    """Bundle name and zip path: ``out`` is a folder, or a ``NAME.zip`` whose stem names the bundle."""
+    if out.suffix.lower() == ".zip":
+        stem = out.stem
+        match = re.match(r"^(.+)_v\d+\.\d+\.\d+$", stem)
+        bundle_name = name or (match.group(1) if match else stem)
+        return bundle_name, out.parent / zip_name(bundle_name, version)
+    if (out.exists() and not out.is_dir()) or (out.suffix and not out.is_dir()):
+        raise UserError(f"{out}: the output must be a folder or a .zip path")
+    if not name:
+        raise UserError(f"{out}: give --name when --out is a folder (the zip is named NAME_vVERSION.zip)")
+    return name, out / zip_name(name, version)
 
 
 def export_bundle(
     bundle_dir: str | os.PathLike,
-    out_zip: str | os.PathLike,
+    out: str | os.PathLike,
     *,
     checkpoint: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
@@ -414,17 +577,21 @@ def export_bundle(
     check_parity: bool = True,
     check_phi: bool = True,
 ) -> ExportResult:
-    """Export a trained bundle as a shareable, checksummed MONAI bundle zip.
+    """Export a trained bundle as a shareable, checksummed MONAI bundle zip ``NAME_vVERSION.zip``.
 
-    The source bundle is not modified; everything is staged in a temporary folder beside ``out_zip`` and the zip is
+    The source bundle is not modified; everything is staged in a temporary folder beside the zip and the zip is
     written atomically.
 
     Args:
         bundle_dir: source bundle folder (``configs/metadata.json``, a config with ``network_def``, ``LICENSE``).
-        out_zip: ``NAME.zip`` to write.
+        out: the folder to write ``NAME_vVERSION.zip`` into (``name`` required), or a ``NAME.zip`` path whose
+            stem names the bundle (the file written is ``NAME_vVERSION.zip`` beside it).
         checkpoint: trained weights (default ``bundle_dir/models/model.pt``); a bare state dict or one nested under
-            ``model`` / ``network`` / ``state_dict``, read with ``weights_only=True``.
-        report: evaluation report JSON (``metrics.json``) for the model card and the frozen threshold.
+            ``model`` / ``network`` / ``state_dict``, read with ``weights_only=True``. The run record beside it
+            (``models/run.json``) gives the network and preprocessing.
+        report: the run's ``metrics.json`` (its summary, read by
+            :func:`pipeline.evaluation.handlers.read_run_summary`) for the model card, ``eval_metrics`` and the
+            frozen threshold.
         datalist: the training datalist JSON, for the card's data summary and the PHI guard.
         name: bundle name (default: the zip's stem).
         bump: semantic-version part to increase.
@@ -441,16 +608,12 @@ def export_bundle(
         The :class:`ExportResult`.
 
     Raises:
-        UserError: for a missing or invalid input, a metadata schema violation, a failed TorchScript export, a
-            parity failure, or a patient identifier found in the staged bundle.
+        UserError: for a missing or invalid input, a metadata schema violation, a local path in a config, a
+            failed TorchScript export, a model.ts whose output is not what the metadata says, a parity failure, or
+            a patient identifier found in the staged bundle.
     """
     source = Path(bundle_dir)
-    out_zip = Path(out_zip)
-    if out_zip.suffix.lower() != ".zip":
-        raise UserError(f"{out_zip}: the output must be a .zip file")
-    bundle_name = name or out_zip.stem
-    if not BUNDLE_NAME_PATTERN.match(bundle_name):
-        raise UserError(f"{out_zip}: bundle name {bundle_name!r} must be letters, digits, '_', '-' or '.'")
+    out = Path(out)
     configs = source / "configs"
     if not configs.is_dir():
         raise UserError(
@@ -458,11 +621,17 @@ def export_bundle(
             f"--bundle bundle --checkpoint {source / 'models' / 'model.pt'}"
         )
     source_meta = _read_json_object(configs / "metadata.json", "bundle metadata")
+    released_version = bump_version(str(source_meta.get("version")), bump) if "version" in source_meta else None
+    if released_version is None:
+        raise UserError(f"{configs / 'metadata.json'}: missing required key 'version' (cannot bump the bundle version)")
+    bundle_name, out_zip = _out_zip(out, name, released_version)
+    if not BUNDLE_NAME_PATTERN.match(bundle_name):
+        raise UserError(f"{out}: bundle name {bundle_name!r} must be letters, digits, '_', '-' or '.'")
     checkpoint_path = Path(checkpoint) if checkpoint is not None else source / "models" / "model.pt"
     if not checkpoint_path.is_file():
         raise UserError(f"{checkpoint_path}: trained weights not found (train first, or pass --checkpoint)")
     license_path = _find_license(source)
-    report_data = read_report(report) if report is not None else None
+    run_summary: RunSummary | None = read_run_summary(report) if report is not None else None
     datalist_data = _read_json_object(Path(datalist), "datalist") if datalist is not None else None
     data_summary = summarize_datalist(datalist_data) if datalist_data is not None else None
     eager_source = _eager_config(configs, network_config)
@@ -477,7 +646,7 @@ def export_bundle(
         raise UserError(f"{ts_source}: {ts_imports[0].key_path} uses the pipeline package; recipients only have MONAI")
 
     notes: list[str] = []
-    if report_data is None:
+    if run_summary is None:
         notes.append("no --report: the model card shows no measured performance and no frozen threshold")
     if data_summary is None:
         notes.append("no --datalist: the model card has no training data summary and the PHI guard had no headers")
@@ -489,6 +658,7 @@ def export_bundle(
         (root / "models").mkdir()
         (root / "docs").mkdir()
         _copy_tree_files(configs, root / "configs", skip={"metadata.json", TORCHSCRIPT_CONFIG})
+        _portable_configs(root / "configs")  # a local path fails here, before any heavy work (again after staging)
         docs = source / "docs"
         if docs.is_dir():
             _copy_tree_files(docs, root / "docs", skip={"README.md", "license.txt", "LICENSE"})
@@ -496,18 +666,19 @@ def export_bundle(
                 shutil.copyfile(docs / "README.md", root / "docs" / "source_README.md")
         shutil.copyfile(license_path, root / "LICENSE")
 
-        # metadata first: ckpt_export embeds it in model.ts
+        # metadata first: ckpt_export embeds it in the TorchScript files
         weights_note = f"weights sha256 {sha256_of_file(checkpoint_path)[:12]}"
         released = release_metadata(
             source_meta,
             part=bump,
-            change=change or f"exported with aamct bundle export ({weights_note}, TorchScript dense-map model)",
+            change=change
+            or f"exported with aamct bundle export ({weights_note}; model.ts classifier, model_dense.ts dense map)",
         )
-        card = build_model_card(released, name=bundle_name, report=report_data, data_summary=data_summary)
+        card = build_model_card(released, name=bundle_name, run_summary=run_summary, data_summary=data_summary)
+        card["dense_model"] = DENSE_MODEL_FILE
         released[MODEL_CARD_KEY] = card
-        eval_metrics = _eval_metrics(card)
-        if eval_metrics:
-            released["eval_metrics"] = eval_metrics
+        # the run's own numbers, as its metrics.json holds them (the source's placeholder is dropped without one)
+        released["eval_metrics"] = run_summary.headline.eval_metrics() if run_summary is not None else {}
         if card.get("operating_threshold"):
             released["operating_point"] = {
                 "threshold": card["operating_threshold"]["value"],
@@ -537,21 +708,34 @@ def export_bundle(
         eager["device"] = "$torch.device('cpu')"
         from pipeline.inference.bundle import load_weights
 
-        network = load_weights(_parsed(eager, net_id, eager_staged), checkpoint_path)
+        network = load_weights(_parsed(eager, net_id, eager_staged), checkpoint_path).eval()
         state = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
         torch.save(state, root / "models" / "model.pt")
 
         ts_config = _sync_torchscript_config(load_config_file(ts_source), eager, eager_staged)
         write_text_atomic(root / "configs" / TORCHSCRIPT_CONFIG, json.dumps(ts_config, indent=2) + "\n")
+        _portable_configs(root / "configs")
         roi = ts_config.get("roi_size") or (released["network_data_format"]["inputs"]["image"]["spatial_shape"])
         inputs = released.get("network_data_format", {}).get("inputs", {})
         in_channels = int(next(iter(inputs.values()), {}).get("num_channels", 1)) if inputs else 1
-        _export_torchscript(
-            root=root, eager_config=eager_staged, net_id=net_id, state=state, input_shape=[1, in_channels, *roi]
-        )
+        input_shape = [1, in_channels, *roi]
+        released["dense_output"] = _dense_description(network, input_shape)
+        meta_path = write_json_atomic(root / "configs" / "metadata.json", released)
+        for filename, dense in (("model.ts", False), (DENSE_MODEL_FILE, True)):
+            _export_torchscript(
+                root=root,
+                eager_config=eager_staged,
+                net_id=net_id,
+                state=state,
+                input_shape=input_shape,
+                filename=filename,
+                dense=dense,
+            )
+        _check_classifier_shape(root, released, input_shape)
         if card.get("operating_threshold"):
             write_json_atomic(root / "models" / "operating_point.json", released["operating_point"])
         write_text_atomic(root / "docs" / "README.md", render_model_card(card))
+        _write_large_files(root, ["models/model.pt", "models/model.ts", f"models/{DENSE_MODEL_FILE}"])
 
         parity = None
         if check_parity:

@@ -18,23 +18,28 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.evaluation.handlers import Proportion, RunSummary, read_run_summary
 
 __all__ = [
     "DEFAULT_LIMITATIONS",
+    "DENSE_MODEL_FILE",
     "MODEL_CARD_KEY",
     "build_model_card",
     "class_names_from_metadata",
-    "read_report",
     "render_model_card",
     "summarize_datalist",
-    "summarize_report",
+    "summarize_run",
     "summary_lines",
 ]
 
 #: key of the card inside the exported metadata.json
 MODEL_CARD_KEY = "model_card"
+#: the dense-map TorchScript model beside models/model.ts (the classifier)
+DENSE_MODEL_FILE = "model_dense.ts"
 _SPLIT_KEYS = ("training", "validation", "test", "external")
 _PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+#: what a missing number is called in the card (never "n/a": a reader must see whether it is undefined or absent)
+_UNDEFINED = "undefined"
 DEFAULT_LIMITATIONS: tuple[str, ...] = (
     "Research use only. Not a medical device; it must not be used for diagnosis or any clinical decision.",
     "Performance was measured only on the cohorts summarised above. Scanners, protocols, reconstruction kernels, "
@@ -56,18 +61,6 @@ def _read_json(path: str | os.PathLike, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: {what} is not valid JSON ({err})") from None
-
-
-def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an evaluation report (``metrics.json`` of ``aamct evaluate`` / :func:`pipeline.evaluation.write_report`).
-
-    Raises:
-        UserError: if the file is missing, not JSON or not a JSON object.
-    """
-    data = _read_json(path, "evaluation report")
-    if not isinstance(data, Mapping):
-        raise UserError(f"{path}: evaluation report must be a JSON object")
-    return dict(data)
 
 
 def class_names_from_metadata(metadata: Mapping[str, Any]) -> list[str]:
@@ -141,54 +134,50 @@ def _class_name(label: Any, classes: Sequence[str]) -> str:
     return str(label)
 
 
-def _estimate(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping) or raw.get("value") is None:
-        return None
-    return {key: raw.get(key) for key in ("value", "ci", "numerator", "denominator")}
-
-
-def _split_metrics(raw: Mapping[str, Any]) -> dict[str, Any]:
-    auc = raw.get("auc") if isinstance(raw.get("auc"), Mapping) else {}
-    threshold_metrics = raw.get("threshold_metrics") if isinstance(raw.get("threshold_metrics"), Mapping) else {}
-    out: dict[str, Any] = {
-        "n": raw.get("n"),
-        "n_positive": raw.get("n_positive"),
-        "n_negative": raw.get("n_negative"),
-        "auc": auc.get("auc"),
-        "auc_ci": auc.get("delong_ci"),
-        "auc_bootstrap_ci": auc.get("bootstrap_ci"),
-        "confidence": auc.get("confidence", threshold_metrics.get("confidence")),
+def _proportion(estimate: Proportion) -> dict[str, Any]:
+    return {
+        "value": estimate.value,
+        "ci": list(estimate.ci) if estimate.ci else None,
+        "numerator": estimate.numerator,
+        "denominator": estimate.denominator,
     }
-    for name in _PROPORTIONS:
-        out[name] = _estimate(threshold_metrics.get(name))
-    per_site = []
-    for row in raw.get("per_site") or []:
-        if not isinstance(row, Mapping):
-            continue
-        site_row = {"site": str(row.get("site")), "n": row.get("n"), "auc": row.get("auc")}
-        for name in ("auc", "sensitivity", "specificity"):
-            lower, upper = row.get(f"{name}_ci_lower"), row.get(f"{name}_ci_upper")
-            if name != "auc":
-                site_row[name] = row.get(name)
-            site_row[f"{name}_ci"] = [lower, upper] if lower is not None and upper is not None else None
-        per_site.append(site_row)
-    out["per_site"] = per_site
-    return out
 
 
-def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers of an evaluation report a model card shows (whitelisted: no paths, no case ids).
+def summarize_run(summary: RunSummary | Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers of a run summary (``metrics.json``) a model card shows (whitelisted: no paths, no case ids).
+
+    The run summary is read by :func:`pipeline.evaluation.handlers.read_run_summary`, the reader beside its writer;
+    its ``provenance`` (local paths) is never copied.
 
     Args:
-        report: parsed ``metrics.json``.
+        summary: a :class:`~pipeline.evaluation.handlers.RunSummary`, or the parsed ``metrics.json``.
 
     Returns:
-        ``{"primary_split", "splits": {name: {n, auc, auc_ci, sensitivity: {value, ci, ...}, ..., per_site}},
-        "threshold": {...} | None, "cross_validation": [...] | None, "notes": [...]}``.
+        ``{"split": headline split, "splits": {name: {n, n_positive, n_negative, auc, auc_ci, auc_bootstrap_ci,
+        auc_note, confidence, delong_scale, sensitivity: {value, ci, numerator, denominator}, ...}},
+        "threshold": {...} | None, "notes": [...]}``.
+
+    Raises:
+        UserError: ``summary`` is not a run summary.
     """
-    splits = report.get("splits") if isinstance(report.get("splits"), Mapping) else {}
-    operating = report.get("operating_point") if isinstance(report.get("operating_point"), Mapping) else {}
-    threshold_value = operating.get("threshold", report.get("threshold"))
+    if not isinstance(summary, RunSummary):
+        summary = read_run_summary(summary)
+    splits: dict[str, Any] = {}
+    for name, split in summary.splits.items():
+        splits[name] = {
+            "n": split.n,
+            "n_positive": split.n_positive,
+            "n_negative": split.n_negative,
+            "auc": split.auc,
+            "auc_ci": list(split.auc_ci) if split.auc_ci else None,
+            "auc_bootstrap_ci": list(split.auc_bootstrap_ci) if split.auc_bootstrap_ci else None,
+            "auc_note": split.auc_note,
+            "confidence": split.confidence,
+            "delong_scale": split.delong_scale,
+            **{metric: _proportion(split.proportion(metric)) for metric in _PROPORTIONS},
+        }
+    operating = summary.operating_point or summary.headline.operating_point or {}
+    threshold_value = operating.get("threshold", summary.headline.threshold)
     threshold = None
     if isinstance(threshold_value, (int, float)) and not isinstance(threshold_value, bool):
         threshold = {
@@ -205,26 +194,15 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
                 )
             },
         }
-    cross_validation = None
-    cv = report.get("cross_validation")
-    if isinstance(cv, Mapping) and isinstance(cv.get("summary"), list):
-        cross_validation = [
-            {key: row.get(key) for key in ("metric", "mean", "sd")} for row in cv["summary"] if isinstance(row, Mapping)
-        ]
-    return {
-        "primary_split": report.get("primary_split"),
-        "splits": {str(name): _split_metrics(raw) for name, raw in splits.items() if isinstance(raw, Mapping)},
-        "threshold": threshold,
-        "cross_validation": cross_validation,
-        "notes": [str(n) for n in report.get("notes") or []],
-    }
+    notes = [f"{name}: {split.auc_note}" for name, split in summary.splits.items() if split.auc_note]
+    return {"split": summary.split, "splits": splits, "threshold": threshold, "notes": notes}
 
 
 def build_model_card(
     metadata: Mapping[str, Any],
     *,
     name: str,
-    report: Mapping[str, Any] | None = None,
+    run_summary: RunSummary | Mapping[str, Any] | None = None,
     data_summary: Mapping[str, Any] | None = None,
     limitations: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -233,14 +211,15 @@ def build_model_card(
     Args:
         metadata: the (released) bundle metadata.
         name: bundle name (the zip's top-level folder).
-        report: parsed evaluation report, or ``None`` (the card then says no evaluation was supplied).
+        run_summary: the run's ``metrics.json`` (read or parsed), or ``None`` (the card then says no evaluation
+            was supplied).
         data_summary: from :func:`summarize_datalist`, or ``None``.
         limitations: extra limitations, after :data:`DEFAULT_LIMITATIONS` and any ``limitations`` in the metadata.
 
     Returns:
         The card dict.
     """
-    metrics = summarize_report(report) if report is not None else None
+    metrics = summarize_run(run_summary) if run_summary is not None else None
     threshold = metrics["threshold"] if metrics else None
     extra = metadata.get("limitations") or []
     all_limitations = (
@@ -281,7 +260,7 @@ def build_model_card(
 
 def _pct(estimate: Mapping[str, Any] | None, confidence: float | None) -> str:
     if not estimate or estimate.get("value") is None:
-        return "n/a"
+        return _UNDEFINED
     text = f"{100 * estimate['value']:.1f}%"
     parts = []
     ci = estimate.get("ci")
@@ -294,10 +273,10 @@ def _pct(estimate: Mapping[str, Any] | None, confidence: float | None) -> str:
 
 def _auc(value: float | None, ci: Sequence[float] | None, confidence: float | None) -> str:
     if value is None:
-        return "n/a"
+        return _UNDEFINED
     if ci and None not in ci:
         return f"{value:.3f} ({_level(confidence)} CI {ci[0]:.3f}-{ci[1]:.3f})"
-    return f"{value:.3f}"
+    return f"{value:.3f} (CI undefined)"
 
 
 def _level(confidence: float | None) -> str:
@@ -338,12 +317,17 @@ def _data_section(summary: Mapping[str, Any] | None) -> list[str]:
 def _metrics_section(metrics: Mapping[str, Any] | None) -> list[str]:
     if not metrics or not metrics.get("splits"):
         return [
-            "No evaluation report was supplied at export: this bundle has **no measured performance**. "
-            "Run `aamct evaluate` and export again with `--report metrics.json`."
+            "No evaluation was supplied at export: this bundle has **no measured performance**. Evaluate the run "
+            "(`python -m monai.bundle run evaluating ...` or `make evaluate`) and export again with "
+            "`--report RUN/metrics.json`."
         ]
+    scales = sorted({str(m.get("delong_scale") or "logit") for m in metrics["splits"].values()})
+    scale_text = " and ".join(
+        "on the logit scale" if scale == "logit" else "AUC ± z·SE (R pROC's DeLong interval)" for scale in scales
+    )
     lines = [
-        f"Primary split: **{metrics.get('primary_split')}**. AUC intervals are DeLong; proportions carry their "
-        "binomial intervals and counts. Threshold metrics use the frozen operating threshold below.",
+        f"Headline split: **{metrics.get('split')}**. AUC intervals are DeLong's, {scale_text}; proportions carry "
+        "their binomial (Wilson) intervals and counts. Threshold metrics use the frozen operating threshold below.",
         "",
     ]
     rows = []
@@ -359,37 +343,9 @@ def _metrics_section(metrics: Mapping[str, Any] | None) -> list[str]:
             ]
         )
     lines += _table(["split", "n", "pos/neg", "AUC", "sensitivity", "specificity", "PPV", "NPV", "accuracy"], rows)
-    for split, m in metrics["splits"].items():
-        if not m.get("per_site"):
-            continue
-        lines += ["", f"Per site ({split}):", ""]
-        conf = m.get("confidence")
-        site_rows = [
-            [
-                row["site"],
-                row.get("n"),
-                _auc(row.get("auc"), row.get("auc_ci"), conf),
-                _pct({"value": row.get("sensitivity"), "ci": row.get("sensitivity_ci")}, conf),
-                _pct({"value": row.get("specificity"), "ci": row.get("specificity_ci")}, conf),
-            ]
-            for row in m["per_site"]
-        ]
-        lines += _table(["site", "n", "AUC", "sensitivity", "specificity"], site_rows)
-    if metrics.get("cross_validation"):
-        lines += ["", "Cross-validation (mean ± sd over folds):", ""]
-        lines += _table(
-            ["metric", "mean", "sd"],
-            [
-                [row["metric"], _num(row.get("mean")), _num(row.get("sd"))]
-                for row in metrics["cross_validation"]
-                if row.get("metric") is not None
-            ],
-        )
+    for note in metrics.get("notes") or []:
+        lines += ["", f"Note: {note}"]
     return lines
-
-
-def _num(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
 
 def _threshold_text(threshold: Mapping[str, Any] | None) -> str:
@@ -422,6 +378,7 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         Markdown text.
     """
     name = card["name"]
+    archive = f"{name}_v{card.get('version')}.zip"
     classes = ", ".join(f"{i} = {c}" for i, c in enumerate(card.get("classes") or [])) or "see metadata.json"
     inp = card.get("input") or {}
     lines = [
@@ -441,8 +398,12 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         f"network input size {inp.get('spatial_shape')} voxels (x, y, z) after preprocessing, values in "
         f"{inp.get('value_range')}.",
         f"- Output: class probabilities, index {classes}.",
-        "- Files: `models/model.pt` (state dict), `models/model.ts` (TorchScript: dense class-logit map for "
-        "sliding-window inference), `configs/` (MONAI bundle configs), `checksums.sha256`.",
+        "- Files: `models/model.pt` (state dict), `models/model.ts` (TorchScript classifier: "
+        "`(B, 1, x, y, z)` -> `(B, C)` logits, as `network_data_format` in `configs/metadata.json` says), "
+        f"`models/{card.get('dense_model') or DENSE_MODEL_FILE}` (TorchScript dense class-logit map, "
+        "`(B, 1, x, y, z)` -> `(B, C, x/s, y/s, z/s)` with the network's output stride s, for whole-volume "
+        "sliding-window inference and heatmaps), `configs/` (MONAI bundle configs), `large_files.yml` (the model "
+        "files with their sha256), `checksums.sha256`.",
         "",
         "## Training data",
         "",
@@ -467,15 +428,15 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         "`_target_` the configs would run):",
         "",
         "```bash",
-        f"aamct bundle verify {name}.zip          # with aamct installed",
-        f"aamct bundle inspect {name}.zip",
+        f"aamct bundle verify {archive}          # with aamct installed",
+        f"aamct bundle inspect {archive}",
         f"cd {name} && sha256sum -c checksums.sha256   # without it, after unzipping",
         "```",
         "",
         "Cohort inference with **only MONAI installed** (plus nibabel for NIfTI, pydicom for DICOM):",
         "",
         "```bash",
-        f"unzip {name}.zip",
+        f"unzip {archive}",
         f"python -m monai.bundle run inference --config_file {name}/configs/inference_torchscript.json \\",
         f"    --meta_file {name}/configs/metadata.json --bundle_root {name} \\",
         "    --dataset_dir /path/to/cohort --image_glob '*.nii.gz' --output_dir predictions",
@@ -484,6 +445,14 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         "",
         "`predictions/predictions.csv` has one row per case: the input path, then one probability per class. "
         "With aamct installed, `aamct infer` on the zip adds heatmaps and a status/reason per case.",
+        "",
+        "Check the classifier against its metadata with stock MONAI:",
+        "",
+        "```bash",
+        f"python -m monai.bundle verify_net_in_out classifier_def --meta_file {name}/configs/metadata.json \\",
+        f"    --config_file {name}/configs/inference_torchscript.json --bundle_root {name} --device cpu",
+        f"python -m monai.bundle download_large_files --bundle_path {name}   # sha256 of every model file",
+        "```",
         "",
         "## Changelog",
         "",
@@ -524,7 +493,7 @@ def summary_lines(card: Mapping[str, Any]) -> list[str]:
                 f"sens {_pct(m.get('sensitivity'), conf)}; spec {_pct(m.get('specificity'), conf)}"
             )
     else:
-        lines.append("metrics    none (no evaluation report at export)")
+        lines.append("metrics    none (no run summary at export)")
     threshold = card.get("operating_threshold")
     lines.append(
         f"threshold  {threshold['value']:.6g} ({threshold.get('method')}, chosen on {threshold.get('chosen_on')})"

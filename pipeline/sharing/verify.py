@@ -10,12 +10,16 @@ Checks, in order (the integrity checks stop the run: nothing else is read from a
 5. configs -- every config parses; every ``$`` expression and ``_target_`` is listed; the TorchScript config must not
    use the ``pipeline`` package (its recipients only have MONAI);
 6. weights -- ``models/model.pt`` loads with ``torch.load(weights_only=True)`` as a state dict of tensors;
-7. TorchScript -- MONAI ``verify_net_in_out`` on ``models/model.ts``, loaded through a config written by the
-   verifier (so no expression of the bundle's configs is evaluated for it);
-8. eager network -- when ``pipeline`` is importable and the eager ``network_def`` targets ``pipeline.networks.*``:
-   MONAI ``verify_net_in_out`` on it, the weights loaded strictly into it, and its dense output compared with
-   ``model.ts`` on the same input. Building it evaluates that ``network_def`` (and the config's ``$import``
-   lines, as MONAI's ``ConfigParser`` does); ``check_networks=False`` (``--no-network-checks``) evaluates nothing.
+7. large files -- every entry of ``large_files.yml`` (model-zoo convention) names a member whose sha256 it states;
+8. TorchScript -- MONAI ``verify_net_in_out`` on ``models/model.ts``, loaded through a config written by the
+   verifier (so no expression of the bundle's configs is evaluated for it), and its output shape equal to the
+   ``(B, C, *spatial_shape)`` the metadata's output describes (MONAI checks the channels only); ``model_dense.ts``
+   loads and returns a ``(B, C, x, y, z)`` map;
+9. eager network -- when ``pipeline`` is importable and the eager ``network_def`` targets ``pipeline.networks.*``:
+   MONAI ``verify_net_in_out`` on it, the weights loaded strictly into it, and its output compared with
+   ``model.ts`` (logits) and its dense map with ``model_dense.ts`` on the same input. Building it evaluates that
+   ``network_def`` (and the config's ``$import`` lines, as MONAI's ``ConfigParser`` does);
+   ``check_networks=False`` (``--no-network-checks``) evaluates nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.sharing.archive import BundleArchive, extract_bundle, open_bundle_archive
-from pipeline.sharing.checksums import CHECKSUM_FILENAME, compare_checksums, parse_checksums
+from pipeline.sharing.checksums import CHECKSUM_FILENAME, compare_checksums, parse_checksums, sha256_of_file
 from pipeline.sharing.config_listing import (
     CONFIG_SUFFIXES,
     CodeReference,
@@ -42,7 +46,7 @@ from pipeline.sharing.config_listing import (
     load_config_file,
     references_to_package,
 )
-from pipeline.sharing.export import EAGER_CONFIG_CANDIDATES, TORCHSCRIPT_CONFIG
+from pipeline.sharing.export import DENSE_MODEL_FILE, EAGER_CONFIG_CANDIDATES, LARGE_FILES, TORCHSCRIPT_CONFIG
 from pipeline.sharing.metadata import load_metadata_schema, metadata_problems
 from pipeline.sharing.monai_logs import quiet_monai_bundle_logs
 
@@ -63,6 +67,8 @@ REQUIRED_MEMBERS = (
     f"configs/{TORCHSCRIPT_CONFIG}",
     "models/model.pt",
     "models/model.ts",
+    f"models/{DENSE_MODEL_FILE}",
+    LARGE_FILES,
     "docs/README.md",
     "LICENSE",
     CHECKSUM_FILENAME,
@@ -284,6 +290,34 @@ def _net_in_out(net_id: str, config: Path, meta: Path, root: Path, roi: list[int
         )
 
 
+def _check_large_files(report: VerificationReport, root: Path) -> None:
+    import yaml
+
+    try:
+        entries = (yaml.safe_load((root / LARGE_FILES).read_text(encoding="utf-8")) or {}).get("large_files")
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError) as err:
+        report.add("large files", False, f"{LARGE_FILES}: not readable YAML ({_one_line(err)})")
+        return
+    if not isinstance(entries, list) or not entries:
+        report.add("large files", False, f"{LARGE_FILES}: no 'large_files' list")
+        return
+    for entry in entries:
+        path = str((entry or {}).get("path", ""))
+        target = root / path
+        if not path or ".." in Path(path).parts or not target.is_file():
+            report.add("large files", False, f"{LARGE_FILES}: {path!r} is not a member of the bundle")
+            return
+        if str(entry.get("hash_type", "")).lower() != "sha256" or sha256_of_file(target) != entry.get("hash_val"):
+            report.add("large files", False, f"{LARGE_FILES}: the sha256 of {path} is not the one listed")
+            return
+    report.add("large files", True, f"{len(entries)} model files match the sha256 in {LARGE_FILES}")
+
+
+def _output_spec(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    outputs = metadata.get("network_data_format", {}).get("outputs", {}) or {}
+    return next(iter(outputs.values()), {}) if outputs else {}
+
+
 def _check_networks(
     report: VerificationReport, root: Path, metadata: Mapping[str, Any], configs: Mapping[str, Any], state
 ) -> None:
@@ -294,6 +328,7 @@ def _check_networks(
         return
     meta = root / "configs" / "metadata.json"
     model_ts = root / "models" / "model.ts"
+    dense_ts = root / "models" / DENSE_MODEL_FILE
     # a config written here, not the bundle's: loading the TorchScript file must not evaluate the bundle's code
     loader = root.parent / "verify_torchscript_loader.json"
     loader.write_text(
@@ -301,13 +336,40 @@ def _check_networks(
             {"imports": ["$import torch"], "network_def": f"$torch.jit.load({str(model_ts)!r}, map_location='cpu')"}
         )
     )
+    channels = int(metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("num_channels", 1))
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.rand((1, channels, *roi), generator=generator)
+    spec = _output_spec(metadata)
+    expected = (1, int(spec.get("num_channels", 0)), *[v for v in spec.get("spatial_shape") or []])
     try:
         _net_in_out("network_def", loader, meta, root, roi)
         scripted = torch.jit.load(str(model_ts), map_location="cpu").eval()
+        dense_scripted = torch.jit.load(str(dense_ts), map_location="cpu").eval()
+        with torch.no_grad():
+            logits, dense_map = scripted(sample), dense_scripted(sample)
     except Exception as err:
-        report.add("torchscript", False, f"models/model.ts: {_one_line(err)}")
+        report.add("torchscript", False, f"models/model.ts / {DENSE_MODEL_FILE}: {_one_line(err)}")
         return
-    report.add("torchscript", True, f"verify_net_in_out passed on models/model.ts with input {roi}")
+    if tuple(logits.shape) != expected:
+        report.add(
+            "torchscript",
+            False,
+            f"models/model.ts returns {tuple(logits.shape)} where network_data_format says {expected}",
+        )
+        return
+    if dense_map.ndim != 5 or dense_map.shape[:2] != logits.shape[:2]:
+        report.add(
+            "torchscript",
+            False,
+            f"models/{DENSE_MODEL_FILE} returns {tuple(dense_map.shape)}, not a (1, C, x, y, z) map",
+        )
+        return
+    report.add(
+        "torchscript",
+        True,
+        f"verify_net_in_out passed on models/model.ts with input {roi}; it returns {tuple(logits.shape)} as the "
+        f"metadata says; {DENSE_MODEL_FILE} returns a {tuple(dense_map.shape)} map",
+    )
 
     eager_name = next((n for n in EAGER_CONFIG_CANDIDATES if "network_def" in (configs.get(n) or {})), None)
     if eager_name is None:
@@ -344,27 +406,25 @@ def _check_networks(
     except Exception as err:
         report.add("eager network", False, f"{eager_name} network_def with models/model.pt: {_one_line(err)}")
         return
-    generator = torch.Generator().manual_seed(0)
-    channels = int(metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("num_channels", 1))
-    sample = torch.rand((1, channels, *roi), generator=generator)
     with torch.no_grad():
+        eager_logits = network(sample)
         eager_map = DenseClassifier(network)(sample)
-        scripted_map = scripted(sample)
-    if eager_map.shape != scripted_map.shape:
+    if eager_map.shape != dense_map.shape or eager_logits.shape != logits.shape:
         report.add(
             "eager network",
             False,
-            f"model.ts output {tuple(scripted_map.shape)} differs from the eager dense map {tuple(eager_map.shape)}",
+            f"model.ts / {DENSE_MODEL_FILE} outputs {tuple(logits.shape)} / {tuple(dense_map.shape)} differ from the "
+            f"eager network's {tuple(eager_logits.shape)} / {tuple(eager_map.shape)}",
         )
         return
-    difference = float((eager_map - scripted_map).abs().max())
+    difference = max(float((eager_map - dense_map).abs().max()), float((eager_logits - logits).abs().max()))
     report.add(
         "eager network",
         difference <= NETWORK_AGREEMENT_ATOL,
-        f"weights load strictly into {eager_name} network_def; model.ts and model.pt agree "
+        f"weights load strictly into {eager_name} network_def; model.ts, {DENSE_MODEL_FILE} and model.pt agree "
         f"(max |diff| {difference:.1e} on a random input)"
         if difference <= NETWORK_AGREEMENT_ATOL
-        else f"model.ts and model.pt disagree by {difference:.2e} on the same input: they are not the same model",
+        else f"the TorchScript models and model.pt disagree by {difference:.2e} on the same input: not the same model",
     )
 
 
@@ -401,6 +461,7 @@ def verify_bundle(
         metadata = _check_metadata(report, root, schema_path)
         configs = _check_configs(report, root)
         state = _check_weights(report, root)
+        _check_large_files(report, root)
         if not check_networks:
             report.add("torchscript", None, "network checks not requested")
         elif metadata is not None and state is not None and report.ok:

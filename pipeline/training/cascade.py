@@ -13,7 +13,8 @@ After the last stage :class:`DistillationCascade` writes ``<output_dir>/distill_
 every stage the network name, parameter count and its ratio to MONAI's 3D ResNet-50 (46,163,010 parameters with one
 input channel and two classes), FLOPs at the training ROI (``torch.utils.flop_counter.FlopCounterMode``), CPU
 latency (median of repeated single-volume forwards after warm-up, on a fixed number of threads), validation AUC with
-its DeLong CI (:func:`pipeline.evaluation.roc.auc_summary`), epochs run and the teacher the stage learned from. The
+its DeLong CI (the injected ``auc_summary``: ``distill.json`` passes :func:`pipeline.evaluation.roc.auc_summary`,
+so training does not import the evaluation stage), epochs run and the teacher the stage learned from. The
 final student's weights are also written as ``<output_dir>/models/model.pt``, the bundle's usual weights path.
 
 MONAI has no cascade runner; what it provides (engines, ``ValidationHandler``, ``ROCAUC``, ``EarlyStopHandler``, the
@@ -34,11 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.handlers import ProgressBar
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (
     ROCAUC,
     EarlyStopHandler,
     LrScheduleHandler,
+    TensorBoardStatsHandler,
     ValidationHandler,
     from_engine,
     stopping_fn_from_metric,
@@ -48,12 +51,13 @@ from monai.utils import CommonKeys, set_determinism
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.contracts.failure import fail
+from pipeline.contracts.run_record import write_run_record
 from pipeline.errors import UserError
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.training.checkpoints import AtomicCheckpointSaver
 from pipeline.training.distillation import LAYER_SOURCES, DistillationLoss, DistillationTrainer, distillation_layers
 from pipeline.training.handlers import EpochSummary
-from pipeline.training.run_record import write_run_record
 from pipeline.training.schedule import LR_SCHEDULES, make_scheduler
 
 __all__ = [
@@ -319,6 +323,9 @@ class DistillationCascade:
         task_loss: the supervised loss on hard labels (the training config's focal loss).
         train_data_loader: training batches (dicts with ``image`` and ``label``).
         val_data_loader: validation batches; the best checkpoint of every stage is chosen on them.
+        auc_summary: ``auc_summary(labels, scores, n_resamples=..., seed=...)`` returning an object with ``auc``,
+            ``delong_ci``, ``format()`` and ``to_dict()``: :func:`pipeline.evaluation.roc.auc_summary`, injected by
+            ``distill.json`` (the evaluation stage lies above training, so it is composed, not imported).
         output_dir: where stage folders, ``models/model.pt`` and ``distill_summary.json`` go.
         roi_size: spatial input size used for FLOPs and latency (the training ROI).
         num_classes: classes of the classifier (the AUC is computed for class index ``positive_index``).
@@ -346,9 +353,14 @@ class DistillationCascade:
         keep_later_ties: each stage keeps the latest of equally scored epochs (see
             :class:`~pipeline.training.checkpoints.AtomicCheckpointSaver`), as ``train.json``'s ``keep_later_ties``.
         run_record: preprocessing settings (``spacing``, ``hu_window``, ``class_names``) recorded with the final
-            student in ``<output_dir>/models/run.json`` (see :mod:`pipeline.training.run_record`).
+            student in ``<output_dir>/models/run.json`` (see :mod:`pipeline.contracts.run_record`).
         lr_schedule: ``"constant"`` or ``"cosine"`` (cosine annealing over the stage's ``max_epochs`` down to 1 % of
             the initial rate, stepped per epoch by MONAI's ``LrScheduleHandler``), as in ``train.json``.
+        tensorboard_dir: TensorBoard folder; each stage logs into ``<tensorboard_dir>/<stage name>`` through MONAI's
+            ``TensorBoardStatsHandler`` (training loss per iteration, validation AUC per epoch), as training does.
+            ``None`` writes none.
+        progress: show a tqdm progress bar over each epoch's iterations (ignite's ``ProgressBar``), named after the
+            stage, with the running loss.
 
     Raises:
         UserError: an empty stage list or a duplicate stage name.
@@ -365,6 +377,7 @@ class DistillationCascade:
         task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         train_data_loader: Iterable,
         val_data_loader: Iterable,
+        auc_summary: Callable[..., Any],
         output_dir: str | os.PathLike,
         roi_size: Sequence[int],
         num_classes: int = 2,
@@ -389,10 +402,14 @@ class DistillationCascade:
         lr_schedule: str = "constant",
         run_record: Mapping[str, Any] | None = None,
         keep_later_ties: bool = False,
+        tensorboard_dir: str | os.PathLike | None = None,
+        progress: bool = False,
     ) -> None:
         if lr_schedule not in LR_SCHEDULES:
             raise UserError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
+        self.progress = bool(progress)
         self.run_record = dict(run_record or {})
         self.keep_later_ties = bool(keep_later_ties)
         self.stages = [StageSpec.parse(stage) for stage in stages]
@@ -410,6 +427,7 @@ class DistillationCascade:
         self.task_loss = task_loss
         self.train_data_loader = train_data_loader
         self.val_data_loader = val_data_loader
+        self.auc_summary = auc_summary
         self.output_dir = Path(output_dir)
         self.roi_size = tuple(int(s) for s in roi_size)
         self.num_classes = int(num_classes)
@@ -447,12 +465,10 @@ class DistillationCascade:
             A JSON-ready dict (``params``, ``params_ratio_to_resnet50``, ``flops``, ``cpu_latency_ms`` (median),
             ``cpu_latency_ms_all``, ``val_auc``, ``val_auc_delong_ci``, ``val_auc_text``, ``val_auc_detail``).
         """
-        from pipeline.evaluation.roc import auc_summary
-
         labels, scores = predict_scores(
             model, self.val_data_loader, device=self.device, positive_index=self.positive_index
         )
-        auc = auc_summary(labels, scores, n_resamples=self.auc_bootstrap_resamples, seed=self.seed)
+        auc = self.auc_summary(labels, scores, n_resamples=self.auc_bootstrap_resamples, seed=self.seed)
         params = count_parameters(model)
         timings = cpu_latency_ms(
             model,
@@ -595,6 +611,7 @@ class DistillationCascade:
             )
         else:
             trainer = SupervisedTrainer(loss_function=self.task_loss, **common)
+        self._attach_monitoring(trainer, evaluator, stage.name)
         if self.early_stop_patience:
             EarlyStopHandler(
                 patience=int(self.early_stop_patience),
@@ -642,6 +659,22 @@ class DistillationCascade:
             **self.describe(student),
         }
         return student, entry
+
+    def _attach_monitoring(self, trainer: SupervisedTrainer, evaluator: SupervisedEvaluator, name: str) -> None:
+        """TensorBoard per stage (MONAI's handler, as ``train.json`` uses it) and an optional progress bar."""
+        if self.tensorboard_dir is not None:
+            log_dir = str(self.tensorboard_dir / name)
+            TensorBoardStatsHandler(
+                log_dir=log_dir, tag_name="train_loss", output_transform=from_engine(["loss"], first=True)
+            ).attach(trainer)
+            # validation metrics are logged against the trainer's epoch, so both curves share the x axis
+            TensorBoardStatsHandler(
+                log_dir=log_dir, iteration_log=False, global_epoch_transform=lambda _: trainer.state.epoch
+            ).attach(evaluator)
+        if self.progress:
+            ProgressBar(persist=False, desc=f"{name}").attach(
+                trainer, output_transform=from_engine(["loss"], first=True)
+            )
 
     # ------------------------------------------------------------------ the cascade
     def run(self) -> dict[str, Any]:
@@ -734,7 +767,7 @@ def run_or_exit(cascade: DistillationCascade | Callable[[], DistillationCascade]
     """Build (if given a factory) and run a cascade; a user mistake ends the process with one line.
 
     ``python -m monai.bundle run`` prints a full traceback for any exception; like the training pre-flight
-    (:func:`pipeline.training.preflight.fail`), this turns :class:`~pipeline.errors.UserError` (a missing teacher
+    (:func:`pipeline.contracts.fail`), this turns :class:`~pipeline.errors.UserError` (a missing teacher
     checkpoint, one that does not fit the teacher network, a bad stage list) into ``SystemExit("aamct: error: ...")``.
     ``distill.json`` declares the cascade with ``"_mode_": "callable"`` so that its construction happens here too.
 
@@ -748,8 +781,6 @@ def run_or_exit(cascade: DistillationCascade | Callable[[], DistillationCascade]
     Raises:
         SystemExit: for a user mistake.
     """
-    from pipeline.training.preflight import fail
-
     try:
         runner = cascade if isinstance(cascade, DistillationCascade) else cascade()
         return runner.run()

@@ -21,6 +21,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from pipeline.errors import UserError
+
 __all__ = ["SkipFailedCases", "file_state_hashing", "root_cause"]
 
 logger = logging.getLogger(__name__)
@@ -36,11 +38,15 @@ def root_cause(err: BaseException) -> str:
         err: the caught exception.
 
     Returns:
-        ``"<ExceptionType>: <first line of its message>"`` of the innermost cause.
+        ``"<ExceptionType>: <first line of its message>"`` of the innermost cause; a
+        :class:`~pipeline.errors.UserError` (e.g. the loader's ``"<path>: <reason>"`` for a scan the manifest builder
+        would reject) is already worded for the user and comes back as its message alone.
     """
     seen: set[int] = set()
     while id(err) not in seen:
         seen.add(id(err))
+        if isinstance(err, UserError) and str(err).strip():
+            return str(err).strip().splitlines()[0]  # the outermost user-facing message, not what it wraps
         inner = err.__cause__ or err.__context__
         if inner is None:
             break

@@ -29,6 +29,8 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 from torch import nn
 
+from pipeline.networks.attention import SpatialAttention
+
 __all__ = [
     "DistillationLoss",
     "DistillationTrainer",
@@ -355,7 +357,9 @@ def distillation_layers(network: nn.Module, *, source: str = "features") -> list
     * ``"features"``: the outputs of the residual stages ``layer1`` ... ``layer4`` (the group outputs Zagoruyko &
       Komodakis transfer attention between); works for the AAM-ResNets and MONAI's ResNets.
     * ``"aam"``: the spatial attention map ``(B, 1, *spatial)`` of the last Adaptive Attention Module in each stage
-      (``layerK.<last unit>.attention.spatial``), so the student learns where the teacher's AAMs look.
+      (``layerK.<last unit>.attention.spatial``, at the stage's full resolution whatever the branch's
+      ``spatial_stride``), so the student learns where the teacher's AAMs look; works for every attention
+      placement (``"stage"``: the one AAM of each stage) and fusion.
 
     Both give one entry per stage, so a deep teacher and a shallow student pair stage by stage.
 
@@ -377,8 +381,6 @@ def distillation_layers(network: nn.Module, *, source: str = "features") -> list
         raise ValueError(f"{type(network).__name__} has no residual stages layer1..layer4 to tap")
     if source == "features":
         return stages
-    from pipeline.networks.attention import SpatialAttention
-
     layers = []
     for stage in stages:
         maps = [

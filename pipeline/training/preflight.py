@@ -1,23 +1,22 @@
 """Pre-flight checks of a training run, called from the bundle's ``initialize`` before any network is built.
 
-``python -m monai.bundle run`` prints a full traceback for any exception, which buries a user's mistake (a mistyped
-datalist path, a label outside the class list) under forty lines of MONAI and ignite internals. The checks here
-therefore end the run with ``SystemExit("aamct: error: <one line>")``: Python prints exactly that line on stderr
-and exits with status 1, and MONAI's config machinery lets ``SystemExit`` through (it only wraps ``Exception``).
+User mistakes (a mistyped datalist path, a label outside the class list) end the run with one
+``aamct: error: <line>`` (:func:`pipeline.contracts.fail`) instead of a MONAI traceback.
 
 What is checked, in order:
 
 1. the datalist: a datalist JSON, or a manifest CSV whose ``<stem>.datalist.json`` (written by ``aamct manifest
-   split``) lies beside it; its layout and integer labels (:func:`pipeline.data.datalist.load_datalist`);
+   split``) lies beside it; its layout and integer labels (:func:`pipeline.contracts.load_datalist`);
 2. that its class list is the one the bundle was configured with (``class_names`` in ``train.json``);
-3. every training and validation case: the image exists and its header can be read (first file of a DICOM series
-   folder with pydicom, NIfTI with nibabel). Unreadable cases are dropped with one ``WARNING`` line each naming
-   the case and the reason; the run fails only if none are left or more than ``max_bad_fraction`` are bad;
+3. every training and validation case, with the scan loader's header probe (:func:`pipeline.data.loading.check_scan`:
+   the manifest builder's checks from the headers alone, every file of a DICOM series). Rejected cases are dropped
+   with one ``WARNING`` line each naming the case and the builder's reason; the run fails only if none are left or
+   more than ``max_bad_fraction`` are bad;
 4. that the validation fold has both classes (the validation AUC, which picks the best checkpoint, needs them);
 5. the output folder can be created, and with ``resume`` that the last checkpoint exists and has epochs left.
 
-A case whose header is fine but whose pixels fail to decode is caught later, at load time, by
-:class:`pipeline.training.datasets.SkipFailedCases`.
+A case whose headers are fine but whose pixels fail (NaN voxels, a codestream that does not decode) is refused by
+the same loader at load time, and skipped by :class:`pipeline.training.datasets.SkipFailedCases`.
 """
 
 from __future__ import annotations
@@ -27,24 +26,23 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from pipeline.contracts.datalist import load_datalist, resolve_datalist, select
+from pipeline.contracts.failure import fail
+from pipeline.data.loading import DEFAULT_MIN_SLICES, check_scan
 from pipeline.errors import UserError
 
 __all__ = [
     "PreparedRun",
     "SkippedCase",
-    "fail",
     "as_bool",
-    "resolve_datalist",
     "probe_image",
     "check_cases",
     "preflight",
 ]
 
 logger = logging.getLogger(__name__)
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 @dataclass(frozen=True)
@@ -83,19 +81,6 @@ class PreparedRun:
     start_epoch: int = 0
 
 
-def fail(message: str) -> NoReturn:
-    """End the run with one line on stderr and exit status 1 (no traceback).
-
-    Args:
-        message: what went wrong and, where possible, which file; newlines are folded into spaces.
-
-    Raises:
-        SystemExit: always.
-    """
-    line = " ".join(str(message).split())
-    raise SystemExit(f"aamct: error: {line}")
-
-
 def as_bool(value: Any) -> bool:
     """Read a command-line flag the way a user means it.
 
@@ -121,68 +106,26 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def resolve_datalist(path: str | os.PathLike) -> Path:
-    """The datalist JSON for a ``--datalist`` value: the file itself, or the datalist written beside a manifest.
-
-    Args:
-        path: a datalist JSON, or a manifest CSV (then ``<stem>.datalist.json`` in the same folder is used).
-
-    Returns:
-        The datalist JSON path.
-
-    Raises:
-        UserError: if the file (or the datalist beside the manifest) does not exist.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        if not path.is_file():
-            raise UserError(f"{path}: manifest not found (build it with `aamct manifest build`)")
-        datalist = path.with_name(f"{path.stem}.datalist.json")
-        if not datalist.is_file():
-            raise UserError(f"{path}: no datalist beside this manifest (write it with `aamct manifest split {path}`)")
-        return datalist
-    if not path.is_file():
-        raise UserError(f"{path}: datalist not found (write it with `aamct manifest split MANIFEST.csv`)")
-    return path
-
-
-def probe_image(image: str | os.PathLike) -> str | None:
-    """Check that a case's image exists and its header can be read, without decoding any pixels.
+def probe_image(image: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_SLICES) -> str | None:
+    """Check a case's scan from its headers alone, as the loader and the manifest builder check it.
 
     Args:
         image: a DICOM series folder or a NIfTI file.
+        min_slices: fewest slices a scan may have.
 
     Returns:
-        ``None`` if the header reads, else a one-line reason.
+        ``None`` if the headers pass, else ``"<image>: <reason>"`` with the builder's reason.
     """
-    path = Path(image)
-    if not path.exists():
-        return f"image not found: {path}"
-    try:
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-            if not files:
-                return f"empty series folder: {path}"
-            import pydicom
-
-            # one header is enough here: the manifest builder checked the whole series, and a slice that fails to
-            # decode later is caught by SkipFailedCases
-            pydicom.dcmread(files[0], stop_before_pixels=True)
-            return None
-        if path.name.lower().endswith(_NIFTI_SUFFIXES):
-            import nibabel
-
-            header = nibabel.load(path).header
-            if len(header.get_data_shape()) < 3:
-                return f"not a 3D volume (shape {tuple(header.get_data_shape())}): {path}"
-            return None
-    except Exception as err:  # any reader failure is a property of the file, reported as the reason
-        return f"unreadable ({type(err).__name__}: {_first_line(err)}): {path}"
-    return f"neither a DICOM series folder nor a NIfTI file: {path}"
+    reason = check_scan(image, min_slices=min_slices)
+    return None if reason is None else f"{image}: {reason}"
 
 
 def check_cases(
-    entries: Sequence[Mapping[str, Any]], *, split: str, max_bad_fraction: float
+    entries: Sequence[Mapping[str, Any]],
+    *,
+    split: str,
+    max_bad_fraction: float,
+    min_slices: int = DEFAULT_MIN_SLICES,
 ) -> tuple[list[dict[str, Any]], list[SkippedCase]]:
     """Probe every entry, drop the unreadable ones with a warning each, fail if too many are bad.
 
@@ -190,6 +133,7 @@ def check_cases(
         entries: datalist entries with ``image`` (and usually ``case_id``).
         split: name used in messages (``train`` / ``val``).
         max_bad_fraction: largest share of bad cases that is skipped rather than fatal.
+        min_slices: fewest slices a scan may have.
 
     Returns:
         ``(kept entries, skipped cases)``.
@@ -200,7 +144,7 @@ def check_cases(
     kept: list[dict[str, Any]] = []
     skipped: list[SkippedCase] = []
     for entry in entries:
-        reason = probe_image(entry["image"])
+        reason = probe_image(entry["image"], min_slices=min_slices)
         if reason is None:
             kept.append(dict(entry))
             continue
@@ -226,6 +170,7 @@ def preflight(
     last_checkpoint: str | os.PathLike | None = None,
     epochs: int = 100,
     max_bad_fraction: float = 0.2,
+    min_slices: int = DEFAULT_MIN_SLICES,
     network_name: str | None = None,
     transform_args: Mapping[str, Any] | None = None,
 ) -> PreparedRun:
@@ -240,6 +185,7 @@ def preflight(
         last_checkpoint: the last-epoch checkpoint file.
         epochs: the maximum number of epochs of the run.
         max_bad_fraction: largest share of unreadable cases per split that is skipped rather than fatal.
+        min_slices: fewest slices a scan may have (the manifest builder's ``--min-slices``).
         network_name: checked against the network registry when given.
         transform_args: keyword arguments of :func:`pipeline.transforms.eval_transforms` (``roi_size``, ``spacing``,
             ``hu_window``) checked by building the chain once when given.
@@ -252,8 +198,6 @@ def preflight(
     """
     _check_settings(network_name=network_name, transform_args=transform_args, epochs=epochs, fold=fold)
     try:
-        from pipeline.data.datalist import load_datalist, select
-
         datalist_path = resolve_datalist(datalist)
         data = load_datalist(datalist_path)
         classes = [str(name) for name in data["classes"]]
@@ -271,8 +215,9 @@ def preflight(
     if not val_entries:
         fail(f"{datalist_path}: fold {fold} has no validation cases")
 
-    train, skipped_train = check_cases(train_entries, split="train", max_bad_fraction=max_bad_fraction)
-    val, skipped_val = check_cases(val_entries, split="val", max_bad_fraction=max_bad_fraction)
+    probe = {"max_bad_fraction": max_bad_fraction, "min_slices": min_slices}
+    train, skipped_train = check_cases(train_entries, split="train", **probe)
+    val, skipped_val = check_cases(val_entries, split="val", **probe)
     val_labels = {int(entry["label"]) for entry in val}
     if len(val_labels) < 2:
         only = ", ".join(classes[label] for label in sorted(val_labels))
@@ -325,7 +270,7 @@ def _check_settings(
         from pipeline.transforms import eval_transforms
 
         try:
-            eval_transforms(**dict(transform_args), reader="NibabelReader")
+            eval_transforms(**dict(transform_args))
         except (TypeError, ValueError) as err:
             fail(f"transform settings: {_first_line(err)}")
 

@@ -14,7 +14,7 @@ from monai.data import load_decathlon_datalist
 
 from pipeline.bench import medmnist
 from pipeline.bench.cli import add_medmnist_arguments, settings_from_args
-from pipeline.data.datalist import select
+from pipeline.contracts.datalist import select
 from pipeline.errors import UserError
 from pipeline.evaluation.roc import delong_test, roc_auc
 from tests.conftest import shared_path
@@ -277,3 +277,91 @@ def test_real_64_cube_npz_has_the_documented_splits_at_64_voxels():
     splits = medmnist.load_npz_splits(npz)
     assert {k: len(v[1]) for k, v in splits.items()} == {"train": 1188, "val": 98, "test": 298}
     assert splits["test"][0].shape[1:] == (64, 64, 64)
+
+
+# --- issue 14: AAM variant probes, width multiplier, run keys, selection on val -----------------------------------
+
+
+def test_probes_start_with_the_paper_form_and_name_every_option_they_vary():
+    from pipeline.networks import PAPER_FORM
+
+    probes = medmnist.selected_ablations(None, variant_set="probes")
+    assert probes == medmnist.PROBES
+    first = next(iter(probes.values()))
+    assert {k: first[k] for k in PAPER_FORM} == PAPER_FORM  # the paper's AAM is the reference row
+    keys = {frozenset(kwargs) for kwargs in probes.values()}
+    assert len(keys) == 1  # complete over the varied options: a probe's network does not follow registry defaults
+    assert len({json.dumps(kwargs, sort_keys=True) for kwargs in probes.values()}) == len(probes)
+    with pytest.raises(UserError, match="unknown set"):
+        medmnist.selected_ablations(None, variant_set="nope")
+
+
+def test_width_multiplier_scales_aam_resnets_and_monai_resnets_alike():
+    from pipeline.networks import build
+
+    assert medmnist.width_arguments("aam_resnet18", 0.5) == {"width": 0.5}
+    assert medmnist.width_arguments("aam_student", 0.5) == {"width": 0.25}  # relative to the entry's own width
+    assert medmnist.width_arguments("resnet18", 0.5) == {"widen_factor": 0.5}
+    assert medmnist.width_arguments("resnet18", None) == {}
+    with torch_meta():
+        for name in ("aam_resnet18", "resnet18"):
+            full = sum(p.numel() for p in build(name).parameters())
+            half = sum(p.numel() for p in build(name, **medmnist.width_arguments(name, 0.5)).parameters())
+            assert 0.2 * full < half < 0.3 * full  # parameters go with the square of the width
+    with pytest.raises(UserError, match="no width option"):
+        medmnist.width_arguments("densenet121", 0.5)
+
+
+def torch_meta():
+    import torch
+
+    return torch.device("meta")
+
+
+def test_run_key_follows_the_network_built_not_the_arguments_given(monkeypatch):
+    from pipeline.networks import registry
+
+    default = medmnist.resolved_network_arguments("aam_resnet18")
+    spelled_out = medmnist.resolved_network_arguments("aam_resnet18", {"attention": default["attention"]})
+    assert spelled_out == default  # the same network, however it is asked for
+    assert medmnist.resolved_network_arguments("aam_resnet18", {"attention": "stage"}) != default
+    # a change of the registry's defaults is a new recipe: a run recorded before it is not reused
+    spec = registry._REGISTRY["aam_resnet18"]
+    changed = registry.NetworkSpec(spec.name, spec.factory, {**spec.defaults, "gamma_init": 0.25}, spec.stem)
+    monkeypatch.setitem(registry._REGISTRY, "aam_resnet18", changed)
+    assert medmnist.resolved_network_arguments("aam_resnet18") != default
+
+
+def test_best_val_auc_is_read_from_the_history_and_the_probe_table_names_the_val_winner(tmp_path):
+    history = {"epochs": [{"epoch": 1, "val_auc": 0.7}, {"epoch": 2, "val_auc": 0.8}, {"epoch": 3, "val_auc": 0.75}]}
+    (tmp_path / "train_history.json").write_text(json.dumps(history))
+    assert medmnist._history(tmp_path) == {"epochs_run": 3, "best_epoch": 2, "val_auc": 0.8}
+    labels = np.array([0] * 10 + [1] * 10)
+    rng = np.random.default_rng(0)
+    runs = {
+        name: [{"seed": 0, "labels": labels, "probabilities": labels * 0.3 + rng.uniform(0, 1, 20), "val_auc": val}]
+        for name, val in (("paper", 0.71), ("gated", 0.83), ("stage", 0.78))
+    }
+    summary = medmnist.summarize(runs, params={}, reference="paper")
+    assert summary["models"]["gated"]["val_auc"] == pytest.approx(0.83)
+    result = {
+        "ablation": summary["models"],
+        "ablation_delong": summary["delong"],
+        "variant_set": "probes",
+        "selected_on_val": "gated",
+        "ablation_network": "aam_resnet18",
+    }
+    text = medmnist.render_markdown(result)
+    assert "AAM variant probes of aam_resnet18" in text and "| gated | 0.830 |" in text
+    assert "Selected on the val split (highest val AUC): **gated**" in text
+
+
+def test_distillation_teacher_and_loss_weights_come_from_the_command_line():
+    parser = add_medmnist_arguments(argparse.ArgumentParser())
+    argv = ["--models", "aam_student", "--teacher", "aam_resnet18", "--distill-weight", "attention_weight=100"]
+    settings = settings_from_args(parser.parse_args([*argv, "--distill-weight", "hint_weight=0.5"]), command="x")
+    assert settings.teacher == "aam_resnet18"
+    assert settings.distill_weights == {"attention_weight": 100.0, "hint_weight": 0.5}
+    for bad in ("attention=100", "hint_weight=much"):
+        with pytest.raises(UserError, match="--distill-weight"):
+            settings_from_args(parser.parse_args([*argv, "--distill-weight", bad]), command="x")

@@ -160,3 +160,50 @@ def test_the_quick_training_benchmark_cohort_can_be_split_and_too_few_cases_is_o
     err = capsys.readouterr().err.strip()
     assert err.startswith("bench_training: error: too few patients") and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_summary_shows_deployed_latency_peer_ratios_goals_and_small_lesion_tertiles(tmp_path):
+    _write(
+        tmp_path,
+        "networks",
+        {
+            "networks": {
+                "aam_resnet18": {
+                    "params": 30,
+                    "latency_s": 3.0,
+                    "deployed": {"median_s": 1.5},
+                    "peer": "resnet18",
+                },
+                "resnet18": {"params": 30, "latency_s": 2.0, "deployed": {"median_s": 1.0}},
+                "resnet50": {"params": 60, "latency_s": 4.0, "deployed": {"median_s": 2.0}},
+            },
+            "goals": [
+                {
+                    "goal": "aam_resnet18 latency <= 1.25x resnet18",
+                    "eager_median_ratio": 1.5,
+                    "deployed_median_ratio": 1.5,
+                    "met_eager": False,
+                    "met_deployed": False,
+                }
+            ],
+        },
+    )
+    _write(
+        tmp_path,
+        "small_lesions",
+        {
+            "n_test": 40,
+            "tertile_edges_ml": [1.5, 4.0],
+            "networks": {
+                "aam_resnet18": {
+                    "auc": 0.8,
+                    "auc_ci": [0.7, 0.9],
+                    "tertiles": {"smallest third": {"sensitivity": {"value": 0.25, "ci": [0.05, 0.6]}}},
+                }
+            },
+        },
+    )
+    text = summary.render_summary(summary.load_results(tmp_path))
+    assert "| aam_resnet18 | 30 | 0.5 | — | — | 3 | 0.75 | 1.5 | 0.75 | resnet18 1.5 / 1.5 |" in text
+    assert "| aam_resnet18 latency <= 1.25x resnet18 | 1.5 / 1.5 | no / no |" in text
+    assert "## small_lesions" in text and "| aam_resnet18 | 0.8 (0.7-0.9) | — | 0.25 (0.05-0.60) |" in text

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import filecmp
+import json
+import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from scipy import ndimage
 
 from pipeline.cli import main
-from pipeline.data.demo import CLASS_NAMES, SITES, demo_geometry, write_demo_cohort
+from pipeline.data.demo import (
+    CLASS_NAMES,
+    HARD_LESION_DIAMETER_MM,
+    SITES,
+    demo_geometry,
+    lesion_volume_range_ml,
+    write_demo_cohort,
+)
+from pipeline.data.reader import read_volume
 from pipeline.errors import UserError
 
 
@@ -225,3 +237,191 @@ def test_cli_writes_cohort_and_reports_user_errors(tmp_path, capsys):
     assert main(["demo-data", "--out", str(tmp_path / "bad"), "--size", "8"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aamct: error:") and "--size" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# truth on disk (--masks) and the hard demo (--difficulty hard, --lesion-size-range)
+
+_NEIGHBOURS = np.ones((3, 3, 3), dtype=bool)  # 26-neighbourhood: lesions that touch even diagonally are one piece
+
+
+@pytest.fixture(scope="module")
+def truth_cohort(tmp_path_factory):
+    """The default demo (six scans, both labels) with its masks and truth tables."""
+    return write_demo_cohort(tmp_path_factory.mktemp("truth") / "cohort", cases=6, size=64, seed=0, masks=True)
+
+
+def _truth(cohort) -> pd.DataFrame:
+    return pd.read_csv(cohort.truth_dir / "truth.csv", dtype={"path": str}, keep_default_na=False)
+
+
+def _mask(cohort, relative: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+    image = nib.load(cohort.truth_dir / relative)
+    return np.asarray(image.dataobj), image
+
+
+def _voxel_ml(image: nib.Nifti1Image) -> float:
+    return float(np.prod(image.header.get_zooms()[:3])) / 1000.0
+
+
+@pytest.mark.parametrize("label", CLASS_NAMES)
+def test_masks_lie_on_the_grid_the_reader_returns_for_the_series(truth_cohort, label):
+    case = _first(truth_cohort, label)
+    row = _truth(truth_cohort).set_index("path").loc[case.path]
+    hu, meta = read_volume(case.series_dir)
+    rendered = case.render()
+    for column, expected in (("lesion_mask", rendered.lesion_mask), ("lung_mask", rendered.lung_mask)):
+        mask, image = _mask(truth_cohort, row[column])
+        assert Path(row[column]).name.startswith(case.path)  # named by the series folder
+        assert mask.shape == hu.shape
+        np.testing.assert_allclose(image.affine, meta["affine"], atol=1e-4)
+        np.testing.assert_allclose(image.get_qform(), meta["affine"], atol=1e-4)
+        assert image.header.get_intent()[0] == "label" and mask.dtype == np.uint8
+        # the mask in the reader's (X, Y, Z) order is the generator's own (slice, row, column) mask
+        np.testing.assert_array_equal(mask.transpose(2, 1, 0), expected)
+    lesion, image = _mask(truth_cohort, row["lesion_mask"])
+    lung, _ = _mask(truth_cohort, row["lung_mask"])
+    assert row["lesion_volume_ml"] == pytest.approx(lesion.sum() * _voxel_ml(image), abs=1e-3)
+    assert row["lung_volume_ml"] == pytest.approx(lung.sum() * _voxel_ml(image), abs=0.01)
+    assert (row["label"], row["site"], row["n_lesions"]) == (case.label, case.site, case.n_lesions)
+    if label == "positive":
+        # read through the reader, the mask picks out the opacities: far denser than the rest of the lung
+        inside, rest = hu[lesion > 0], hu[(lung > 0) & (lesion == 0)]
+        assert inside.mean() > rest.mean() + 250
+        assert not (lesion > lung).any()
+    else:
+        assert lesion.sum() == 0 and row["lesion_volume_ml"] == 0
+
+
+def test_truth_tables_cover_every_scan_and_masks_stay_out_of_the_dicom_tree(truth_cohort):
+    truth = _truth(truth_cohort)
+    labels = pd.read_csv(truth_cohort.labels_csv, dtype=str, keep_default_na=False)
+    assert truth["path"].tolist() == labels["path"].tolist()
+    assert truth["label"].tolist() == labels["label"].tolist()
+    lesions = pd.read_csv(truth_cohort.truth_dir / "lesions.csv", dtype={"path": str})
+    assert lesions.groupby("path").size().to_dict() == {
+        row.path: row.n_lesions for row in truth.itertuples() if row.n_lesions
+    }
+    assert set(lesions["kind"]) == {"ggo"} and (lesions["volume_ml"] > 0).all()
+    # no NIfTI (or any non-DICOM file but labels.csv) under the DICOM root: manifest build would reject it
+    assert [p.name for p in truth_cohort.root.rglob("*") if p.is_file() and p.suffix != ".dcm"] == ["labels.csv"]
+    settings = json.loads((truth_cohort.truth_dir / "generator.json").read_text())
+    assert (settings["cases"], settings["size"], settings["seed"], settings["difficulty"]) == (6, 64, 0, "default")
+
+
+def test_masks_leave_the_default_cohort_byte_identical(tmp_path):
+    plain = write_demo_cohort(tmp_path / "plain", cases=3, size=32, seed=4)
+    with_truth = write_demo_cohort(tmp_path / "with", cases=3, size=32, seed=4, masks=True)
+    files = _tree(plain.root)
+    assert files == _tree(with_truth.root)
+    _, mismatch, errors = filecmp.cmpfiles(plain.root, with_truth.root, files, shallow=False)
+    assert mismatch == [] and errors == []
+    assert with_truth.truth_dir == (tmp_path / "with_truth").resolve()
+
+
+def _components(cohort) -> dict[str, list[float]]:
+    """Per scan: the volume (ml) of each connected component of its written lesion mask."""
+    volumes = {}
+    for row in _truth(cohort).itertuples():
+        mask, image = _mask(cohort, row.lesion_mask)
+        labelled, n = ndimage.label(mask > 0, structure=_NEIGHBOURS)
+        counts = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
+        volumes[row.path] = sorted(float(c) * _voxel_ml(image) for c in counts)
+    return volumes
+
+
+@pytest.mark.parametrize(
+    ("size_range", "unit"),
+    [(None, "mm"), ((14.0, 22.0), "mm"), ((2.0, 6.0), "ml")],
+    ids=["hard-default-range", "mm-range", "ml-range"],
+)
+def test_hard_demo_lesions_lie_inside_the_requested_size_range(tmp_path, size_range, unit):
+    cohort = write_demo_cohort(
+        tmp_path / "hard",
+        cases=8,
+        size=64,
+        seed=2,
+        difficulty="hard",
+        lesion_size_range=size_range,
+        lesion_size_unit=unit,
+        masks=True,
+    )
+    low_ml, high_ml = lesion_volume_range_ml(*(size_range or HARD_LESION_DIAMETER_MM), unit=unit)
+    assert cohort.lesion_volume_range_ml == pytest.approx((low_ml, high_ml))
+    truth = _truth(cohort).set_index("path")
+    lesions = pd.read_csv(cohort.truth_dir / "lesions.csv", dtype={"path": str})
+    components = _components(cohort)
+    positives = truth.index[truth["label"] == "positive"]
+    assert len(positives) >= 3
+    for path, volumes in components.items():
+        if path not in positives:
+            assert volumes == []
+            continue
+        # every lesion is its own piece of the mask, and every piece is inside the range
+        assert 1 <= len(volumes) == truth.loc[path, "n_lesions"] <= 3
+        assert all(low_ml - 1e-9 <= v <= high_ml + 1e-9 for v in volumes), (path, volumes, (low_ml, high_ml))
+        listed = sorted(lesions.loc[lesions["path"] == path, "volume_ml"])
+        np.testing.assert_allclose(listed, volumes, atol=1e-3)
+        assert sum(volumes) == pytest.approx(truth.loc[path, "lesion_volume_ml"], abs=1e-3)
+    if unit == "mm":
+        low_mm, high_mm = size_range or HARD_LESION_DIAMETER_MM
+        assert lesions["diameter_mm"].between(low_mm - 0.01, high_mm + 0.01).all()
+
+
+def test_hard_demo_is_small_and_faint_on_the_same_patients(tmp_path):
+    default = write_demo_cohort(tmp_path / "default", cases=6, size=64, seed=0)
+    hard = write_demo_cohort(tmp_path / "hard", cases=6, size=64, seed=0, difficulty="hard")
+
+    def who(case):
+        return (case.label, case.site, case.patient, case.study, case.n_slices)
+
+    assert [who(c) for c in default.cases] == [who(c) for c in hard.cases]
+    for easy, difficult in zip(default.cases, hard.cases, strict=True):
+        if easy.label == "negative":
+            assert difficult.lesion_voxels == 0
+            continue
+        rendered = difficult.render()
+        # each hard positive carries under 1 % of its lung in lesions (the default demo: over 5 %)
+        assert 0 < rendered.lesion_mask.sum() < 0.01 * rendered.lung_mask.sum()
+        assert difficult.lesion_volume_ml < 0.1 * easy.lesion_volume_ml
+        # faint: ground glass well below the default demo's -430 .. -300 HU (and no consolidation)
+        assert np.median(rendered.hu[rendered.lesion_mask]) < -450
+        assert difficult.severity == "hard"
+
+
+def test_size_range_and_truth_folder_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(UserError, match="0 < MIN < MAX"):
+        write_demo_cohort(tmp_path / "a", cases=2, size=32, lesion_size_range=(20, 10))
+    with pytest.raises(UserError, match="--lesion-size-unit"):
+        write_demo_cohort(tmp_path / "a", cases=2, size=32, lesion_size_range=(1, 2), lesion_size_unit="cm")
+    with pytest.raises(UserError, match="--difficulty"):
+        write_demo_cohort(tmp_path / "a", cases=2, size=32, difficulty="extreme")
+    with pytest.raises(UserError, match="outside the DICOM folder"):
+        write_demo_cohort(tmp_path / "a", cases=2, size=32, truth_dir=tmp_path / "a" / "truth")
+    # at 32 x 32 a voxel is ~2 ml: no lesion of 3-5 mm (0.01-0.07 ml) fits
+    with pytest.raises(UserError, match="widen --lesion-size-range"):
+        write_demo_cohort(tmp_path / "b", cases=2, size=32, seed=0, difficulty="hard", lesion_size_range=(3, 5))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="no demo truth"):
+        write_demo_cohort(tmp_path / "c", cases=2, size=32, truth_dir=foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+    args = ["demo-data", "--out", str(tmp_path / "cli"), "--cases", "2", "--size", "32"]
+    assert main([*args, "--difficulty", "hard", "--lesion-size-range", "30", "20"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aamct: error:") and "--lesion-size-range" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_writes_the_hard_demo_with_its_truth(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["demo-data", "--out", str(out), "--cases", "4", "--seed", "1", "--difficulty", "hard", "--masks"]
+    assert main([*args, "--lesion-size-range", "1.5", "8", "--lesion-size-unit", "ml"]) == 0
+    printed = capsys.readouterr().out
+    assert "hard" in printed and "1.5-8 ml" in printed and str(out) + "_truth" in printed
+    truth = pd.read_csv(out.parent / "cli_truth" / "truth.csv")
+    assert len(truth) == 4 and (out.parent / "cli_truth" / truth["lesion_mask"][0]).is_file()
+    settings = json.loads((out.parent / "cli_truth" / "generator.json").read_text())
+    assert settings["lesion_volume_range_ml"] == [1.5, 8.0] and settings["difficulty"] == "hard"
+    assert math.isclose(settings["lesion_diameter_range_mm"][0], (6 * 1500 / math.pi) ** (1 / 3))

@@ -11,6 +11,8 @@ import pytest
 from pydicom.uid import MPEG2MPML, JPEG2000Lossless, JPEGLSLossless, generate_uid
 
 from pipeline.data.dicom import (
+    DICOMDIR_REASON,
+    TIE_BREAK_RULE,
     SeriesCheck,
     SeriesRejected,
     choose_series,
@@ -378,3 +380,115 @@ def test_series_check_raises_series_rejected(tmp_path):
     series = write_ct_series(tmp_path / "s", n_slices=3)
     with pytest.raises(SeriesRejected, match=r"^too few slices: 3 \(minimum 16\)$"):
         SeriesCheck()(_headers(series))
+
+
+# --------------------------------------------------------------------------------------------- issue 13 reasons
+
+
+def test_every_dicomdir_of_pydicoms_media_tree_is_listed_as_such_and_the_images_still_count(tmp_path):
+    tree = shutil.copytree(PYDICOM_TEST_FILES / "dicomdirtests", tmp_path / "media")
+    result = discover_series(tree, workers=1, check=SeriesCheck(min_slices=1))
+    dicomdirs = {r.path.relative_to(tree).as_posix(): r for r in result.rejections if r.kind == "DICOMDIR"}
+    expected = {p.relative_to(tree).as_posix() for p in tree.rglob("DICOMDIR*") if p.is_file()}
+    assert set(dicomdirs) == expected and len(expected) == 8  # the variants pydicom ships: big endian, implicit...
+    assert {r.reason for r in dicomdirs.values()} == {DICOMDIR_REASON}
+    assert all(r.n_files == 1 for r in dicomdirs.values())
+    # the images it indexes are judged on their own: the five-slice CT is accepted
+    assert [s.folder.relative_to(tree).as_posix() for s in result.accepted] == ["98892001/CT5N"]
+    assert sum(s.n_files for s in result.accepted) + sum(r.n_files for r in result.rejections) == result.n_files
+
+
+def test_a_tie_between_equally_long_series_names_the_tie_break_rule(tmp_path):
+    study = generate_uid()
+    first = write_ct_series(tmp_path / "a_series", study_uid=study, n_slices=18)
+    second = write_ct_series(tmp_path / "b_series", study_uid=study, n_slices=18)
+    result = discover_series(tmp_path, workers=1)
+    assert [s.folder for s in result.accepted] == [first.folder]  # first in folder-path order
+    reason = _only_rejection(result, second.folder).reason
+    assert reason == (
+        "skipped: not the primary series of its study: a tie (18 slices each) with the primary series in a_series, "
+        f"broken by {TIE_BREAK_RULE} (the first that passes the checks is primary)"
+    )
+    # a shorter series keeps the plain reason
+    shorter = write_ct_series(tmp_path / "c_series", study_uid=study, n_slices=17)
+    assert _only_rejection(discover_series(tmp_path, workers=1), shorter.folder).reason == (
+        "skipped: not the primary series of its study (17 slices; the primary has 18)"
+    )
+
+
+def test_a_partly_derived_series_names_its_derived_files(tmp_path):
+    derived = {2, 7, 11}
+
+    def mark(k, ds):
+        if k in derived:
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+
+    series = write_ct_series(tmp_path / "s", n_slices=20, edit=mark)
+    reason = _only_rejection(discover_series(tmp_path, workers=1), series.folder).reason
+    names = sorted(series.files[k].name for k in derived)  # slices are listed in file-name order
+    assert reason == (
+        f"skipped: DERIVED/SECONDARY images (ImageType DERIVED\\SECONDARY\\AXIAL) in 3 of 20 files "
+        f"({names[0]}, {names[1]} and 1 more)"
+    )
+
+
+@pytest.mark.parametrize("shift_mm", [0.6, 1.3, 5.0])
+def test_a_moved_slice_is_a_position_inconsistency_naming_its_file(tmp_path, shift_mm):
+    z = [-40.0 + 2.0 * k for k in range(20)]
+    z[8] += shift_mm  # 5 mm jumps over its neighbour: it still leaves one hole and crowds one place
+    series = write_ct_series(tmp_path / "s", positions=[(-80.0, -90.0, v) for v in z])
+    reason = SeriesCheck().reason(_headers(series))
+    assert reason.startswith(
+        f"slice position inconsistency: {series.files[8].name} lies at {-24.0 + shift_mm:.3f} mm along the normal, "
+        "off the 2.000 mm grid of the other 19 slices, which has an empty place at -24.000 mm"
+    ), reason
+    # a slice that is really missing is still called that
+    gap = write_ct_series(tmp_path / "gap", positions=[(-80.0, -90.0, v) for i, v in enumerate(z) if i != 8])
+    assert SeriesCheck().reason(_headers(gap)).startswith("missing slices")
+
+
+def test_a_damaged_file_rejects_the_series_of_its_folder_naming_it(tmp_path):
+    series = write_ct_series(tmp_path / "s", n_slices=20)
+    victim = series.files[-1]  # the last slice: without it the rest would pass as a complete 19-slice series
+    victim.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + b"\x07" * 64)
+    result = discover_series(tmp_path, workers=1)
+    assert result.accepted == []
+    row = _only_rejection(result, series.folder)
+    assert row.reason == (
+        f"unreadable file in the series folder: {victim.name} (unreadable DICOM header: TransferSyntaxUID is not a "
+        "valid UID); the series may be missing that slice"
+    )
+    assert (row.n_files, _only_rejection(result, victim).n_files) == (19, 1)
+    # a file that is not DICOM at all blocks nothing
+    victim.write_text("export notes\n")
+    assert [s.folder for s in discover_series(tmp_path, workers=1).accepted] == [series.folder]
+
+
+def test_a_cut_off_jpeg2000_file_is_found_from_its_header(tmp_path):
+    series = write_ct_series(tmp_path / "s", n_slices=16, rows=32, columns=32, transfer_syntax=JPEG2000Lossless)
+    victim = series.files[4]
+    victim.write_bytes(victim.read_bytes()[:-40])
+    header = read_header(victim)
+    assert header.pixel_problem.startswith("truncated pixel data: item 2 of the encapsulated pixel data has ")
+    reason = _only_rejection(discover_series(tmp_path, workers=1), series.folder).reason
+    assert reason == f"{header.pixel_problem} in {victim.name}"
+
+
+def test_fast_header_parse_equals_pydicom_dcmread_on_every_pydicom_test_file(monkeypatch):
+    from pipeline.data import dicom
+
+    files = sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file())
+    assert len(files) > 150
+
+    def parse(path):
+        try:
+            return dicom.read_header(path)
+        except dicom.HeaderError as err:
+            return (str(err), err.kind)
+
+    fast = [parse(p) for p in files]
+    monkeypatch.setattr(dicom, "_parse_fast", lambda fp: None)  # every file through dcmread
+    slow = [parse(p) for p in files]
+    assert sum(isinstance(h, dicom.SliceHeader) for h in fast) > 150
+    mismatches = [(p.name, a, b) for p, a, b in zip(files, fast, slow, strict=True) if a != b]
+    assert mismatches == []

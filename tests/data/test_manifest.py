@@ -368,3 +368,69 @@ def test_pseudonymizer_separates_domains_and_hides_its_key():
     assert "kkkk" not in repr(pseudonymizer)
     with pytest.raises(ValueError):
         pseudonymizer.patient_id("", fallback="")
+
+
+@pytest.mark.parametrize("case", ["proc", "empty", "trailing_slash", "fifo", "labels_file", "file_as_folder"])
+def test_bad_out_values_are_one_line_errors_without_traceback(tmp_path, key_file, capsys, case):
+    data = tmp_path / "data"
+    write_ct_series(data / "s", n_slices=16)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\ns,1\n")
+    out = {
+        "proc": "/proc/m.csv",  # os.access says writable to root; creating a file there fails
+        "empty": "",
+        "trailing_slash": f"{tmp_path / 'outdir'}/",
+        "fifo": str(tmp_path / "pipe.csv"),
+        "labels_file": str(labels),
+        "file_as_folder": str(labels / "m.csv"),
+    }[case]
+    if case == "fifo":
+        os.mkfifo(out)  # a rename would replace it (as it would a device such as /dev/null)
+    argv = ["manifest", "build", "--dicom-root", str(data), "--labels", str(labels), "--key-file", str(key_file)]
+    assert main([*argv, "--out", out]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aamct: error: "), captured.err
+    assert "Traceback" not in captured.err
+    expected = {
+        "proc": "/proc/m.csv: cannot write here: creating a file in /proc fails (",
+        "empty": "--out must name a CSV file, got ''",
+        "trailing_slash": "--out must name a CSV file, got ",
+        "fifo": "pipe.csv: exists and is not a regular file",
+        "labels_file": "labels.csv: is one of the inputs",
+        "file_as_folder": "labels.csv is not a folder",
+    }[case]
+    assert expected in lines[0]
+    assert labels.read_text() == "path,label\ns,1\n"  # no input was touched
+    if case == "fifo":
+        assert stat.S_ISFIFO(os.stat(out).st_mode)
+
+
+def test_progress_bar_on_a_terminal_only_and_never_changes_the_outputs(tmp_path, key_file, capsys, monkeypatch):
+    from pipeline.data import manifest as manifest_module
+
+    write_ct_series(tmp_path / "data" / "s", n_slices=16)
+    argv = ["manifest", "build", "--dicom-root", str(tmp_path / "data"), "--key-file", str(key_file)]
+    # pytest's stderr is no terminal: no bar
+    assert main([*argv, "--out", str(tmp_path / "a.csv")]) == 0
+    assert "reading DICOM headers" not in capsys.readouterr().err
+    # a terminal: the bar is drawn (no delay here, so it shows on a short run), the outputs are the same
+    monkeypatch.setattr(manifest_module, "_stderr_is_terminal", lambda: True)
+    from tqdm import tqdm
+
+    monkeypatch.setattr(tqdm, "__init__", _without_delay(tqdm.__init__))
+    assert main([*argv, "--out", str(tmp_path / "b.csv")]) == 0
+    assert "reading DICOM headers" in capsys.readouterr().err
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    # --quiet: no bar even on a terminal
+    assert main([*argv, "--out", str(tmp_path / "c.csv"), "--quiet"]) == 0
+    assert "reading DICOM headers" not in capsys.readouterr().err
+
+
+def _without_delay(init):
+    def wrapped(self, *args, **kwargs):
+        kwargs["delay"] = 0
+        kwargs["mininterval"] = 0
+        init(self, *args, **kwargs)
+
+    return wrapped

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data.nifti import NiftiRejected, check_nifti, file_sha256
+from pipeline.data.nifti import NiftiRejected, check_nifti, check_nifti_header, file_sha256
 from tests.conftest import shared_path
 
 
@@ -100,3 +100,36 @@ def test_each_bad_file_is_rejected_with_a_reason(tmp_path, kind, expected):
         check_nifti(path, min_slices=min_slices)
     assert str(err.value).startswith(expected), str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_zero_voxel_size_is_named_before_the_singular_affine(tmp_path):
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([0.8, 0.8, 2.5, 1.0]))
+    image.set_qform(None, code=0)
+    image.set_sform(np.diag([0.8, 0.0, 2.5, 1.0]), code=2)  # nibabel cannot store this one as a qform
+    nib.save(image, tmp_path / "zero.nii.gz")
+    with pytest.raises(NiftiRejected, match=r"^zero voxel size along array axis 1 \(voxel size 0.8x0x2.5 mm\)$"):
+        check_nifti(tmp_path / "zero.nii.gz")
+
+
+def test_header_checks_read_no_voxel_and_the_reader_reads_them_once(tmp_path, monkeypatch):
+    from nibabel.arrayproxy import ArrayProxy
+
+    from pipeline.data.reader import ScanRejected, read_volume
+
+    path = _write(tmp_path / "v.nii.gz", np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32))
+    reads = []
+    original = ArrayProxy.__array__
+    monkeypatch.setattr(ArrayProxy, "__array__", lambda self, *a, **k: reads.append(1) or original(self, *a, **k))
+    header = check_nifti_header(path, min_slices=20)
+    assert (header.shape, header.n_slices, reads) == ((20, 20, 20), 20, [])
+    array, _ = read_volume(path)
+    assert len(reads) == 1 and array.shape == (20, 20, 20)
+    # so a damaged voxel stream passes the header checks and is caught by the reader, with check_nifti's reason
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    check_nifti_header(path)
+    with pytest.raises(NiftiRejected) as expected:
+        check_nifti(path)
+    with pytest.raises(ScanRejected) as got:
+        read_volume(path)
+    assert got.value.reason == str(expected.value) and got.value.reason.startswith("cannot read the voxel data: ")

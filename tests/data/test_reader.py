@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pydicom
 import pytest
@@ -9,7 +11,7 @@ import SimpleITK as sitk
 from monai.transforms import LoadImage, LoadImaged
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from pipeline.data.reader import CTImageReader, read_volume
+from pipeline.data.reader import CTImageReader, ScanRejected, read_volume
 from pipeline.errors import UserError
 from tests.conftest import shared_path
 from tests.data.dicom_factory import PHI, write_ct_series
@@ -149,11 +151,32 @@ def test_reader_errors_are_user_errors_naming_the_path(tmp_path):
     b = write_ct_series(tmp_path / "b", n_slices=3)
     with pytest.raises(UserError, match="belong to 2 series"):
         read_volume([*a.files, *b.files])
+
+
+@pytest.mark.parametrize("damage", ["codestream_tail", "image_size_marker"])
+def test_undecodable_jpeg2000_slice_is_rejected_naming_it_and_the_decoder_stays_quiet(tmp_path, capfd, damage):
     broken = write_ct_series(tmp_path / "broken", n_slices=3, transfer_syntax=JPEG2000Lossless, rows=32, columns=32)
-    data = broken.files[1].read_bytes()
-    broken.files[1].write_bytes(data[:-200] + b"\0" * 200)  # corrupt the codestream, keep the length
-    with pytest.raises(UserError, match=f"^{broken.files[1]}: cannot decode the pixel data"):
+    data = bytearray(broken.files[1].read_bytes())
+    # the encapsulation stays intact (the last 8 bytes are its sequence delimiter), so only decoding can tell
+    if damage == "codestream_tail":
+        data[-208:-8] = b"\0" * 200
+    else:
+        siz = data.find(b"\xff\x4f\xff\x51")  # start of codestream, then the image and tile size marker
+        data[siz + 8 : siz + 16] = b"\x7f" * 8
+    broken.files[1].write_bytes(bytes(data))
+    capfd.readouterr()
+    with pytest.raises(ScanRejected) as err:
         read_volume(broken.folder)
+    assert err.value.path == broken.folder
+    assert err.value.reason.startswith(f"cannot decode the pixel data of {broken.files[1].name} (")
+    assert "\n" not in str(err.value)
+    # GDCM prints OpenJPEG's complaints with C stdio: they must land in the reason, not on the terminal
+    assert capfd.readouterr().err == ""
+    if damage == "image_size_marker":
+        assert "; decoder: Invalid number of tiles" in err.value.reason
+    # the other slices and stderr itself are unharmed: the next read works and prints normally
+    print("still here", file=sys.stderr)
+    assert capfd.readouterr().err == "still here\n"
 
 
 def test_nifti_matches_nibabel_and_monai(tmp_path):
@@ -180,7 +203,10 @@ def test_nifti_4d_singleton_is_squeezed_and_4d_rejected(tmp_path):
     assert array.shape == (4, 5, 6)
     np.testing.assert_array_equal(array, data[..., 0])
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.int16), np.eye(4)), tmp_path / "two.nii.gz")
-    with pytest.raises(UserError, match=r"expected a 3D volume, found shape \(4, 5, 6, 2\)"):
+    with pytest.raises(
+        ScanRejected,
+        match=r"two.nii.gz: not a 3D volume: shape \(4, 5, 6, 2\) \(3D, or 4D with one volume, expected\)$",
+    ):
         read_volume(tmp_path / "two.nii.gz")
 
 
@@ -194,3 +220,31 @@ def test_ct_image_reader_stacks_several_names_as_channels(tmp_path):
     assert array.shape == (2, 20, 24, 4)
     np.testing.assert_array_equal(array[1], b.hu)
     assert meta["original_channel_dim"] == 0
+
+
+def test_concurrent_jpeg2000_reads_share_the_quiet_decoder_and_each_gets_its_own_verdict(tmp_path, capfd):
+    from concurrent.futures import ThreadPoolExecutor
+
+    good = write_ct_series(tmp_path / "good", n_slices=6, transfer_syntax=JPEG2000Lossless, rows=32, columns=32)
+    bad = write_ct_series(tmp_path / "bad", n_slices=6, transfer_syntax=JPEG2000Lossless, rows=32, columns=32)
+    data = bytearray(bad.files[2].read_bytes())
+    siz = data.find(b"\xff\x4f\xff\x51")
+    data[siz + 8 : siz + 16] = b"\x7f" * 8
+    bad.files[2].write_bytes(bytes(data))
+
+    def read(folder):
+        try:
+            return read_volume(folder, workers=2)[0]
+        except ScanRejected as err:
+            return err
+
+    capfd.readouterr()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(read, [good.folder, bad.folder] * 3))
+    for result in results[0::2]:
+        np.testing.assert_array_equal(result, good.hu)
+    for result in results[1::2]:
+        assert isinstance(result, ScanRejected) and bad.files[2].name in result.reason
+    assert capfd.readouterr().err == ""
+    sys.stderr.write("stderr restored\n")
+    assert capfd.readouterr().err == "stderr restored\n"

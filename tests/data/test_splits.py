@@ -11,8 +11,8 @@ import pytest
 from monai.data import load_decathlon_datalist
 
 from pipeline.cli import main
-from pipeline.data.datalist import select
-from pipeline.data.splits import datalist_path_for, infer_class_names, split_manifest
+from pipeline.contracts.datalist import datalist_beside, select
+from pipeline.data.splits import infer_class_names, split_manifest
 from pipeline.errors import UserError
 
 SITES = ("site-a", "site-b", "site-c")
@@ -221,7 +221,7 @@ def test_class_name_rule_rejects_ambiguous_labels(labels, message):
 
 def test_datalist_loads_with_monai_and_matches_the_manifest(manifest):
     result = split_manifest(manifest, external_site="site-b", seed=3)
-    assert result.datalist_path == datalist_path_for(manifest) == manifest.with_name("cohort.datalist.json")
+    assert result.datalist_path == datalist_beside(manifest) == manifest.with_name("cohort.datalist.json")
     frame = read(manifest)
     training = load_decathlon_datalist(result.datalist_path, data_list_key="training")
     assert len(training) == frame["split"].eq("train").sum()

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.data.datalist import write_datalist
 
-SHAPE = (32, 32, 12)
+SHAPE = (32, 32, 16)  # 16 slices: the fewest the manifest builder and the scan loader accept by default
 SPACING = (5.0, 5.0, 10.0)
 CLASSES = ["negative", "positive"]
 #: overrides every bundle run in these tests uses: tiny input, smallest network, no worker processes

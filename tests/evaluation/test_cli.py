@@ -65,14 +65,39 @@ def test_auc_json_shape_and_values(capsys, scores_csv):
     args = ["stats", "auc", "--csv", str(path), "--truth", "truth", "--score", "model_a", "--score", "model_b"]
     assert main([*args, "--n-resamples", "300", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"scores", "delong_p"}
+    assert set(result) == {"scores", "delong_p", "confidence", "delong_scale"}
+    assert result["delong_scale"] == "logit" and result["confidence"] == 0.95
     assert set(result["scores"]) == {"model_a", "model_b"}
     for column, entry in result["scores"].items():
-        assert set(entry) == {"auc", "delong_ci", "bootstrap_ci"}
+        assert set(entry) == {"auc", "delong_se", "delong_ci", "bootstrap_ci"}
         assert entry["auc"] == pytest.approx(roc_auc_score(frame["truth"], frame[column]), abs=1e-9)
         assert entry["delong_ci"][0] < entry["auc"] < entry["delong_ci"][1]
         assert entry["bootstrap_ci"][0] < entry["auc"] < entry["bootstrap_ci"][1]
     assert 0.0 < result["delong_p"] < 0.05
+
+
+def test_auc_delong_scale_auc_is_procs_wald_interval(capsys, scores_csv):
+    """``--delong-scale auc`` prints AUC ± z·SE (R pROC's DeLong CI); the default logit interval differs from it."""
+    from scipy import stats
+
+    path, frame = scores_csv
+    args = ["stats", "auc", "--csv", str(path), "--truth", "truth", "--score", "model_a", "--n-resamples", "0"]
+    assert main([*args, "--json", "--delong-scale", "auc"]) == 0
+    wald = json.loads(capsys.readouterr().out)
+    assert main([*args, "--json"]) == 0
+    logit = json.loads(capsys.readouterr().out)
+    entry = wald["scores"]["model_a"]
+    # SE from DeLong's placement values, written out here (not the package's midrank algorithm)
+    y, s = frame["truth"].to_numpy(), frame["model_a"].to_numpy()
+    x, z = s[y == 1], s[y == 0]
+    psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+    se = np.sqrt(psi.mean(axis=1).var(ddof=1) / x.size + psi.mean(axis=0).var(ddof=1) / z.size)
+    half = stats.norm.ppf(0.975) * se
+    assert wald["delong_scale"] == "auc" and entry["delong_se"] == pytest.approx(se, rel=1e-9)
+    assert entry["delong_ci"] == pytest.approx([entry["auc"] - half, entry["auc"] + half], abs=1e-12)
+    assert logit["scores"]["model_a"]["delong_ci"] != pytest.approx(entry["delong_ci"], abs=1e-4)
+    assert main([*args, "--delong-scale", "auc"]) == 0
+    assert "DeLong 95% CI (auc)" in capsys.readouterr().out
 
 
 def test_auc_table_and_undefined_constant_score(capsys, scores_csv):

@@ -14,10 +14,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pipeline.data.datalist import select
+from pipeline.contracts.datalist import select
+from pipeline.contracts.operating_point import read_operating_point
 from pipeline.evaluation.bundle import file_sha256
 from pipeline.evaluation.checks import binary_truth
-from pipeline.evaluation.operating_point import choose_threshold, read_operating_point
+from pipeline.evaluation.operating_point import choose_threshold
 from pipeline.evaluation.roc import auc_summary
 from pipeline.networks import build
 from pipeline.transforms import eval_transforms
@@ -99,14 +100,33 @@ def _independent_probabilities(checkpoint: Path, entries: list[dict]) -> dict[st
     return out
 
 
+def _builder_reason(image: Path, work: Path) -> str:
+    """What ``aamct manifest build`` says about one NIfTI file (its rejections CSV's reason)."""
+    from pipeline.contracts.manifest import read_rejections, rejections_path_for
+    from pipeline.data.manifest import build_manifest
+
+    key = work / "key"
+    key.write_text("k" * 32)
+    out = work / "built" / "manifest.csv"
+    build_manifest(dicom_root=None, nifti_glob=str(image), labels_csv=None, out=out, key_file=key, workers=1)
+    [reason] = read_rejections(rejections_path_for(out))["reason"]
+    return reason
+
+
 @pytest.mark.slow
-def test_test_split_predictions_come_from_the_checkpoint_through_the_training_transforms(evaluated_run, tiny_cohort):
+def test_test_split_predictions_come_from_the_checkpoint_through_the_training_transforms(
+    evaluated_run, tiny_cohort, tmp_path
+):
     frame = _read(evaluated_run["dir"] / "eval_test" / "predictions.csv")
     entries = select(tiny_cohort.datalist, "test")
     assert list(frame["case_id"]) == [entry["case_id"] for entry in entries]
     ok = frame[frame["status"] == "ok"]
-    assert len(ok) == len(entries) - 1  # the truncated file is an error row
-    assert frame.loc[frame["status"] != "ok", "reason"].str.len().min() > 0
+    assert len(ok) == len(entries) - 1  # the truncated file is an error row, with the manifest builder's reason
+    [broken] = [entry for entry in entries if entry["case_id"] not in set(ok["case_id"])]
+    [reason] = frame.loc[frame["status"] != "ok", "reason"]
+    # the report writes "<image>" for the scan's path (a folder name may name the patient), in the builder's words too
+    expected = _builder_reason(Path(broken["image"]), tmp_path).replace(broken["image"], "<image>")
+    assert reason == f"<image>: {expected}", reason
     expected = _independent_probabilities(
         evaluated_run["dir"] / "models" / "model.pt", [e for e in entries if e["case_id"] in set(ok["case_id"])]
     )

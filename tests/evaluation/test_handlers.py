@@ -15,21 +15,18 @@ from monai.handlers import ROCAUC, from_engine
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from sklearn.metrics import roc_auc_score
 
-from pipeline.data.datalist import select
+from pipeline.contracts.datalist import select
+from pipeline.contracts.operating_point import OperatingPoint, read_operating_point, write_operating_point
 from pipeline.errors import UserError
 from pipeline.evaluation.checks import binary_truth
 from pipeline.evaluation.handlers import (
     PREDICTION_COLUMNS,
     DeLongAUCHandler,
     EvaluationReportHandler,
+    read_run_summary,
     update_run_summary,
 )
-from pipeline.evaluation.operating_point import (
-    OperatingPoint,
-    choose_threshold,
-    read_operating_point,
-    write_operating_point,
-)
+from pipeline.evaluation.operating_point import choose_threshold
 from pipeline.evaluation.report import evaluate_predictions
 from pipeline.evaluation.roc import auc_summary, delong_ci
 from pipeline.training.datasets import SkipFailedCases
@@ -156,7 +153,16 @@ def test_run_summary_has_the_auc_and_its_delong_interval(evaluated_test_split):
     # None when the interval is undefined (e.g. a perfect separation of these few cases), never a made-up number
     assert summary["auc_ci"] == (pytest.approx(list(expected.delong_ci)) if expected.delong_ci else None)
     assert run["handler"].report is not None
-    assert run["handler"].paths["html"].is_file()
+    assert "Predictions: <code>predictions.csv</code>" in run["handler"].paths["html"].read_text()
+    # the one reader of this file gives back what the writer stored
+    read = read_run_summary(run["out"] / "metrics.json")
+    assert read.split == "test" and read.headline.auc == summary["auc"]
+    assert read.headline.proportion("sensitivity").value == summary["sensitivity"]
+    assert read.headline.eval_metrics()["auc_ci"] == summary["auc_ci"]
+    entry = summary["splits"]["test"]
+    assert entry["delong_scale"] == "logit" and entry["confidence"] == 0.95
+    tp, positives = entry["sensitivity_count"]
+    assert positives == entry["n_positive"] and entry["sensitivity"] == pytest.approx(tp / positives)
 
 
 def test_delong_handler_matches_monai_rocauc_and_logs_the_interval(tiny_cohort, tmp_path):

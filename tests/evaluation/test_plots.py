@@ -75,3 +75,22 @@ def test_calibration_and_decision_curve(tmp_path, cases):
     labels, scores = cases
     _assert_png(plot_calibration(tmp_path / "cal.png", reliability_curve(labels, scores)))
     _assert_png(plot_decision_curve(tmp_path / "dca.png", decision_curve(labels, scores)))
+
+
+def test_confusion_matrix_text_is_readable_at_the_reports_display_width(cases):
+    """Every text of the figure, scaled to the width the HTML report shows it at, is at least 10 px high."""
+    from matplotlib.text import Text
+
+    from pipeline.evaluation.plots import _DPI, CONFUSION_DISPLAY_WIDTH_PX, confusion_matrix_figure
+
+    labels, scores = cases
+    counts = binary_metrics(labels, scores, threshold=0.5).counts
+    figure = confusion_matrix_figure(counts, class_names=["Negative", "Positive"], title="test split")
+    figure.canvas.draw()
+    png_width = figure.get_figwidth() * _DPI
+    scale = min(1.0, CONFUSION_DISPLAY_WIDTH_PX / png_width)
+    texts = [t for t in figure.findobj(Text) if t.get_text().strip() and t.get_visible()]
+    assert {"Counts", "Normalised by true class", "Predicted class", "True class"} <= {t.get_text() for t in texts}
+    assert str(counts.tp) in {t.get_text() for t in texts}
+    sizes = {t.get_text(): t.get_fontsize() * _DPI / 72 * scale for t in texts}
+    assert min(sizes.values()) >= 10, sorted(sizes.items(), key=lambda kv: kv[1])[:3]

@@ -157,3 +157,31 @@ def test_dataframe_input_for_handlers_and_single_class_split(tmp_path):
     paths = write_report(report, tmp_path / "out")
     assert not (tmp_path / "out" / "figures" / "roc_test.png").exists()  # no ROC curve without both classes
     assert "no positive" in paths["html"].read_text()
+
+
+def test_html_names_the_predictions_file_and_shows_the_confusion_matrix_wide(tmp_path, predictions_csv):
+    from pipeline.evaluation.plots import CONFUSION_DISPLAY_WIDTH_PX
+
+    report = evaluate_predictions(pd.read_csv(predictions_csv), threshold=0.5, source="predictions.csv", **FAST)
+    html = write_report(report, tmp_path / "out", title="aamct evaluation: student x")["html"].read_text()
+    assert "Predictions: <code>predictions.csv</code>" in html and "<title>aamct evaluation: student x</title>" in html
+    figure = html[: html.index('alt="Confusion matrix"')].rsplit("<figure", 1)[1]
+    assert f"max-width:{CONFUSION_DISPLAY_WIDTH_PX}px" in figure
+
+
+def test_run_title_tells_teacher_and_student_apart():
+    from types import SimpleNamespace
+
+    from pipeline.evaluation.report import run_title
+
+    teacher = SimpleNamespace(network_name="aam_student_small", network_kwargs={}, written_by="training", teacher=None)
+    student = SimpleNamespace(
+        network_name="aam_student_small",
+        network_kwargs={"width": 0.125},
+        written_by="distilling",
+        teacher="aam_student_small",
+    )
+    assert run_title(teacher, "runs/demo") == "aamct evaluation: aam_student_small trained on labels, run demo"
+    assert run_title(student, "runs/demo/distill") == (
+        "aamct evaluation: student aam_student_small (width 0.125) distilled from aam_student_small, run distill"
+    )

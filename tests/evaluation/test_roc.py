@@ -86,11 +86,36 @@ def test_logit_ci_stays_inside_unit_interval_near_perfect_auc():
     scores = np.r_[rng.normal(3.0, 1.0, 30), rng.normal(0.0, 1.0, 30)]
     auc = roc_auc(labels, scores)
     assert auc > 0.95
-    for transform in ("logit", "none"):
-        lower, upper = delong_ci(labels, scores, transform=transform)
+    for scale in ("logit", "auc"):
+        lower, upper = delong_ci(labels, scores, scale=scale)
         assert 0.0 <= lower < auc <= upper <= 1.0
-    lower, upper = delong_ci(labels, scores, transform="logit")
+    lower, upper = delong_ci(labels, scores, scale="logit")
     assert upper < 1.0  # the logit interval is asymmetric and never touches the boundary
+
+
+def test_auc_scale_is_auc_plus_minus_z_se_as_proc_reports_it():
+    """pROC's ``ci.auc(method = "delong")``: AUC ± z·SE with the DeLong SE, clipped to [0, 1]."""
+    from scipy import stats
+
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 2, 150)
+    scores = np.round(rng.normal(labels * 1.0, 1.0), 1)  # rounded: ties, as real scores have
+    auc = roc_auc(labels, scores)
+    x, z = scores[labels == 1], scores[labels == 0]
+    psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+    se = np.sqrt(psi.mean(axis=1).var(ddof=1) / x.size + psi.mean(axis=0).var(ddof=1) / z.size)
+    for confidence in (0.9, 0.95):
+        half = stats.norm.ppf(0.5 + confidence / 2) * se
+        assert delong_ci(labels, scores, scale="auc", confidence=confidence) == pytest.approx(
+            (auc - half, auc + half), abs=1e-12
+        )
+    summary = auc_summary(labels, scores, n_resamples=0, delong_scale="auc")
+    assert summary.delong_scale == "auc" and summary.delong_ci == pytest.approx((auc - half, auc + half))
+    assert summary.delong_se == pytest.approx(se, rel=1e-9)
+    logit = auc_summary(labels, scores, n_resamples=0)
+    assert logit.delong_scale == "logit" and logit.delong_ci != pytest.approx(summary.delong_ci, abs=1e-4)
+    with pytest.raises(UserError, match="DeLong scale"):
+        auc_summary(labels, scores, delong_scale="wald")
 
 
 def test_paired_delong_test_matches_naive_covariance_and_detects_a_better_model():

@@ -7,7 +7,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import NibabelReader
 from torch import nn
 
 from pipeline.inference import CasePredictor, DenseClassificationInferer
@@ -60,27 +59,48 @@ def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray | None = None
     return path
 
 
-def make_predictor(network: nn.Module | None = None, *, reader=None, roi_size=TEST_ROI, spacing=TEST_SPACING, **kwargs):
-    """A real CasePredictor on the project's inference chain (CTImageReader unless ``reader`` is given)."""
+def tiny_bundle(root: Path, *, seed: int = 4) -> Path:
+    """A bundle folder with its own ``configs/inference.json`` (tiny network, 32^3 windows) and ``models/model.pt``."""
+    import json
+
+    from pipeline.inference.bundle import PROJECT_BUNDLE
+
+    config = json.loads((PROJECT_BUNDLE / "configs" / "inference.json").read_text())
+    config.update(network_name="aam_resnet18", roi_size=list(TEST_ROI), spacing=list(TEST_SPACING))
+    config["network_def"]["width"] = 0.125
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    (root / "models").mkdir()
+    torch.save(tiny_network(seed=seed).state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def make_predictor(network: nn.Module | None = None, *, roi_size=TEST_ROI, spacing=TEST_SPACING, **kwargs):
+    """A real CasePredictor on the project's inference chain (the one loader, LoadScand)."""
     return CasePredictor(
         network=network if network is not None else tiny_network(),
         inferer=DenseClassificationInferer(roi_size=roi_size, mode="gaussian"),
-        preprocessing=infer_transforms(roi_size=roi_size, spacing=spacing, reader=reader),
+        preprocessing=infer_transforms(roi_size=roi_size, spacing=spacing),
         **kwargs,
     )
 
 
-class CountingReader(NibabelReader):
-    """MONAI's NibabelReader that counts reads and can simulate a kill (KeyboardInterrupt) on chosen files."""
+class CountingPredictor:
+    """Wraps a predictor: records which images it was asked to score and can simulate a kill on a chosen file.
 
-    def __init__(self, interrupt_on: str | None = None) -> None:
-        super().__init__()
+    Args:
+        predictor: the real predictor.
+        interrupt_on: a file name; scoring it raises ``KeyboardInterrupt`` as a kill of the process would.
+    """
+
+    def __init__(self, predictor, interrupt_on: str | None = None) -> None:
+        self.predictor = predictor
         self.interrupt_on = interrupt_on
-        self.reads: list[str] = []
+        self.calls: list[str] = []
 
-    def read(self, data, **kwargs):
-        name = str(data[0] if isinstance(data, (list, tuple)) else data)
-        if self.interrupt_on and self.interrupt_on in name:
-            raise KeyboardInterrupt(f"simulated kill while loading {Path(name).name}")
-        self.reads.append(Path(name).name)
-        return super().read(data, **kwargs)
+    def __call__(self, image, **kwargs):
+        name = Path(image).name
+        if self.interrupt_on and name == self.interrupt_on:
+            raise KeyboardInterrupt(f"simulated kill while scoring {name}")
+        self.calls.append(name)
+        return self.predictor(image, **kwargs)

@@ -9,15 +9,14 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from pipeline.contracts.run_record import write_run_record
 from pipeline.errors import UserError
 from pipeline.inference import DenseClassificationInferer
 from pipeline.inference.bundle import (
     PROJECT_BUNDLE,
-    TRAINING_SETTINGS,
     load_inference_config,
     load_weights,
     read_class_names,
-    read_frozen_threshold,
     resolve_bundle,
 )
 from tests.inference.helpers import tiny_network
@@ -25,17 +24,7 @@ from tests.inference.helpers import tiny_network
 CONFIG = PROJECT_BUNDLE / "configs" / "inference.json"
 
 
-def test_inference_config_uses_the_training_settings():
-    train = PROJECT_BUNDLE / "configs" / "train.json"
-    if not train.is_file():
-        pytest.skip(f"{train} not written yet")
-    inference, training = json.loads(CONFIG.read_text()), json.loads(train.read_text())
-    for key in (k for k in TRAINING_SETTINGS if k != "network_name"):
-        assert inference[key] == training[key], key
-    # the network is the distilled student: the last stage of distill.json's default cascade
-    distill = json.loads((PROJECT_BUNDLE / "configs" / "distill.json").read_text())
-    assert inference["network_name"] == distill["stages"][-1] == "aam_student"
-    # class names come from the bundle metadata, as in train.json
+def test_class_names_come_from_the_bundle_metadata():
     metadata = json.loads((PROJECT_BUNDLE / "configs" / "metadata.json").read_text())
     assert read_class_names(PROJECT_BUNDLE) == metadata["class_names"]
 
@@ -46,25 +35,13 @@ def test_inference_config_builds_its_components_without_weights():
     parser.update({"bundle_root": "/nonexistent", "device": "$torch.device('cpu')"})
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, DenseClassificationInferer)
-    assert inferer.roi_size == tuple(parser["roi_size"])
-    assert parser.get_parsed_content("preprocessing").transforms[0].__class__.__name__ == "LoadImaged"
+    assert inferer.roi_size == tuple(parser.get_parsed_content("roi_size"))
+    assert parser.get_parsed_content("preprocessing").transforms[0].__class__.__name__ == "LoadScand"  # the one loader
     assert parser.get_parsed_content("frozen_threshold").is_default
     assert parser["run"] == parser["inference"]  # "run": "%inference", expanded when read
 
 
-def test_run_folder_without_configs_takes_the_settings_of_its_train_config(tmp_path):
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "train.json").write_text(json.dumps({"roi_size": [96, 96, 48], "network_name": "resnet18"}))
-    parser = load_inference_config(tmp_path, {"output_dir": "x"})
-    assert parser["roi_size"] == [96, 96, 48] and parser["network_name"] == "resnet18"
-    assert parser["bundle_root"] == str(tmp_path.resolve())
-
-
-def test_run_record_beats_the_train_config_and_carries_registry_arguments(tmp_path):
-    from pipeline.training.run_record import write_run_record
-
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "train.json").write_text(json.dumps({"roi_size": [96, 96, 48], "network_name": "resnet18"}))
+def test_a_run_folder_takes_the_network_and_preprocessing_of_its_run_record(tmp_path):
     write_run_record(
         tmp_path / "models",
         network_name="aam_student_small",
@@ -77,20 +54,20 @@ def test_run_record_beats_the_train_config_and_carries_registry_arguments(tmp_pa
     assert parser["network_name"] == "aam_student_small" and parser["roi_size"] == [48, 48, 24]
     assert parser["spacing"] == [2.0, 2.0, 4.0] and parser["hu_window"] == [-900, 300]
     assert parser["network_def"]["attention_branches"] == "channel"
+    assert parser["bundle_root"] == str(tmp_path.resolve())
+    # the preprocessing chain is built from them
+    resize = next(t for t in parser.get_parsed_content("preprocessing").transforms if type(t).__name__ == "Resized")
+    assert tuple(resize.resizer.spatial_size) == (48, 48, 24)
+    # an explicit override still wins
+    assert load_inference_config(tmp_path, {"roi_size": [32, 32, 32]})["roi_size"] == [32, 32, 32]
 
 
-def test_frozen_threshold_lookup(tmp_path):
-    assert read_frozen_threshold(tmp_path).source == "default"
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "metadata.json").write_text(json.dumps({"operating_point": {"threshold": 0.3}}))
-    assert read_frozen_threshold(tmp_path).threshold == 0.3
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "operating_point.json").write_text(json.dumps({"threshold": 0.42, "method": "youden"}))
-    frozen = read_frozen_threshold(tmp_path)
-    assert (frozen.threshold, frozen.source) == (0.42, "models/operating_point.json:threshold")
-    (tmp_path / "models" / "operating_point.json").write_text(json.dumps({"threshold": 1.7}))
-    with pytest.raises(UserError, match=r"in \[0, 1\]"):
-        read_frozen_threshold(tmp_path)
+def test_a_run_folder_without_a_record_keeps_the_config_defaults(tmp_path):
+    parser = load_inference_config(tmp_path, {"output_dir": "x"})
+    default = ConfigParser()
+    default.read_config(CONFIG)
+    for key in ("network_name", "roi_size", "spacing", "hu_window"):
+        assert parser.get_parsed_content(key) == default.get_parsed_content(key), key
 
 
 def test_class_names_from_metadata(tmp_path):
@@ -143,3 +120,49 @@ def test_unsafe_or_empty_bundles_are_refused(tmp_path):
         resolve_bundle(tmp_path / "empty")
     with pytest.raises(UserError, match="bundle not found"):
         resolve_bundle(tmp_path / "missing")
+
+
+def _bundle_run(bundle, *overrides: str):
+    """``python -m monai.bundle run inference`` with the bundle's own config, as a recipient with aamct runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
+               str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle), *overrides]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_the_bundle_run_scores_good_cases_and_reports_mistakes_in_one_line(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.data.loading import check_scan
+    from tests.inference.helpers import chest_like_volume, tiny_bundle, write_nifti
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    good = write_nifti(tmp_path / "good.nii.gz", chest_like_volume())
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(chest_like_volume()[:, :, 0], np.diag([2.0, 2.0, 2.0, 1.0])), str(flat))
+    manifest = tmp_path / "cohort.csv"
+    pd.DataFrame({"case_id": ["case-good", "case-flat"], "image": [str(good), str(flat)]}).to_csv(manifest)
+    out = tmp_path / "out"
+    process = _bundle_run(bundle, "--manifest", str(manifest), "--output_dir", str(out))
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "Traceback" not in process.stderr
+    rows = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("case_id")
+    assert rows.loc["case-good", "status"] == "ok"
+    assert rows.loc["case-flat", "reason"] == f"{flat}: {check_scan(flat)}"
+    # a user mistake found while MONAI builds the config (here: no weights) ends with one line, not a traceback
+    (bundle / "models" / "model.pt").unlink()
+    process = _bundle_run(bundle, "--manifest", str(manifest), "--output_dir", str(tmp_path / "again"))
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert (
+        process.stderr.strip().splitlines()[-1]
+        == f"aamct: error: {bundle / 'models' / 'model.pt'}: model weights not found"
+    )

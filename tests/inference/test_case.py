@@ -84,15 +84,19 @@ def test_score_only_writes_nothing(network, tmp_path):
     assert not (tmp_path / "case-a.nii.gz").exists()
 
 
-def test_unreadable_and_missing_images_fail_at_loading(network, tmp_path):
+def test_rejected_and_missing_images_fail_at_loading_with_the_loaders_reason(network, tmp_path):
+    from pipeline.data.loading import check_scan
+
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(b"this is not a NIfTI file" * 10)
+    flat = write_nifti(tmp_path / "flat.nii.gz", chest_like_volume()[:, :, :1])  # a single slice
     predictor = make_predictor(network)
-    with pytest.raises(CaseFailure) as failure:
-        predictor(corrupt, case_id="case-bad", heatmap_dir=tmp_path)
-    assert failure.value.stage == "load" and str(failure.value).startswith("unreadable image: ")
-    with pytest.raises(CaseFailure, match="image not found"):
-        predictor(tmp_path / "missing.nii.gz", case_id="case-missing", heatmap_dir=tmp_path)
+    for image in (corrupt, flat, tmp_path / "missing.nii.gz"):
+        with pytest.raises(CaseFailure) as failure:
+            predictor(image, case_id="case-bad", heatmap_dir=tmp_path)
+        # the header probe and the loader word it the same, and nothing past loading ran
+        assert failure.value.stage == "load" and str(failure.value) == f"{image}: {check_scan(image)}"
+    assert not list(tmp_path.glob("case-bad*"))
 
 
 def test_preprocessing_must_start_with_loading():

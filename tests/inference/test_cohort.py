@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.inference.cohort import CohortRunner, Shard, discover_cases, read_manifest_cases
-from tests.inference.helpers import CountingReader, chest_like_volume, make_predictor, write_nifti
+from pipeline.evaluation.report import evaluate_predictions, write_report
+from pipeline.inference.cohort import CohortCase, CohortRunner, Shard, discover_cases, read_cases
+from tests.data.dicom_factory import write_ct_series, write_text_file
+from tests.inference.helpers import CountingPredictor, chest_like_volume, make_predictor, write_nifti
 
 N_GOOD = 6
 
@@ -38,12 +40,17 @@ def _cohort(root: Path, *, broken: bool = True) -> Path:
 
 
 def _runner(out: Path, network, **kwargs) -> CohortRunner:
-    reader = kwargs.pop("reader", None)
+    predictor = make_predictor(network, write_montage=kwargs.pop("write_montage", False))
+    counter = kwargs.pop("counter", None)
+    if counter is not None:
+        counter.predictor = predictor
     return CohortRunner(
-        predictor=make_predictor(network, reader=reader, write_montage=kwargs.pop("write_montage", False)),
+        predictor=counter if counter is not None else predictor,
         output_dir=out,
         progress=False,
         fingerprint="test-model",
+        evaluate_predictions=evaluate_predictions,
+        write_report=write_report,
         **kwargs,
     )
 
@@ -69,8 +76,11 @@ def test_cohort_with_unreadable_cases_finishes_and_marks_them(tmp_path, network)
     ok = predictions[predictions["status"] == "ok"]
     errors = predictions[predictions["status"] == "error"].set_index("case_id")
     assert sorted(errors.index) == ["case-90", "case-91", "case-92"]
-    assert errors.loc["case-91", "reason"].startswith("unreadable image: image not found")
-    assert all(errors["reason"].str.startswith("unreadable image: "))
+    # the loader's own words: "<image>: <reason>", one line (tests/inference/test_cli.py holds them to the builder's)
+    images = tmp_path / "cohort" / "images"
+    assert errors.loc["case-91", "reason"] == f"{images / 'missing.nii.gz'}: no such file or folder"
+    for case_id, name in (("case-90", "corrupt.nii.gz"), ("case-92", "broken_series")):
+        assert errors.loc[case_id, "reason"].startswith(f"{images / name}: "), errors.loc[case_id, "reason"]
     assert all(reason.count("\n") == 0 for reason in errors["reason"])
     assert pd.to_numeric(ok["probability"]).between(0, 1).all() and len(ok) == N_GOOD == summary.n_ok
     assert set(ok["predicted_label"]) <= {"negative", "positive"}
@@ -87,16 +97,16 @@ def test_cohort_with_unreadable_cases_finishes_and_marks_them(tmp_path, network)
 def test_rerun_after_a_kill_completes_only_the_missing_cases(tmp_path, network):
     manifest = _cohort(tmp_path / "cohort", broken=False)
     out = tmp_path / "run"
-    killer = CountingReader(interrupt_on="img3.nii.gz")  # cases run in id order: dies on the 4th
+    killer = CountingPredictor(None, interrupt_on="img3.nii.gz")  # cases run in id order: dies on the 4th
     with pytest.raises(KeyboardInterrupt):
-        _runner(out, network, reader=killer, evaluate=False).run(manifest)
+        _runner(out, network, counter=killer, evaluate=False).run(manifest)
     before = _records(out)
     assert sorted(before) == ["case-00", "case-01", "case-02"]
     assert len(pd.read_csv(out / "predictions.csv")) == 3  # what finished is already in the table
 
-    counter = CountingReader()
-    summary = _runner(out, network, reader=counter, evaluate=False).run(manifest)
-    assert sorted(counter.reads) == ["img3.nii.gz", "img4.nii.gz", "img5.nii.gz"]
+    counter = CountingPredictor(None)
+    summary = _runner(out, network, counter=counter, evaluate=False).run(manifest)
+    assert sorted(counter.calls) == ["img3.nii.gz", "img4.nii.gz", "img5.nii.gz"]
     assert (summary.n_ran, summary.n_skipped) == (3, 3)
     after = _records(out)
     assert all(after[case_id] == record for case_id, record in before.items())  # untouched, not redone
@@ -105,9 +115,9 @@ def test_rerun_after_a_kill_completes_only_the_missing_cases(tmp_path, network):
     assert set(final["status"]) == {"ok"}
 
     # a third run has nothing left to do
-    idle = CountingReader()
-    assert _runner(out, network, reader=idle, evaluate=False).run(manifest).n_ran == 0
-    assert idle.reads == []
+    idle = CountingPredictor(None)
+    assert _runner(out, network, counter=idle, evaluate=False).run(manifest).n_ran == 0
+    assert idle.calls == []
 
 
 def test_error_cases_are_kept_unless_retried(tmp_path, network):
@@ -126,12 +136,11 @@ def test_error_cases_are_kept_unless_retried(tmp_path, network):
 
 def test_shards_split_the_cohort_and_merge_covers_every_case(tmp_path, network):
     manifest = _cohort(tmp_path / "cohort")
-    cases = read_manifest_cases(manifest)
+    cases = read_cases(manifest)
     out = tmp_path / "run"
     seen = []
     for index in range(2):
-        reader = CountingReader()
-        summary = _runner(out, network, reader=reader, evaluate=False).run(cases, shard=Shard(index, 2))
+        summary = _runner(out, network, evaluate=False).run(cases, shard=Shard(index, 2))
         assert summary.predictions is None  # an explicit shard does not merge on its own
         part = pd.read_csv(out / "parts" / f"predictions.rank{index}-of-2.csv")
         seen.append(set(part["case_id"]))
@@ -145,7 +154,7 @@ def test_shards_split_the_cohort_and_merge_covers_every_case(tmp_path, network):
 
 def test_merge_marks_cases_no_shard_has_finished(tmp_path, network):
     manifest = _cohort(tmp_path / "cohort", broken=False)
-    cases = read_manifest_cases(manifest)
+    cases = read_cases(manifest)
     out = tmp_path / "run"
     _runner(out, network, evaluate=False).run(cases, shard=Shard(0, 3))
     merged = _runner(out, network, evaluate=False).merge(cases).set_index("case_id")
@@ -161,44 +170,50 @@ def test_a_run_folder_of_another_model_is_refused(tmp_path, network):
         other.claim_output_dir()
 
 
-def test_manifest_problems_are_user_errors(tmp_path):
-    bad = tmp_path / "bad.csv"
-    bad.write_text("case_id,image\n../escape,a.nii.gz\n")
-    with pytest.raises(UserError, match="not a plain id"):
-        read_manifest_cases(bad)
-    bad.write_text("case_id,image\ncase-1,a.nii.gz\ncase-1,b.nii.gz\n")
-    with pytest.raises(UserError, match="more than once"):
-        read_manifest_cases(bad)
-    bad.write_text("case_id,path\ncase-1,a.nii.gz\n")
-    with pytest.raises(UserError, match="missing column"):
-        read_manifest_cases(bad)
-    with pytest.raises(UserError, match="manifest not found"):
-        read_manifest_cases(tmp_path / "nope.csv")
-
-
-def test_split_selection_and_relative_paths(tmp_path):
+def test_a_manifest_or_a_folder_gives_the_cases(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("case_id,image,label,split,fold\ncase-1,a.nii.gz,1,test,\ncase-2,/abs/b.nii.gz,0,train,3\n")
-    cases = read_manifest_cases(manifest, split="test")
-    assert [c.case_id for c in cases] == ["case-1"]
-    assert cases[0].image == tmp_path / "a.nii.gz" and cases[0].label == "1"
-    assert read_manifest_cases(manifest)[1].image == Path("/abs/b.nii.gz")
-    with pytest.raises(UserError, match="no case in split"):
-        read_manifest_cases(manifest, split="external")
+    cases = read_cases(manifest, split="test")
+    assert [(c.case_id, c.image, c.label, c.rejection) for c in cases] == [("case-1", tmp_path / "a.nii.gz", "1", "")]
+    with pytest.raises(UserError, match="--split needs a manifest"):
+        read_cases(tmp_path, split="test")
+    with pytest.raises(UserError, match="manifest not found"):
+        read_cases(tmp_path / "nope.csv")
 
 
-def test_folder_discovery_hides_folder_names(tmp_path):
-    write_nifti(tmp_path / "SMITH_JOHN" / "ct.nii.gz", np.zeros((4, 4, 4)))
-    series = tmp_path / "DOE_JANE_12345" / "series1"
-    series.mkdir(parents=True)
-    (series / "1").write_bytes(b"\x00" * 128 + b"DICM")
-    cases = discover_cases(tmp_path)
-    assert sorted(c.image.name for c in cases) == ["ct.nii.gz", "series1"]
-    for case in cases:
+def test_folder_discovery_hides_folder_names_and_keeps_the_rejected(tmp_path):
+    root = tmp_path / "export"
+    write_nifti(root / "SMITH_JOHN" / "ct.nii.gz", chest_like_volume())
+    write_nifti(root / "SMITH_JOHN" / "tiny.nii.gz", np.zeros((4, 4, 4)))  # too few slices for the builder
+    write_ct_series(root / "DOE_JANE_12345" / "series1", n_slices=18)
+    write_text_file(root / "DOE_JANE_12345" / "notes.txt")
+    cases = {case.image.name: case for case in discover_cases(root)}
+    assert sorted(cases) == ["ct.nii.gz", "notes.txt", "series1", "tiny.nii.gz"]
+    assert not cases["ct.nii.gz"].rejection and not cases["series1"].rejection
+    assert cases["tiny.nii.gz"].rejection.startswith(f"{root / 'SMITH_JOHN' / 'tiny.nii.gz'}: too few slices")
+    assert cases["notes.txt"].rejection.startswith(f"{root / 'DOE_JANE_12345' / 'notes.txt'}: ")
+    for case in cases.values():
         assert case.case_id.startswith("case-") and "SMITH" not in case.case_id and "DOE" not in case.case_id
-    (tmp_path / "empty").mkdir()
+    # ids follow the path relative to the folder, so a moved cohort keeps them
+    moved = root.rename(tmp_path / "moved")
+    assert sorted(c.case_id for c in discover_cases(moved)) == sorted(c.case_id for c in cases.values())
+    (moved / "empty").mkdir()
     with pytest.raises(UserError, match="no NIfTI file or DICOM series"):
-        discover_cases(tmp_path / "empty")
+        discover_cases(moved / "empty")
+
+
+def test_a_rejected_case_is_an_error_row_and_never_loaded(tmp_path, network):
+    good = write_nifti(tmp_path / "good.nii.gz", chest_like_volume())
+    cases = [
+        CohortCase(case_id="case-good", image=good),
+        CohortCase(case_id="case-bad", image=good, rejection=f"{good}: gantry tilt of 15.00 degrees"),
+    ]
+    counter = CountingPredictor(None)
+    summary = _runner(tmp_path / "run", network, counter=counter, evaluate=False).run(cases)
+    assert counter.calls == ["good.nii.gz"] and (summary.n_ok, summary.n_error) == (1, 1)
+    rows = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False).set_index("case_id")
+    assert rows.loc["case-bad", "reason"] == f"{good}: gantry tilt of 15.00 degrees"
+    assert rows.loc["case-bad", "status"] == "error" and rows.loc["case-bad", "probability"] == ""
 
 
 def test_shard_parsing_and_torchrun_environment(monkeypatch):

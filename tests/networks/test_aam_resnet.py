@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from pipeline.networks import DEPTHS, AAMResNet, attention_modules, set_store_attention
+from pipeline.networks import DEPTHS, PAPER_FORM, AAMResNet, attention_modules, set_store_attention
 
 TINY = {"width": 0.125}  # widths 8, 16, 32, 64: fast on CPU, same topology as the real networks
 
@@ -153,3 +153,127 @@ def test_small_variant_overfits_a_handful_of_volumes():
     model.eval()
     with torch.no_grad():
         assert (model(volumes).argmax(1) == labels).all()
+
+
+# --- attention variants that cannot hurt at initialisation (issue 14) ---------------------------------------------
+
+#: every attention variant of the network, each with the attention-free network it must equal at initialisation
+#: (``None``: the variant is not pass-through, the paper's product form and the residual fusion)
+VARIANTS: dict[str, tuple[dict, dict | None]] = {
+    "paper": (dict(PAPER_FORM), None),
+    "residual fusion": ({"attention_fusion": "residual"}, None),
+    "gated": ({"attention_fusion": "gated"}, {}),
+    "gated, cheap spatial": (
+        {"attention_fusion": "gated", "attention_spatial": "separable", "attention_spatial_stride": 2},
+        {},
+    ),
+    "gated, stage ends": ({"attention_fusion": "gated", "attention": "stage", "attention_spatial": "separable"}, {}),
+    "gamma on attention, 0": (
+        {"gamma_placement": "attention", "gamma_init": 0.0, "attention_spatial_stride": 2},
+        {"gamma_placement": "attention"},
+    ),
+    "zero-init residual": (
+        {"zero_init_residual": True, "attention_spatial": "separable"},
+        {"zero_init_residual": True},
+    ),
+}
+
+
+# every variant at depth 18, the bottleneck units once (scripting a depth-50 network takes most of the time)
+@pytest.mark.parametrize(("variant", "depth"), [(name, 18) for name in VARIANTS] + [("gated, cheap spatial", 50)])
+def test_every_variant_scripts_and_keeps_an_exact_class_activation_map(variant, depth):
+    kwargs, _ = VARIANTS[variant]
+    torch.manual_seed(5)
+    model = AAMResNet(depth=depth, **TINY, **kwargs)
+    _perturb_gates(model)  # off the initial point, so that the attention actually shapes the features
+    model.eval()
+    loaded = _script_round_trip(model)
+    x = torch.randn(2, 1, 37, 33, 40)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(model.class_activation(x).flatten(2).mean(-1), logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loaded(x), logits)
+        torch.testing.assert_close(loaded.class_activation(x), model.class_activation(x))
+
+
+def _perturb_gates(model: torch.nn.Module) -> None:
+    """Move every zero-initialised part (gates, gamma at 0, zeroed norms) off zero, as training would."""
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("variant", [name for name, (_, free) in VARIANTS.items() if free is not None])
+def test_pass_through_variant_equals_the_attention_free_network_at_init(variant, depth):
+    kwargs, attention_free = VARIANTS[variant]
+    torch.manual_seed(3)
+    attended = AAMResNet(depth=depth, **TINY, **kwargs).eval()
+    torch.manual_seed(3)
+    plain = AAMResNet(depth=depth, attention="none", **TINY, **attention_free).eval()
+    assert attention_modules(attended) and not attention_modules(plain)
+    x = torch.randn(2, 1, 40, 36, 33)
+    with torch.no_grad():
+        torch.testing.assert_close(attended(x), plain(x), atol=1e-6, rtol=0)
+        torch.testing.assert_close(attended.class_activation(x), plain.class_activation(x), atol=1e-6, rtol=0)
+
+
+def test_the_backbone_does_not_depend_on_the_attention_built_around_it():
+    # same seed -> the same backbone weights whatever the attention: the premise of the equality above
+    weights = []
+    for kwargs in ({"attention": "none"}, dict(PAPER_FORM), {"attention": "stage", "attention_fusion": "gated"}):
+        torch.manual_seed(7)
+        state = AAMResNet(depth=18, **TINY, **kwargs).state_dict()
+        weights.append({k: v for k, v in state.items() if ".attention." not in k})
+    for other in weights[1:]:
+        assert other.keys() == weights[0].keys()
+        for key in weights[0]:
+            torch.testing.assert_close(other[key], weights[0][key], atol=0, rtol=0, msg=key)
+
+
+def test_the_paper_form_is_not_pass_through():
+    # the control of the equality test: the product fusion damps every branch at initialisation
+    torch.manual_seed(3)
+    paper = AAMResNet(depth=18, **TINY, **PAPER_FORM).eval()
+    torch.manual_seed(3)
+    plain = AAMResNet(depth=18, attention="none", **TINY).eval()
+    x = torch.randn(2, 1, 40, 36, 33)
+    with torch.no_grad():
+        assert (paper(x) - plain(x)).abs().max() > 1e-3
+
+
+def test_pass_through_gates_still_learn_from_the_first_step():
+    torch.manual_seed(0)
+    model = AAMResNet(depth=18, attention="stage", attention_fusion="gated", attention_spatial="separable", **TINY)
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 1, 48, 48, 48)), torch.tensor([0, 1])).backward()
+    for module in attention_modules(model):
+        # the zeroed output layers are where the gradient first arrives
+        assert module.channel.fc[2].weight.grad.abs().sum() > 0
+        assert module.spatial.fuse.weight.grad.abs().sum() > 0
+
+
+def test_gamma_on_the_attention_starts_at_zero_and_learns():
+    torch.manual_seed(0)
+    model = AAMResNet(depth=18, gamma_placement="attention", gamma_init=0.0, **TINY)
+    gammas = {name: p for name, p in model.named_parameters() if name.endswith("gamma")}
+    assert len(gammas) == sum(DEPTHS[18][1]) and all(torch.all(p == 0) for p in gammas.values())
+    torch.nn.functional.cross_entropy(model(torch.randn(2, 1, 32, 32, 32)), torch.tensor([0, 1])).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gammas.values())
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_zero_init_residual_zeroes_the_last_norm_of_every_branch(depth):
+    model = AAMResNet(depth=depth, zero_init_residual=True, **TINY)
+    last = [unit.bn3 if depth == 50 else unit.bn2 for stage in (model.layer1, model.layer2) for unit in stage]
+    assert last and all(torch.all(norm.weight == 0) for norm in last)
+    assert torch.all(model.layer1[0].bn1.weight == 1)  # only the last norm of each branch
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"attention_spatial": "dense"}, {"attention_spatial_stride": 3}, {"gamma_placement": "shortcut"}],
+)
+def test_bad_variant_options_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        AAMResNet(**kwargs)

@@ -111,3 +111,74 @@ def test_single_branch_ablation_builds_and_applies_only_that_branch(features, br
 def test_unknown_branches_are_rejected():
     with pytest.raises(ValueError, match="branches must be one of"):
         AdaptiveAttention(channels=16, branches="none")
+
+
+# --- the variants of issue 14 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["residual", "gated"])
+def test_new_fusion_formulas(features, fusion):
+    module = AdaptiveAttention(channels=16, reduction=4, fusion=fusion)
+    with torch.no_grad():
+        for parameter in module.parameters():  # off the (for "gated": neutral) initial point
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    module.eval()
+    with torch.no_grad():
+        channel, spatial = module.attention_weights(features)
+        out = module(features)
+    expected = features * (1 + channel * spatial) if fusion == "residual" else features * (2 * channel) * (2 * spatial)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("spatial", ["aspp", "separable"])
+@pytest.mark.parametrize("branches", ["both", "channel", "spatial"])
+def test_gated_fusion_is_exactly_the_identity_at_init(features, spatial, branches):
+    module = AdaptiveAttention(channels=16, reduction=4, fusion="gated", spatial=spatial, branches=branches).eval()
+    with torch.no_grad():
+        channel, spatial_map = module.attention_weights(features)
+        out = module(features)
+    assert torch.equal(out, features)
+    if branches != "spatial":
+        assert torch.all(channel == 0.5)  # a neutral gate, 2 * 0.5 = 1
+    if branches != "channel":
+        assert torch.all(spatial_map == 0.5)
+
+
+def test_separable_branch_is_depthwise_at_the_requested_rates():
+    module = AdaptiveAttention(channels=64, reduction=16, spatial="separable", dilations=(1, 2, 3))
+    convs = [block.conv for block in module.spatial.context]
+    assert [conv.dilation for conv in convs] == [(1, 1, 1), (2, 2, 2), (3, 3, 3)]
+    assert all(conv.groups == conv.in_channels == conv.out_channels == 4 for conv in convs)
+    paper = AdaptiveAttention(channels=64, reduction=16, spatial="aspp")
+    assert sum(p.numel() for p in module.spatial.parameters()) < sum(p.numel() for p in paper.spatial.parameters()) / 2
+
+
+def test_half_resolution_map_is_computed_coarse_and_returned_full_size():
+    module = AdaptiveAttention(channels=16, reduction=4, spatial="separable", spatial_stride=2).eval()
+    seen = []
+    module.spatial.reduce.register_forward_hook(lambda _m, inputs, _out: seen.append(tuple(inputs[0].shape[2:])))
+    with torch.no_grad():
+        large = module.attention_weights(torch.randn(1, 16, 8, 10, 12))[1]
+        small = module.attention_weights(torch.randn(1, 16, 3, 8, 8))[1]
+    assert seen == [(4, 5, 6), (3, 8, 8)]  # halved; a map with an axis below 4 is not pooled
+    assert large.shape == (1, 1, 8, 10, 12) and small.shape == (1, 1, 3, 8, 8)
+
+
+def test_cheap_branch_scripts_with_stored_maps(features):
+    module = AdaptiveAttention(channels=16, reduction=4, fusion="gated", spatial="separable", spatial_stride=2)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    module.eval()
+    loaded = torch.jit.script(module)
+    loaded.store_attention = True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(features), module(features))
+    torch.testing.assert_close(loaded.last_spatial_attention, module.attention_weights(features)[1])
+
+
+def test_unknown_spatial_branch_or_stride_is_rejected():
+    with pytest.raises(ValueError, match="spatial branch"):
+        AdaptiveAttention(channels=16, spatial="dense")
+    with pytest.raises(ValueError, match="stride"):
+        AdaptiveAttention(channels=16, spatial_stride=4)

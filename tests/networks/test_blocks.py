@@ -59,3 +59,31 @@ def test_units_are_spatial_dims_generic():
     block = ScaledResidualBottleneck(3, 2, spatial_dims=2, stride=2)
     assert block(torch.randn(2, 3, 9, 12)).shape == (2, 8, 5, 6)
     assert block.gamma.shape == (1, 8, 1, 1)
+
+
+@pytest.mark.parametrize("unit", [ScaledResidualBasicBlock, ScaledResidualBottleneck])
+def test_gamma_on_the_attention_scales_only_what_the_attention_changes(unit):
+    channels = 4 * unit.expansion  # identity shortcut, so that H(x) - x is the residual term
+    block = unit(channels, 4, attention=_Halve(), gamma_placement="attention", gamma_init=0.0).eval()
+    plain = unit(channels, 4, gamma_placement="attention").eval()
+    plain.load_state_dict(block.state_dict(), strict=False)
+    block.act, plain.act = nn.Identity(), nn.Identity()
+    x = torch.randn(1, channels, 5, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), plain(x))  # gamma 0: the plain residual unit F(x) + x
+        block.gamma.fill_(1.0)
+        branch = plain(x) - x
+        torch.testing.assert_close(block(x) - x, 0.5 * branch)  # gamma 1: the attention's full effect
+        block.gamma.fill_(0.5)
+        torch.testing.assert_close(block(x) - x, 0.75 * branch)  # F + 0.5 * (F / 2 - F)
+    assert "gamma" not in dict(plain.named_parameters())  # no attention: no learnable gamma
+
+
+class _Halve(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x
+
+
+def test_unknown_gamma_placement_is_rejected():
+    with pytest.raises(ValueError, match="gamma_placement"):
+        ScaledResidualBasicBlock(4, 4, gamma_placement="shortcut")

@@ -12,7 +12,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import resnet50 as monai_resnet50
 
 from pipeline.errors import UserError
-from pipeline.networks import DenseClassifier, available, build, network_spec
+from pipeline.networks import DenseClassifier, attention_modules, available, build, network_spec
 from tests.conftest import shared_path
 
 REQUIRED = {
@@ -122,7 +122,7 @@ def test_unet_encoder_reuses_basic_unet_weights():
 
 def test_keyword_arguments_override_entry_defaults():
     model = build("aam_student", attention_fusion="sum", attention="stage")
-    assert {m.fusion for m in model.modules() if hasattr(m, "fuse_by_sum")} == {"sum"}
+    assert {m.fusion for m in attention_modules(model)} == {"sum"}
     assert model.attention_placement == "stage"
 
 

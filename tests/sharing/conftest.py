@@ -2,8 +2,10 @@
 
 The chain is the real one, shrunk: ``write_demo_cohort`` (DICOM series) -> PatientName / PatientID / BirthDate
 overwritten with distinctive values -> ``build_manifest`` + ``split_manifest`` (datalist) -> one epoch of training of
-``aam_student_small`` at 32^3 on the training cases, read through the project's transforms -> an evaluation report
--> ``export_bundle`` with the repository's own bundle configs (network name and sizes shrunk).
+``aam_student_small`` at 32^3 on the training cases, read through the project's transforms, with its run record
+(``models/run.json``) -> the run summary ``metrics.json`` written by the evaluation's own writer
+(:func:`pipeline.evaluation.handlers.update_run_summary`) -> ``export_bundle`` with the repository's own bundle
+configs (network sizes shrunk; the network name comes from the run record).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import pydicom
 import pytest
 import torch
 
+from pipeline.contracts.run_record import write_run_record
+
 REPO_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+CLASSES = ["negative", "positive"]
 ROI = [32, 32, 32]
 SPACING = [10.0, 10.0, 10.0]
 NETWORK = "aam_student_small"
@@ -50,6 +55,8 @@ class PhiCohort:
 class ExportedBundle:
     zip_path: Path
     name: str
+    report: Path
+    checkpoint: Path
     source_bundle: Path
     source_metadata_sha256: str
     result: object
@@ -65,7 +72,7 @@ def _shrink_bundle(target: Path) -> Path:
         path = target / "configs" / name
         if path.is_file():
             config = json.loads(path.read_text())
-            config.update(network_name=NETWORK, roi_size=ROI, spacing=SPACING)
+            config.update(roi_size=ROI, spacing=SPACING)
             path.write_text(json.dumps(config, indent=2))
     meta_path = target / "configs" / "metadata.json"
     metadata = json.loads(meta_path.read_text())
@@ -109,7 +116,7 @@ def phi_cohort(tmp_path_factory) -> PhiCohort:
 
 def _train_one_epoch(datalist: Path, checkpoint: Path) -> None:
     """One epoch of AdamW on the training cases, through the project's deterministic preprocessing."""
-    from pipeline.data.datalist import select
+    from pipeline.contracts.datalist import select
     from pipeline.networks import build
     from pipeline.transforms import train_transforms
 
@@ -131,12 +138,14 @@ def _train_one_epoch(datalist: Path, checkpoint: Path) -> None:
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     # the training stage's layout: the network state dict, nested as MONAI CheckpointSaver may write it
     torch.save({"network": network.state_dict()}, checkpoint)
+    write_run_record(checkpoint.parent, network_name=NETWORK, roi_size=ROI, spacing=SPACING, class_names=CLASSES)
 
 
 def synthetic_report(path: Path, *, n: int = 60, seed: int = 0) -> Path:
-    """An evaluation report (``metrics.json``) of a separable synthetic predictions table, via the real evaluator."""
+    """A run summary (``RUN/metrics.json``) of a separable synthetic predictions table: the threshold chosen on the
+    validation cases, then the test cases evaluated at it, each merged in by the evaluation's own writer."""
     from pipeline.evaluation import evaluate_predictions
-    from pipeline.io import write_json_atomic
+    from pipeline.evaluation.handlers import update_run_summary
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, size=n)
@@ -150,8 +159,12 @@ def synthetic_report(path: Path, *, n: int = 60, seed: int = 0) -> Path:
         }
     )
     validation = frame[frame["split"] == "val"]
-    report = evaluate_predictions(frame[frame["split"] == "test"], validation=validation, n_resamples=200)
-    return write_json_atomic(path, report.to_dict())
+    val_report = evaluate_predictions(validation, validation=validation, n_resamples=200)
+    update_run_summary(path, val_report, split="val", report_dir=path.parent / "eval_val")
+    test_report = evaluate_predictions(
+        frame[frame["split"] == "test"], threshold=val_report.operating_point, n_resamples=200
+    )
+    return update_run_summary(path, test_report, split="test", report_dir=path.parent / "eval_test")
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +176,7 @@ def exported_bundle(tmp_path_factory, phi_cohort) -> ExportedBundle:
     source = _shrink_bundle(base / "bundle")
     checkpoint = base / "run" / "models" / "model.pt"
     _train_one_epoch(phi_cohort.datalist, checkpoint)
-    report = synthetic_report(base / "eval" / "metrics.json")
+    report = synthetic_report(base / "run" / "metrics.json")
     source_hash = hashlib.sha256((source / "configs" / "metadata.json").read_bytes()).hexdigest()
     result = export_bundle(
         source,
@@ -175,6 +188,8 @@ def exported_bundle(tmp_path_factory, phi_cohort) -> ExportedBundle:
     return ExportedBundle(
         zip_path=result.zip_path,
         name="covid_ct_tiny",
+        report=report,
+        checkpoint=checkpoint,
         source_bundle=source,
         source_metadata_sha256=source_hash,
         result=result,
@@ -190,5 +205,5 @@ def shrunk_bundle(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def report_json(tmp_path_factory) -> Path:
-    """``metrics.json`` of the synthetic predictions table (real evaluator, 200 bootstrap resamples)."""
+    """The run summary ``metrics.json`` of the synthetic predictions table (real evaluator and writer)."""
     return synthetic_report(tmp_path_factory.mktemp("report") / "metrics.json")

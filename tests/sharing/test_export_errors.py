@@ -30,7 +30,9 @@ def test_missing_license(with_weights, tmp_path):
         export_bundle(with_weights, tmp_path / "b.zip")
 
 
-@pytest.mark.parametrize(("out", "message"), [("b.tar", r"must be a \.zip"), ("bad name!.zip", "bundle name")])
+@pytest.mark.parametrize(
+    ("out", "message"), [("b.tar", r"must be a folder or a \.zip"), ("bad name!.zip", "bundle name")]
+)
 def test_bad_output_name(with_weights, tmp_path, out, message):
     with pytest.raises(UserError, match=message):
         export_bundle(with_weights, tmp_path / out)
@@ -60,3 +62,20 @@ def test_cli_reports_one_line_and_exit_2(shrunk_bundle, tmp_path, capsys):
     assert main(["bundle", "export", "--bundle", str(shrunk_bundle), "--out", str(tmp_path / "b.zip")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("aamct: error: ") and "trained weights not found" in err and len(err.splitlines()) == 1
+
+
+def test_an_output_folder_needs_a_bundle_name(with_weights, tmp_path):
+    with pytest.raises(UserError, match="give --name when --out is a folder"):
+        export_bundle(with_weights, tmp_path / "exports")
+
+
+def test_a_local_path_in_a_config_is_refused_naming_the_key(with_weights, tmp_path, report_json):
+    path = with_weights / "configs" / "inference.json"
+    config = json.loads(path.read_text())
+    config["lookup_table"] = "/srv/hospital/tables/lut.csv"  # a key the exporter does not know how to make portable
+    path.write_text(json.dumps(config))
+    with pytest.raises(
+        UserError, match=r"configs/inference.json lookup_table: /srv/hospital/tables/lut.csv is a local"
+    ):
+        export_bundle(with_weights, tmp_path / "b.zip", report=report_json, check_parity=False)
+    assert not list(tmp_path.glob("*.zip"))

@@ -37,7 +37,9 @@ EXPECTED_MEMBERS = {
     "configs/inference_torchscript.json",
     "models/model.pt",
     "models/model.ts",
+    "models/model_dense.ts",
     "models/operating_point.json",
+    "large_files.yml",
     "docs/README.md",
 }
 
@@ -101,7 +103,7 @@ def test_cli_verify_and_inspect(exported_bundle, capsys):
         "model_card"
     ]
     assert f"bundle     {exported_bundle.name} {card['version']}" in out
-    primary = card["metrics"]["primary_split"]
+    primary = card["metrics"]["split"]
     assert f"AUC {card['metrics']['splits'][primary]['auc']:.3f}" in out
     assert f"threshold  {card['operating_threshold']['value']:.6g}" in out
 
@@ -285,3 +287,145 @@ def test_copying_the_zip_keeps_it_verifiable(exported_bundle, tmp_path):
     # the comment (digest of the checksum file) travels with the bytes of the zip
     copy = shutil.copyfile(exported_bundle.zip_path, tmp_path / f"{exported_bundle.name}.zip")
     assert verify_bundle(copy, check_networks=False).ok
+
+
+# ------------------------------------------------------------------ the bundle tells the truth (issue 16, item 1)
+
+
+def test_zip_is_named_name_v_version(exported_bundle, unpacked):
+    version = json.loads((unpacked / "configs" / "metadata.json").read_text())["version"]
+    assert exported_bundle.zip_path.name == f"{exported_bundle.name}_v{version}.zip"
+    assert open_bundle_archive(exported_bundle.zip_path).name == exported_bundle.name
+
+
+def test_eval_metrics_equal_the_runs_metrics_json(exported_bundle, unpacked):
+    summary = json.loads(exported_bundle.report.read_text())
+    metadata = json.loads((unpacked / "configs" / "metadata.json").read_text())
+    eval_metrics = metadata["eval_metrics"]
+    headline = summary["splits"][summary["split"]]
+    assert eval_metrics["split"] == summary["split"] == "test"
+    for key in ("auc", "auc_ci", "auc_bootstrap_ci", "threshold", "sensitivity", "specificity"):
+        assert eval_metrics[key] == summary[key] == headline[key], key
+    for key in ("n", "n_positive", "n_negative", "sensitivity_ci", "specificity_ci", "confidence", "delong_scale"):
+        assert eval_metrics[key] == headline[key], key
+    assert all(eval_metrics[key] is not None for key in ("auc", "auc_ci", "sensitivity", "specificity", "n"))
+    assert metadata["operating_point"]["threshold"] == summary["operating_point"]["threshold"]
+    # the run summary's provenance holds local paths: none of it is copied
+    assert str(exported_bundle.checkpoint) not in json.dumps(metadata)
+
+
+def test_model_card_has_the_runs_numbers_and_no_na(exported_bundle, unpacked):
+    summary = json.loads(exported_bundle.report.read_text())
+    card = (unpacked / "docs" / "README.md").read_text()
+    assert "n/a" not in card and "None" not in card
+    for split, entry in summary["splits"].items():
+        low, high = entry["auc_ci"]
+        assert f"| {split} | {entry['n']} | {entry['n_positive']}/{entry['n_negative']} |" in card
+        assert f"{entry['auc']:.3f} (95% CI {low:.3f}-{high:.3f})" in card
+        for metric in ("sensitivity", "specificity"):
+            numerator, denominator = entry[f"{metric}_count"]
+            lower, upper = entry[f"{metric}_ci"]
+            assert (
+                f"{100 * entry[metric]:.1f}% (95% CI {100 * lower:.1f}-{100 * upper:.1f}; {numerator}/{denominator})"
+                in card
+            ), (split, metric)
+    assert f"**{summary['operating_point']['threshold']:.6g}**" in card
+    assert f"chosen on {summary['operating_point']['n_validation']} validation cases" in card
+    training = json.loads((unpacked / "configs" / "metadata.json").read_text())["model_card"]["training_data"]
+    assert f"- training: {training['splits']['training']['cases']} cases" in card
+
+
+def test_model_ts_returns_the_shape_the_metadata_describes(unpacked):
+    metadata = json.loads((unpacked / "configs" / "metadata.json").read_text())
+    image = metadata["network_data_format"]["inputs"]["image"]
+    pred = metadata["network_data_format"]["outputs"]["pred"]
+    x = torch.rand(2, image["num_channels"], *image["spatial_shape"], generator=torch.Generator().manual_seed(1))
+    classifier = torch.jit.load(str(unpacked / "models" / "model.ts")).eval()
+    dense = torch.jit.load(str(unpacked / "models" / "model_dense.ts")).eval()
+    with torch.no_grad():
+        logits, dense_map = classifier(x), dense(x)
+    assert tuple(logits.shape) == (2, pred["num_channels"], *pred["spatial_shape"]) == (2, 2)
+    assert list(dense_map.shape[1:]) == metadata["dense_output"]["output_shape"]
+    # the dense map is the same classifier evaluated per location: its spatial mean is the case logits
+    torch.testing.assert_close(dense_map.flatten(2).mean(2), logits, rtol=1e-4, atol=1e-4)
+
+
+def _strings(value, where=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{where}#{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{where}#{index}")
+    elif isinstance(value, str):
+        yield where, value
+
+
+def test_no_absolute_or_repository_path_in_any_exported_config(exported_bundle, unpacked):
+    import re
+
+    local = [str(exported_bundle.source_bundle), str(exported_bundle.checkpoint.parent), str(Path.cwd())]
+    configs = sorted((unpacked / "configs").glob("*.json"))
+    assert {"inference.json", "train.json", "inference_torchscript.json"} <= {p.name for p in configs}
+    for path in configs:
+        text = path.read_text()
+        assert not any(folder in text for folder in local), path.name
+        for where, value in _strings(json.loads(text)):
+            literals = re.findall(r"['\"]([^'\"]*)['\"]", value) if value.startswith("$") else [value]
+            for literal in literals:
+                assert not literal.startswith(("/", "runs/", "bundle/")), (path.name, where, value)
+                assert literal not in ("bundle", "runs"), (path.name, where, value)
+                assert "/tmp/" not in literal and "/work/" not in literal, (path.name, where, value)
+    inference = json.loads((unpacked / "configs" / "inference.json").read_text())
+    assert inference["bundle_root"] == "."
+
+
+def test_large_files_yml_lists_the_weights_with_sha256_and_stock_monai_checks_them(unpacked, tmp_path):
+    import yaml
+    from monai.bundle import download_large_files
+
+    entries = yaml.safe_load((unpacked / "large_files.yml").read_text())["large_files"]
+    assert {e["path"] for e in entries} == {"models/model.pt", "models/model.ts", "models/model_dense.ts"}
+    for entry in entries:
+        assert entry["hash_type"] == "sha256"
+        assert entry["hash_val"] == hashlib.sha256((unpacked / entry["path"]).read_bytes()).hexdigest()
+    download_large_files(bundle_path=str(unpacked))  # offline: every file is present, only the digests are checked
+    copy = shutil.copytree(unpacked, tmp_path / "copy")
+    weights = copy / "models" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="hash check"):
+        download_large_files(bundle_path=str(copy))
+
+
+def test_stock_ckpt_export_on_the_repository_bundle_reads_the_runs_record(exported_bundle, tmp_path):
+    """``python -m monai.bundle ckpt_export`` on ``bundle/`` with a run's weights: the network and its input come from
+    the run's ``models/run.json`` (no network name or width repeated on the command line)."""
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run" / "models"
+    run.mkdir(parents=True)
+    shutil.copyfile(exported_bundle.checkpoint.parent / "run.json", run / "run.json")
+    nested = torch.load(exported_bundle.checkpoint, weights_only=True)
+    torch.save(nested["network"], run / "model.pt")  # a training run's model.pt is the plain state dict
+    record = json.loads((run / "run.json").read_text())
+    assert record["network_name"] != json.loads((repo / "bundle" / "configs" / "inference.json").read_text()).get(
+        "default_network_name", "aam_student"
+    )
+    target = tmp_path / "model.ts"
+    command = [
+        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
+        "--config_file", "bundle/configs/inference.json", "--meta_file", "bundle/configs/metadata.json",
+        "--bundle_root", "bundle", "--checkpoint", str(run / "model.pt"), "--ckpt_file", str(run / "model.pt"),
+        "--filepath", str(target), "--use_trace", "True", "--input_shape", json.dumps([1, 1, *record["roi_size"]]),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scripted = torch.jit.load(str(target)).eval()
+    from pipeline.networks import build
+
+    network = build(record["network_name"], **record["network_kwargs"]).eval()
+    network.load_state_dict(nested["network"])
+    x = torch.rand(1, 1, *record["roi_size"], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), network(x), rtol=1e-4, atol=1e-5)

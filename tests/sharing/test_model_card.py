@@ -1,4 +1,4 @@
-"""Model card: aggregate-only data summary, metrics with CIs from the evaluation report, frozen threshold."""
+"""Model card: aggregate-only data summary, metrics with CIs from the run summary (metrics.json), frozen threshold."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import json
 
 import pytest
 
+from pipeline.evaluation.handlers import read_run_summary
 from pipeline.sharing.model_card import (
     DEFAULT_LIMITATIONS,
     build_model_card,
-    read_report,
     render_model_card,
     summarize_datalist,
-    summarize_report,
+    summarize_run,
     summary_lines,
 )
 
@@ -60,31 +60,43 @@ def test_datalist_summary_counts_without_identifiers():
         assert identifier not in text
 
 
-def test_report_summary_keeps_the_evaluators_numbers(report_json):
-    raw = read_report(report_json)
-    metrics = summarize_report(raw)
-    primary = raw["primary_split"]
-    assert metrics["primary_split"] == primary
-    assert metrics["splits"][primary]["auc"] == raw["splits"][primary]["auc"]["auc"]
-    assert metrics["splits"][primary]["auc_ci"] == raw["splits"][primary]["auc"]["delong_ci"]
-    sensitivity = raw["splits"][primary]["threshold_metrics"]["sensitivity"]
-    assert metrics["splits"][primary]["sensitivity"]["ci"] == sensitivity["ci"]
-    assert metrics["threshold"]["value"] == raw["operating_point"]["threshold"]
-    assert {row["site"] for row in metrics["splits"][primary]["per_site"]} == {"site-a", "site-b"}
-    assert "case-" not in json.dumps(metrics)  # misclassified case ids never reach the card
+def test_run_summary_keeps_the_evaluators_numbers(report_json):
+    raw = json.loads(report_json.read_text())
+    metrics = summarize_run(read_run_summary(report_json))
+    split = raw["split"]
+    assert metrics["split"] == split == "test"
+    entry = raw["splits"][split]
+    assert metrics["splits"][split]["auc"] == entry["auc"] == raw["auc"]
+    assert metrics["splits"][split]["auc_ci"] == entry["auc_ci"] == raw["auc_ci"]
+    assert metrics["splits"][split]["sensitivity"]["value"] == entry["sensitivity"] == raw["sensitivity"]
+    assert metrics["splits"][split]["sensitivity"]["ci"] == entry["sensitivity_ci"]
+    assert [metrics["splits"][split]["sensitivity"][k] for k in ("numerator", "denominator")] == entry[
+        "sensitivity_count"
+    ]
+    assert metrics["splits"][split]["delong_scale"] == entry["delong_scale"] == "logit"
+    assert metrics["threshold"]["value"] == raw["operating_point"]["threshold"] == raw["threshold"]
+    assert metrics["threshold"]["chosen_on"] == "validation"
+    assert set(metrics["splits"]) == {"val", "test"}
+    assert "case-" not in json.dumps(metrics)  # no case id reaches the card
 
 
 def test_rendered_card_has_every_section_and_the_numbers(report_json):
-    raw = read_report(report_json)
-    card = build_model_card(METADATA, name="covid_ct", report=raw, data_summary=summarize_datalist(DATALIST))
+    raw = json.loads(report_json.read_text())
+    card = build_model_card(
+        METADATA, name="covid_ct", run_summary=read_run_summary(report_json), data_summary=summarize_datalist(DATALIST)
+    )
     text = render_model_card(card)
     for heading in ("Intended use", "Training data", "Performance", "Operating threshold", "Limitations", "How to use"):
         assert f"## {heading}" in text
-    primary = raw["splits"][raw["primary_split"]]["auc"]
-    low, high = primary["delong_ci"]
-    assert f"{primary['auc']:.3f} (95% CI {low:.3f}-{high:.3f})" in text
+    test = raw["splits"]["test"]
+    low, high = test["auc_ci"]
+    assert f"{test['auc']:.3f} (95% CI {low:.3f}-{high:.3f})" in text
+    tp, positives = test["sensitivity_count"]
+    assert f"{100 * test['sensitivity']:.1f}% (95% CI {100 * test['sensitivity_ci'][0]:.1f}-" in text
+    assert f"; {tp}/{positives})" in text
     assert f"{raw['operating_point']['threshold']:.6g}" in text
-    assert "inference_torchscript.json" in text and "aamct bundle verify covid_ct.zip" in text
+    assert "n/a" not in text
+    assert "inference_torchscript.json" in text and "aamct bundle verify covid_ct_v0.2.1.zip" in text
     assert "Adults only." in card["limitations"] and card["limitations"][: len(DEFAULT_LIMITATIONS)] == list(
         DEFAULT_LIMITATIONS
     )
@@ -101,11 +113,21 @@ def test_card_without_report_says_so():
     assert lines[0] == "bundle     covid_ct 0.2.1"
 
 
-@pytest.mark.parametrize("bad", ["[1, 2]", "{not json"])
-def test_bad_report_file_is_a_user_error(tmp_path, bad):
+@pytest.mark.parametrize("bad", ["[1, 2]", "{not json", '{"splits": {}}'])
+def test_bad_run_summary_is_a_user_error(tmp_path, bad):
     from pipeline.errors import UserError
 
     path = tmp_path / "metrics.json"
     path.write_text(bad)
     with pytest.raises(UserError, match="metrics.json"):
-        read_report(path)
+        read_run_summary(path)
+
+
+def test_a_per_split_report_is_refused_with_the_file_to_pass_instead(tmp_path):
+    from pipeline.errors import UserError
+
+    path = tmp_path / "eval_test" / "metrics.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"primary_split": "test", "splits": {"test": {"n": 3}}}))
+    with pytest.raises(UserError, match="full report of one split"):
+        read_run_summary(path)

@@ -16,6 +16,7 @@ from pipeline.data.demo import write_demo_cohort
 from pipeline.data.manifest import build_manifest
 from pipeline.data.splits import split_manifest
 from pipeline.errors import UserError
+from pipeline.evaluation.roc import auc_summary
 from pipeline.networks import build
 from pipeline.training.cascade import (
     MONAI_RESNET50_3D_PARAMS,
@@ -171,6 +172,7 @@ def _cascade(tmp_path: Path, teacher_ckpt: Path, **kwargs) -> DistillationCascad
         "task_loss": _CrossEntropy(),
         "train_data_loader": _tiny_loader(),
         "val_data_loader": _tiny_loader(1),
+        "auc_summary": auc_summary,
         "output_dir": tmp_path / "out",
         "roi_size": TINY_ROI,
         "max_epochs": 1,
@@ -240,3 +242,24 @@ def test_the_registry_student_meets_the_parameter_budget():
     reference = count_parameters(resnet50(spatial_dims=3, n_input_channels=1, num_classes=2))
     assert reference == MONAI_RESNET50_3D_PARAMS
     assert count_parameters(build("aam_student")) <= int(0.31 * reference)
+
+
+def test_each_stage_logs_to_its_own_tensorboard_folder_and_shows_progress(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cascade = _cascade(
+        tmp_path,
+        tmp_path / "unused.pt",
+        kd_weight=0.0,
+        max_epochs=2,
+        tensorboard_dir=tmp_path / "tb",
+        progress=True,
+    )
+    cascade.train_stage({"network": "aam_student_small", "name": "stage_a"}, teacher=None)
+    events = EventAccumulator(str(tmp_path / "tb" / "stage_a")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_auc"} <= scalars
+    # one validation point per trainer epoch, on the trainer's epoch axis; one loss point per iteration
+    assert [event.step for event in events.Scalars("val_auc")] == [1, 2]
+    assert len(events.Scalars("train_loss")) == 2 * len(_tiny_loader())
+    assert "stage_a" in capsys.readouterr().err  # the tqdm bar is named after the stage

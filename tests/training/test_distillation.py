@@ -350,3 +350,36 @@ def test_default_layers_pair_registry_networks_stage_by_stage():
         distillation_layers(build("resnet18"), source="aam")
     with pytest.raises(ValueError, match="layer source"):
         distillation_layers(shallow, source="gradients")
+
+
+@pytest.mark.parametrize(
+    "student_kwargs",
+    [
+        {
+            "attention": "stage",
+            "attention_fusion": "gated",
+            "attention_spatial": "separable",
+            "attention_spatial_stride": 2,
+        },
+        {"gamma_placement": "attention", "gamma_init": 0.0, "attention_spatial": "separable"},
+    ],
+)
+def test_attention_transfer_from_aam_maps_works_for_the_attention_variants(student_kwargs):
+    torch.manual_seed(0)
+    teacher = build("aam_student_small", width=0.125)
+    student = build("aam_student_small", width=0.125, **student_kwargs)
+    student_maps, teacher_maps = distillation_layers(student, source="aam"), distillation_layers(teacher, source="aam")
+    assert len(student_maps) == len(teacher_maps) == 4
+    s_tap, t_tap = FeatureTap(student, student_maps), FeatureTap(teacher, teacher_maps)
+    x = torch.randn(2, 1, 64, 64, 64)
+    s_tap.start(), t_tap.start()
+    student(x)
+    with torch.no_grad():
+        teacher(x)
+    # the half-resolution spatial branch still hands over full-resolution maps: 16^3 after the stem at 64^3 input
+    assert [tuple(m.shape[2:]) for m in s_tap.outputs] == [(16, 16, 16), (8, 8, 8), (4, 4, 4), (2, 2, 2)]
+    loss = attention_transfer_loss(s_tap.outputs, t_tap.outputs)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    fuse = dict(student.named_modules())[student_maps[0]].fuse.weight
+    assert fuse.grad is not None and fuse.grad.abs().sum() > 0  # the student's attention learns from the teacher's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 from pipeline.data.datalist import write_datalist
-from pipeline.training.preflight import as_bool, check_cases, preflight, probe_image, resolve_datalist
+from pipeline.training.preflight import as_bool, check_cases, preflight, probe_image
 
 
 def _nifti(path, label: int = 0):
-    volume = np.full((8, 8, 6), -1000.0 + 500.0 * label, dtype=np.float32)
+    # 16 slices: the fewest the manifest builder (and so the loader's probe) accepts by default
+    volume = np.full((8, 8, 16), -1000.0 + 500.0 * label, dtype=np.float32)
     nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
     return str(path)
 
@@ -75,7 +77,6 @@ def test_manifest_path_resolves_to_its_datalist(tmp_path):
     datalist = _datalist(tmp_path)
     manifest = tmp_path / "cohort.csv"
     manifest.write_text("case_id\n", encoding="utf-8")
-    assert resolve_datalist(manifest) == datalist
     assert _run(tmp_path, manifest).datalist_path == datalist
 
 
@@ -97,7 +98,20 @@ def test_datalist_classes_must_match_the_bundle(tmp_path):
     assert "differ from the bundle's class_names" in _one_line_error(excinfo)
 
 
-def test_one_unreadable_case_is_skipped_with_a_warning(tmp_path, caplog):
+def _builder_reasons(tmp_path, nifti_glob: str, dicom_root=None) -> dict[str, str]:
+    """``aamct manifest build``'s rejection reasons, by file or folder name."""
+    from pipeline.contracts.manifest import read_rejections, rejections_path_for
+    from pipeline.data.manifest import build_manifest
+
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    out = tmp_path / "built" / "m.csv"
+    build_manifest(dicom_root=dicom_root, nifti_glob=nifti_glob, labels_csv=None, out=out, key_file=key, workers=1)
+    rejections = read_rejections(rejections_path_for(out))
+    return {Path(path).name: reason for path, reason in zip(rejections["path"], rejections["reason"], strict=True)}
+
+
+def test_one_unreadable_case_is_skipped_with_the_builders_reason(tmp_path, caplog):
     path = _datalist(tmp_path, n=12)
     (tmp_path / "c5.nii.gz").write_bytes(b"not a nifti file")  # header cannot be read
     (tmp_path / "c7.nii.gz").unlink()  # image gone
@@ -105,9 +119,12 @@ def test_one_unreadable_case_is_skipped_with_a_warning(tmp_path, caplog):
         run = _run(tmp_path, path, max_bad_fraction=0.25)
     assert {s.case_id for s in run.skipped} == {"case-5", "case-7"}
     assert all(e["case_id"] not in ("case-5", "case-7") for e in run.train + run.val)
+    reasons = {s.case_id: s.reason for s in run.skipped}
+    builder = _builder_reasons(tmp_path, str(tmp_path / "c5.nii.gz"))
+    assert reasons["case-5"] == f"{tmp_path / 'c5.nii.gz'}: {builder['c5.nii.gz']}"
+    assert reasons["case-7"] == f"{tmp_path / 'c7.nii.gz'}: no such file or folder"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("case-5" in w and "unreadable" in w for w in warnings)
-    assert any("case-7" in w and "image not found" in w for w in warnings)
+    assert any("case-5" in w and builder["c5.nii.gz"] in w for w in warnings)
 
 
 def test_too_many_unreadable_cases_end_the_run(tmp_path):
@@ -125,19 +142,25 @@ def test_validation_fold_with_one_class_is_refused(tmp_path):
     assert "only class negative" in _one_line_error(excinfo)
 
 
-def test_probe_accepts_dicom_folders_and_nifti_and_names_other_problems(tmp_path):
+def test_probe_gives_what_the_manifest_builder_says(tmp_path):
     from pipeline.data.demo import write_demo_cohort
+    from tests.data.dicom_factory import write_ct_series
 
     cohort = write_demo_cohort(tmp_path / "demo", cases=1, size=32, seed=1)
     assert probe_image(cohort.cases[0].series_dir) is None
-    assert probe_image(_nifti(tmp_path / "v.nii.gz")) is None
-    (tmp_path / "empty").mkdir()
-    assert probe_image(tmp_path / "empty").startswith("empty series folder")
-    (tmp_path / "notes.txt").write_text("x")
-    assert probe_image(tmp_path / "notes.txt").startswith("neither a DICOM series folder nor a NIfTI file")
-    flat = tmp_path / "flat.nii.gz"
+    (tmp_path / "nifti").mkdir()
+    assert probe_image(_nifti(tmp_path / "nifti" / "v.nii.gz")) is None
+    tilted = write_ct_series(tmp_path / "dicom" / "tilted", tilt_degrees=12.0).folder
+    short = write_ct_series(tmp_path / "dicom" / "short", n_slices=8).folder
+    flat = tmp_path / "nifti" / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(flat))
-    assert probe_image(flat).startswith("not a 3D volume")
+    builder = _builder_reasons(tmp_path, str(tmp_path / "nifti" / "*.nii.gz"), dicom_root=tmp_path / "dicom")
+    for image in (tilted, short, flat):
+        assert probe_image(image) == f"{image}: {builder[image.name]}", image.name
+    # a shorter series is accepted when the cohort was built with a lower --min-slices
+    assert probe_image(short, min_slices=8) is None
+    (tmp_path / "empty").mkdir()
+    assert probe_image(tmp_path / "empty") == f"{tmp_path / 'empty'}: no DICOM files"
 
 
 def test_resume_needs_a_last_checkpoint_with_epochs_left(tmp_path):

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,12 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 NETWORK = "aam_student_small"
-# small enough for a CPU test: 32^3 input, batches of 2, no DataLoader workers
-SMALL = ["--roi_size", "[32,32,32]", "--network_name", NETWORK, "--num_workers", "0", "--batch_size", "2"]
+# small enough for a CPU test: 32^3 input, no DataLoader workers; one of the 4 training cases is damaged and left out
+# by the pre-flight check, so the batch holds the other 3 (a lone last case would fail the networks' batch norm)
+SMALL = [
+    *("--roi_size", "[32,32,32]", "--network_name", NETWORK, "--num_workers", "0", "--batch_size", "3"),
+    *("--max_bad_fraction", "0.5"),
+]
 PHI = re.compile(r"Demopatient\^Case|DEMO-\d{4}")  # the demo cohort's fake PatientName / PatientID
 
 
@@ -43,7 +48,7 @@ def _output(process) -> str:
 def cohort(tmp_path_factory):
     """12 generated chest-CT DICOM series at 32x32, a manifest, a 2-fold split, and one training case whose
     pixel data was cut short after the manifest was built (its headers still read)."""
-    from pipeline.data.datalist import load_datalist, select
+    from pipeline.contracts.datalist import load_datalist, select
     from pipeline.data.demo import write_demo_cohort
     from pipeline.data.manifest import build_manifest
     from pipeline.data.splits import split_manifest
@@ -62,7 +67,13 @@ def cohort(tmp_path_factory):
     slices = sorted(Path(victim["image"]).iterdir())
     middle = slices[len(slices) // 2]
     middle.write_bytes(middle.read_bytes()[:-200])
-    return {"root": root, "datalist": datalist, "manifest": manifest, "bad_case": victim["case_id"]}
+    return {
+        "root": root,
+        "datalist": datalist,
+        "manifest": manifest,
+        "bad_case": victim["case_id"],
+        "bad_image": Path(victim["image"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +104,22 @@ def test_readme_command_trains_and_writes_best_and_last_checkpoints(trained):
     assert [row["epoch"] for row in history["epochs"]] == [1]
 
 
-def test_bad_case_is_skipped_with_its_reason_and_the_run_goes_on(trained, cohort):
+def test_bad_case_is_skipped_with_the_builders_reason_and_the_run_goes_on(trained, cohort):
+    from pipeline.contracts.manifest import read_rejections, rejections_path_for
+    from pipeline.data.manifest import build_manifest
+
     process = trained["process"]
     assert process.returncode == 0
-    skipped = [line for line in process.stdout.splitlines() if f"skipping case {cohort['bad_case']}" in line]
-    assert skipped and "WARNING" in skipped[0]
-    assert re.search(r"it failed to load: \w+: \S", skipped[0])  # the decoder's own reason, on the same line
+    # what `aamct manifest build` says about the damaged series now
+    rebuilt = cohort["root"] / "rebuilt" / "manifest.csv"
+    key = cohort["root"] / "pseudonym.key"
+    build_manifest(dicom_root=cohort["root"] / "dicom", nifti_glob=None, labels_csv=None, out=rebuilt, key_file=key)
+    rejections = read_rejections(rejections_path_for(rebuilt))
+    [reason] = [r.reason for r in rejections.itertuples() if Path(r.path).resolve() == cohort["bad_image"].resolve()]
+    skipped = [line for line in _output(process).splitlines() if f"skipping train case {cohort['bad_case']}" in line]
+    # caught by the pre-flight probe (the loader's checks on the headers), before any case is loaded
+    assert len(skipped) == 1 and "WARNING" in skipped[0]
+    assert skipped[0].endswith(f"{cohort['bad_image']}: {reason}"), (skipped[0], reason)
     assert "epoch 1/1:" in process.stdout  # after which training carried on
 
 
@@ -115,11 +136,23 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(trained, co
     output = tmp_path / "run"
     shutil.copytree(trained["output"], output)
     cached = sorted(p.name for p in (output / "cache").iterdir())
+    # the resumed run also tracks itself with MONAI's MLFlowHandler (--tracking mlflow), offline, to a local store
     process = _bundle(
-        "--datalist", str(cohort["datalist"]), "--output_dir", str(output), "--epochs", "2", "--resume", "true", *SMALL
+        "--datalist",
+        str(cohort["datalist"]),
+        "--output_dir",
+        str(output),
+        "--epochs",
+        "2",
+        "--resume",
+        "true",
+        "--tracking",
+        "mlflow",
+        *SMALL,
     )
     assert process.returncode == 0, _output(process)[-3000:]
     assert "continuing at epoch 2" in process.stdout
+    _assert_mlflow_run(output / "mlruns.db", epoch=2)
     # the preprocessed cases came from the PersistentDataset cache of the first run, none recomputed
     assert "Corrupt cache" not in _output(process)
     assert sorted(p.name for p in (output / "cache").iterdir()) == cached
@@ -131,7 +164,23 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(trained, co
     assert [row["epoch"] for row in history["epochs"]] == [1, 2] and history["resumed_at"] == [2]
 
 
-def test_torchrun_two_cpu_processes_with_gloo(cohort, tmp_path):
+def _assert_mlflow_run(store: Path, *, epoch: int) -> None:
+    """The run folder's MLflow store holds one run of experiment ``aamct`` with the loss and the validation AUC."""
+    pytest.importorskip("mlflow", reason="no MLflow client installed (pip install 'aamct[tracking]')")
+    from mlflow.tracking import MlflowClient
+    from monai.utils import path_to_sqlite_uri
+
+    assert store.is_file()
+    client = MlflowClient(tracking_uri=path_to_sqlite_uri(str(store)))
+    experiment = client.get_experiment_by_name("aamct")
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id])
+    history = {key: client.get_metric_history(run.info.run_id, key) for key in ("train_loss", "val_auc")}
+    assert history["train_loss"] and all(m.value == m.value for m in history["train_loss"])  # finite losses
+    assert [m.step for m in history["val_auc"]] == [epoch] and 0.0 <= history["val_auc"][0].value <= 1.0
+
+
+def test_torchrun_two_cpu_processes_with_gloo(cohort, trained, tmp_path):
     output = tmp_path / "ddp"
     process = _bundle(
         "--datalist",
@@ -151,6 +200,14 @@ def test_torchrun_two_cpu_processes_with_gloo(cohort, tmp_path):
     last = torch.load(output / "models" / "checkpoint_last.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in last["network"])  # DDP unwrapped
     assert len(re.findall(r"epoch 1/1: loss", _output(process))) == 1  # only rank 0 reports
+    # the DDP config keeps train.json's initialize list, so rank 0 records the run as a single process does
+    from pipeline.contracts.run_record import settings_for
+
+    ddp, single = settings_for(output / "models"), settings_for(trained["output"] / "models")
+    assert ddp.recorded and ddp.record == output / "models" / "run.json"
+    assert ddp.network_name == NETWORK and ddp.roi_size == (32, 32, 32)
+    assert replace(ddp, record=None) == replace(single, record=None)
+    assert [p.name for p in (output / "models").glob("*.json")] == ["run.json"]  # one record, written once
 
 
 def test_missing_manifest_is_one_line_for_the_user(tmp_path):

@@ -1,0 +1,284 @@
+"""Do the heatmaps point at the lesions? Every map kind of every network, scored against the demo's lesion masks.
+
+Run from the repository root (``make bench`` runs it through ``benchmarks.run_all``)::
+
+    .venv/bin/python -m benchmarks.bench_localisation [--difficulties default hard] [--quick]
+                                                      [--output benchmarks/results/localisation.json]
+
+For each demo difficulty and each network (default: the demo's ``aam_student_small``, an AAM-ResNet-18 at width
+0.25, against MONAI's ResNet-18 at the same width, ``resnet18`` with ``widen_factor=0.25``), the network is trained
+once with the demo recipe through the bundle (:func:`benchmarks.demo_models.trained_demo_model`, reused when a
+finished run exists), then every positive case of the test split is run through the inference path a user runs
+(:class:`pipeline.inference.CasePredictor`: load, preprocess, sliding-window inference with the map kind, map on the
+source grid, written as NIfTI, float32 here so that no 8-bit ties decide the peak) for every map variant:
+
+* ``cam``: the dense CAM, as written by default (positive log-odds, 0 outside the body, scaled to its maximum) and
+  ``raw`` (the log-odds everywhere, the map the project wrote before; the air is not masked);
+* ``gradcam`` / ``gradcampp`` at ``layer4`` / ``layer3`` / ``layer2`` (1/32, 1/16 and 1/8 of the network input);
+* ``attention`` (AAM only): the mean over stages, and stages ``layer1`` / ``layer2`` alone.
+
+Each written map is read back with the case's lesion and lung masks (``aamct demo-data --masks``, same grid, checked)
+and scored by :mod:`pipeline.evaluation.localisation`: pointing game (peak within ``--margin-mm`` of a lesion) with a
+Wilson interval, share of the in-lung map mass inside lesions (beside the lesions' own share of the lung, what a flat
+map would score), and voxel AUROC of map vs lesion inside the lung. Results: ``localisation.json`` (per variant,
+per case) and ``localisation.md`` (the summary table) beside it. The machine load is recorded; nothing here is
+timed, so the load does not change the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+__all__ = ["MapVariant", "NETWORKS", "VARIANTS", "main", "score_model"]
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "localisation.json"
+
+
+@dataclass(frozen=True)
+class MapVariant:
+    """One map as the benchmark writes it.
+
+    Attributes:
+        kind: ``cam`` / ``gradcam`` / ``gradcampp`` / ``attention``.
+        layer: Grad-CAM layer (``None``: not a Grad-CAM kind).
+        stage: attention stage.
+        values: ``relative`` (the default written map) or ``raw``.
+    """
+
+    kind: str
+    layer: str | None = None
+    stage: str = "mean"
+    values: str = "relative"
+
+    @property
+    def name(self) -> str:
+        """A short label: ``gradcam@layer3``, ``attention@layer1``, ``cam (raw)``."""
+        where = f"@{self.layer}" if self.layer else (f"@{self.stage}" if self.kind == "attention" else "")
+        return f"{self.kind}{where}" + (" (raw)" if self.values == "raw" else "")
+
+
+#: the networks compared: (registry name, options); same depth (18), same width, with and without AAM
+NETWORKS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("aam_student_small", {}),
+    ("resnet18", {"widen_factor": 0.25}),
+)
+VARIANTS: tuple[MapVariant, ...] = (
+    MapVariant("cam"),
+    MapVariant("cam", values="raw"),
+    *(MapVariant(kind, layer=layer) for kind in ("gradcam", "gradcampp") for layer in ("layer4", "layer3", "layer2")),
+    MapVariant("attention", stage="mean"),
+    MapVariant("attention", stage="layer1"),
+    MapVariant("attention", stage="layer2"),
+)
+
+
+def _positives(manifest: Path, split: str) -> list[tuple[str, Path]]:
+    """``(case_id, series folder)`` of the split's positive cases."""
+    import pandas as pd
+
+    rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    chosen = rows[(rows["split"] == split) & (rows["label"] == "positive")]
+    return [
+        (row.case_id, (manifest.parent / row.image) if not Path(row.image).is_absolute() else Path(row.image))
+        for row in chosen.itertuples()
+    ]
+
+
+def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float, split: str = "test") -> list[dict]:
+    """Score every variant of one trained demo model on its split's positive cases.
+
+    Args:
+        model: a :class:`benchmarks.demo_models.DemoModel`.
+        variants: the maps to score (``attention`` ones are skipped for a network without AAM).
+        margin_mm: the pointing game's margin.
+        split: the manifest split.
+
+    Returns:
+        One result dict per variant scored.
+    """
+    import pandas as pd
+    import torch
+
+    from pipeline.contracts import settings_for
+    from pipeline.evaluation.localisation import load_on_same_grid, score_case, summarise_localisation
+    from pipeline.inference import CasePredictor, DenseClassificationInferer
+    from pipeline.inference.bundle import load_weights
+    from pipeline.networks import attention_modules, build
+    from pipeline.transforms import infer_transforms
+
+    settings = settings_for(model.checkpoint)
+    network = load_weights(build(settings.network_name, options=dict(settings.network_kwargs)), model.checkpoint).eval()
+    has_attention = bool(attention_modules(network))
+    cases = _positives(model.cohort.manifest, split)
+    truth = {row["path"]: row for row in pd.read_csv(model.truth_dir / "truth.csv", dtype=str).to_dict("records")}
+    results = []
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    with tempfile.TemporaryDirectory(prefix="aamct-localisation-") as scratch:
+        for variant in variants:
+            if variant.kind == "attention" and not has_attention:
+                continue
+            predictor = CasePredictor(
+                network=network,
+                inferer=DenseClassificationInferer(roi_size=settings.roi_size),
+                preprocessing=infer_transforms(
+                    roi_size=settings.roi_size, spacing=settings.spacing, hu_window=settings.hu_window
+                ),
+                heatmap_kind=variant.kind,
+                gradcam_layer=variant.layer,
+                attention_stage=variant.stage,
+                heatmap_values=variant.values,
+                heatmap_dtype="float32",
+                write_montage=False,
+            )
+            scores, probabilities = [], {}
+            folder = Path(scratch) / variant.name.replace(" ", "_").replace("@", "-").replace("(", "").replace(")", "")
+            for case_id, series in cases:
+                row = truth[series.name]
+                prediction = predictor(series, case_id=case_id, heatmap_dir=folder)
+                probabilities[case_id] = float(prediction.probabilities[1])
+                (heat, lesion, lung), affine = load_on_same_grid(
+                    prediction.heatmap, model.truth_dir / row["lesion_mask"], model.truth_dir / row["lung_mask"]
+                )
+                spacing = [float(v) for v in (affine[:3, :3] ** 2).sum(axis=0) ** 0.5]
+                scores.append(score_case(case_id, heat, lesion, lung, spacing_mm=spacing, margin_mm=margin_mm))
+            summary = summarise_localisation(scores, margin_mm=margin_mm)
+            for case in summary["cases"]:
+                case["probability"] = probabilities[case["case"]]
+            results.append(
+                {
+                    "variant": variant.name,
+                    "kind": variant.kind,
+                    "layer": variant.layer,
+                    "stage": variant.stage if variant.kind == "attention" else None,
+                    "values": variant.values,
+                    "description": predictor.map_text[0],
+                    **summary,
+                }
+            )
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_localisation", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--difficulties", nargs="+", default=["default", "hard"], help="demo difficulties")
+    parser.add_argument("--cases", type=int, default=120, help="demo cohort size (make demo's)")
+    parser.add_argument("--margin-mm", type=float, default=10.0, help="pointing-game margin around the lesions")
+    parser.add_argument("--epochs", type=int, default=None, help="override the demo recipe's epochs")
+    parser.add_argument("--workdir", type=Path, default=None, help="cohorts and runs (default: runs/demo_models)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 24 cases, 2 epochs, default demo, 3 maps")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train or reuse the models, score every map, write the JSON and the Markdown table."""
+    from benchmarks.demo_models import DEFAULT_WORKDIR, trained_demo_model
+
+    args = _parser().parse_args(argv)
+    variants = VARIANTS
+    if args.quick:
+        args.cases, args.epochs, args.difficulties = 24, args.epochs or 2, ["default"]
+        variants = (MapVariant("cam"), MapVariant("gradcam", layer="layer3"), MapVariant("attention"))
+    workdir = args.workdir or (DEFAULT_WORKDIR if not args.quick else DEFAULT_WORKDIR / "quick")
+    started, load_start = time.time(), os.getloadavg()[0]
+    models, results = [], []
+    for difficulty in args.difficulties:
+        for network, kwargs in NETWORKS:
+            model = trained_demo_model(
+                network,
+                difficulty,
+                network_kwargs=kwargs,
+                cases=args.cases,
+                recipe={"epochs": args.epochs} if args.epochs else None,
+                workdir=workdir,
+            )
+            models.append(
+                {
+                    "difficulty": difficulty,
+                    "network": network,
+                    "network_kwargs": kwargs,
+                    "test_auc": model.test_auc,
+                    "test_auc_ci": model.metrics.get("auc_ci"),
+                    "val_auc": model.val_auc,
+                    "run_dir": str(model.run_dir),
+                    "train_and_evaluate_seconds": model.seconds,
+                    "reused": model.reused,
+                }
+            )
+            print(f"{difficulty} / {network}: test AUC {model.test_auc}; scoring maps", flush=True)
+            for result in score_model(model, variants, margin_mm=args.margin_mm):
+                results.append({"difficulty": difficulty, "network": network, **result})
+                game = result["pointing_game"]
+                print(
+                    f"  {result['variant']:>22}: pointing game {game['hits']}/{game['n']}, "
+                    f"energy {result['energy_in_lesion']['mean']}, AUROC {result['voxel_auroc']['mean']}",
+                    flush=True,
+                )
+    record = {
+        "benchmark": "localisation",
+        "command": " ".join(["python -m benchmarks.bench_localisation", *map(shlex.quote, argv or sys.argv[1:])]),
+        "margin_mm": args.margin_mm,
+        "split": "test",
+        "cases": args.cases,
+        "quick": args.quick,
+        "models": models,
+        "results": results,
+        "wall_seconds": round(time.time() - started, 1),
+        "load_average_at_start": load_start,
+        "load_average_at_end": os.getloadavg()[0],
+    }
+    from pipeline.io import write_json_atomic, write_text_atomic
+
+    write_json_atomic(args.output, record)
+    write_text_atomic(args.output.with_suffix(".md"), render_table(record))
+    print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
+    return 0
+
+
+def render_table(record: dict[str, Any]) -> str:
+    """The summary table: one row per difficulty, network and map variant."""
+
+    def number(value: Any, digits: int = 3) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    aucs = {(m["difficulty"], m["network"]): m for m in record["models"]}
+    lines = [
+        "# Localisation of the heatmaps against the demo's lesion masks",
+        "",
+        f"Command: `{record['command']}`. Test split, positive cases; pointing game = map peak within "
+        f"{record['margin_mm']:g} mm of a lesion voxel (Wilson 95 % CI); energy = share of the in-lung map mass "
+        "inside lesions (flat map = lesion share of the lung); AUROC = map vs lesion mask, voxels inside the lung.",
+        "",
+        "| demo | network (test AUC) | map | pointing game | 95 % CI | energy in lesions | lesion share | voxel AUROC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in record["results"]:
+        model = aucs.get((row["difficulty"], row["network"]), {})
+        game = row["pointing_game"]
+        ci = game["ci"]
+        lines.append(
+            f"| {row['difficulty']} | {row['network']} ({number(model.get('test_auc'))}) | {row['variant']} | "
+            f"{game['hits']}/{game['n']} = {number(game['rate'], 2)} | "
+            f"{'–' if not ci else f'{ci[0]:.2f}–{ci[1]:.2f}'} | {number(row['energy_in_lesion']['mean'])} | "
+            f"{number(row['lesion_share_of_lung']['mean'])} | {number(row['voxel_auroc']['mean'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,399 @@
+"""Heatmap kinds: the dense CAM, Grad-CAM, Grad-CAM++ and the AAM's spatial attention, over whole volumes.
+
+``--heatmap cam|gradcam|gradcampp|attention`` (``aamct evaluate-cohort``, the inference bundle's ``heatmap_kind``):
+
+* ``cam``: the network's own dense class-activation map (:mod:`pipeline.inference.sliding`), as positive-class
+  log-odds per location; its spatial mean is the case log-odds. At the last stage's resolution (1/32 of the
+  preprocessed grid for the ResNets).
+* ``gradcam`` / ``gradcampp``: MONAI's :class:`~monai.visualize.GradCAM` / :class:`~monai.visualize.GradCAMpp`
+  (``compute_map``: ReLU of the gradient-weighted sum of a layer's activations) for the case log-odds of the positive
+  class (``logit[positive] - logsumexp(logit[others])``; for two classes ``logit1 - logit0``), at the layer the
+  registry names for the network (:attr:`pipeline.networks.NetworkSpec.gradcam_layer`) or another one.
+* ``attention``: the AAM's spatial attention ``a_s`` (a sigmoid map, not class-specific) of one stage, averaged over
+  the stage's units, or the mean over all stages (each upsampled to the finest one first), read through
+  ``store_attention`` / ``last_spatial_attention`` (:mod:`pipeline.networks.attention`). AAM-ResNets only.
+
+Whole volumes: the sliding window runs :class:`MapMaker` on each window. It returns two outputs, the dense class map
+(for the case score, exactly as ``cam`` scores) and the window's map of the chosen kind, each at its own resolution,
+and MONAI's :func:`~monai.inferers.sliding_window_inference` stitches both with the same Gaussian blending (it supports
+tuple outputs with their own zoom scales). Grad-CAM is therefore computed *per window* (each window's own gradients
+and channel weights, with gradients switched on inside the window call only) and the raw, un-normalised per-window
+maps are blended; no per-window min-max scaling, which would make windows incomparable. The stitched map is then put
+on the source grid (:func:`pipeline.inference.heatmap.resample_to_grid`) and, by default, restricted to the patient and
+scaled (:func:`finish_map`).
+
+What the values are is written into the NIfTI header (``descrip`` and ``intent_name``, see :func:`map_description`).
+The maps are evidence displays, not segmentations: they say where the network's evidence for a positive call lies,
+at the resolution of the layer they come from, and are scored against lesion masks in
+:mod:`pipeline.evaluation.localisation` (``benchmarks/bench_localisation.py``).
+
+MONAI has no body or lung mask for CT; :func:`body_mask` is written here with scipy (threshold, largest component,
+per-slice hole filling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.visualize import GradCAM, GradCAMpp
+from scipy import ndimage
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.inference.heatmap import map_affine, resample_to_grid
+from pipeline.inference.sliding import (
+    DenseClassificationInferer,
+    DensePrediction,
+    as_dense_predictor,
+    positive_evidence,
+)
+from pipeline.networks import attention_modules
+
+__all__ = [
+    "DEFAULT_MAP_KIND",
+    "MAP_KINDS",
+    "MAP_RESTRICTIONS",
+    "MapMaker",
+    "MAP_VALUES",
+    "MapPrediction",
+    "body_mask",
+    "finish_map",
+    "map_description",
+    "map_on_source_grid",
+    "predict_with_map",
+    "written_map_description",
+]
+
+#: the map kinds, in the order the benchmark reports them
+MAP_KINDS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "attention")
+#: the default kind (the one that localised best on the demo: benchmarks/results/localisation.json)
+DEFAULT_MAP_KIND = "cam"
+#: where a finished map keeps its values: everywhere, inside the body, or inside the body's low-density (lung) region
+MAP_RESTRICTIONS: tuple[str, ...] = ("none", "body")
+#: what a written map holds: ``relative`` (:func:`finish_map`: 0..1 inside the body) or ``raw`` (the kind's own units)
+MAP_VALUES: tuple[str, ...] = ("relative", "raw")
+
+_GRADIENT_KINDS = ("gradcam", "gradcampp")
+_CAM_CLASSES = {"gradcam": GradCAM, "gradcampp": GradCAMpp}
+#: a voxel above this is part of the patient (fat is about -100 HU, lung about -850: lungs are holes, filled)
+_BODY_THRESHOLD_HU = -500.0
+
+
+class _CaseLogOdds(nn.Module):
+    """``forward(x)`` = the ``(B, 1)`` case log-odds of the positive class, from one dense pass.
+
+    Keeps that pass's dense class map (detached) so that the sliding window's score needs no second forward.
+    """
+
+    def __init__(self, model: nn.Module, positive_index: int) -> None:
+        super().__init__()
+        self.model = model
+        self.positive_index = positive_index
+        self.dense = as_dense_predictor(model)
+        self.last_class_map = torch.empty(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        class_map = self.dense(x)
+        self.last_class_map = class_map.detach()
+        logits = class_map.flatten(start_dim=2).mean(dim=2)
+        return positive_evidence(logits[:, :, None], positive_index=self.positive_index)[:, :, 0]
+
+
+class MapMaker:
+    """One window's dense class map and its map of one kind: the callable the sliding window runs.
+
+    Args:
+        network: the classifier (eager module with ``class_activation``, as :func:`pipeline.networks.build` makes).
+        kind: one of :data:`MAP_KINDS`.
+        target_layer: Grad-CAM layer, a module name of ``network`` (e.g. ``layer4``; the registry's
+            ``gradcam_layer`` for the network). Required for ``gradcam`` / ``gradcampp``.
+        attention_stage: ``mean`` (all stages) or a stage name (the first component of the AAM modules' names,
+            ``layer1`` .. ``layer4`` for the AAM-ResNets).
+        positive_index: the positive class.
+
+    Raises:
+        UserError: an unknown kind, a missing or unknown layer, or ``attention`` on a network without AAMs.
+    """
+
+    def __init__(
+        self,
+        *,
+        network: nn.Module,
+        kind: str = DEFAULT_MAP_KIND,
+        target_layer: str | None = None,
+        attention_stage: str = "mean",
+        positive_index: int = 1,
+    ) -> None:
+        if kind not in MAP_KINDS:
+            raise UserError(f"--heatmap must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
+        self.network = network
+        self.kind = kind
+        self.positive_index = positive_index
+        self.target_layer = target_layer
+        self.attention_stage = attention_stage
+        self.dense = as_dense_predictor(network)
+        self._cam = None
+        self._scorer: _CaseLogOdds | None = None
+        self._attention: list[nn.Module] = []
+        if kind in _GRADIENT_KINDS:
+            names = {name for name, _ in network.named_modules() if name}
+            if not target_layer or target_layer not in names:
+                raise UserError(
+                    f"--heatmap {kind}: the network has no layer {target_layer!r} to take Grad-CAM at "
+                    f"(e.g. {', '.join(sorted(n for n in names if '.' not in n))})"
+                )
+            # MONAI's hooks put the wrapper back into *its* train/eval mode after each call (recursively): it must
+            # be the network's own mode, or an eval-mode network would come back in training mode
+            self._scorer = _CaseLogOdds(network, positive_index).train(network.training)
+            # the scorer's own names are "model.<layer>"; MONAI registers its hooks by name
+            self._cam = _CAM_CLASSES[kind](nn_module=self._scorer, target_layers=f"model.{target_layer}")
+        elif kind == "attention":
+            self._attention = _stage_attention_modules(network, attention_stage)
+
+    @property
+    def description(self) -> str:
+        """What the raw map's values are, in words (see :func:`map_description`)."""
+        return map_description(self.kind, target_layer=self.target_layer, attention_stage=self.attention_stage)
+
+    def __call__(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(class_map (B, C, d, h, w), map (B, 1, d', h', w'))`` of one batch of windows, both detached."""
+        if self.kind == "cam":
+            class_map = self.dense(window)
+            return class_map, positive_evidence(class_map, positive_index=self.positive_index)
+        if self.kind == "attention":
+            return self._attention_map(window)
+        assert self._cam is not None and self._scorer is not None
+        # gradients are needed inside the window only; the input itself needs none, but asking for them keeps the
+        # graph alive when the loaded weights are frozen (requires_grad False)
+        with torch.enable_grad():
+            raw = self._cam.compute_map(window.detach().clone().requires_grad_(True), class_idx=0)
+        self.network.zero_grad(set_to_none=True)
+        return self._scorer.last_class_map, raw.detach()
+
+    def _attention_map(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for module in self._attention:
+            module.store_attention = True
+        try:
+            class_map = self.dense(window)
+            maps = [module.last_spatial_attention.detach() for module in self._attention]
+        finally:
+            for module in self._attention:
+                module.store_attention = False
+                module.last_channel_attention = torch.empty(0)
+                module.last_spatial_attention = torch.empty(0)
+        if any(m.numel() == 0 for m in maps):
+            raise UserError("--heatmap attention: an attention module of this network has no spatial branch")
+        finest = max((tuple(m.shape[2:]) for m in maps), key=lambda shape: int(np.prod(shape)))
+        resized = [m if tuple(m.shape[2:]) == finest else F.interpolate(m, size=finest, mode="trilinear") for m in maps]
+        return class_map, torch.stack(resized).mean(dim=0)
+
+
+def _stage_attention_modules(network: nn.Module, stage: str) -> list[nn.Module]:
+    """The AAM modules of one stage (or of all), in forward order."""
+    chosen = {id(m) for m in attention_modules(network)}
+    named = [(name, module) for name, module in network.named_modules() if id(module) in chosen]
+    if not named:
+        raise UserError(
+            f"--heatmap attention needs a network with AAM modules ({type(network).__name__} has none); "
+            "use cam, gradcam or gradcampp"
+        )
+    stages = list(dict.fromkeys(name.split(".")[0] for name, _ in named))
+    if stage == "mean":
+        return [module for _, module in named]
+    if stage not in stages:
+        raise UserError(f"--attention-stage must be mean or one of {', '.join(stages)}, got {stage!r}")
+    return [module for name, module in named if name.split(".")[0] == stage]
+
+
+@dataclass(frozen=True)
+class MapPrediction:
+    """A sliding-window pass with a map.
+
+    Attributes:
+        prediction: the case scores and stitched class map (as :meth:`DenseClassificationInferer.predict` gives).
+        heat: ``(B, 1, d, h, w)`` stitched map of the maker's kind (raw values, see :attr:`MapMaker.description`).
+        kind: the map kind.
+        description: what the values are.
+    """
+
+    prediction: DensePrediction
+    heat: torch.Tensor
+    kind: str
+    description: str
+
+
+def predict_with_map(inferer: DenseClassificationInferer, inputs: torch.Tensor, maker: MapMaker) -> MapPrediction:
+    """Sliding-window case scores and a stitched map of the maker's kind, in one pass over the windows.
+
+    Args:
+        inferer: the cohort's inferer (window size, overlap, blending, devices are its own).
+        inputs: ``(B, 1, *spatial)`` preprocessed volumes.
+        maker: the map maker (its network is the one scored).
+
+    Returns:
+        The :class:`MapPrediction`. For ``cam`` the scores and map equal
+        ``inferer.predict`` and :func:`positive_evidence` of its class map.
+    """
+    if isinstance(inputs, MetaTensor):
+        inputs = inputs.as_tensor()
+
+    def window_outputs(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with inferer._autocast(window.device) if maker.kind not in _GRADIENT_KINDS else contextlib.nullcontext():
+            class_map, heat = maker(window)
+        if class_map.ndim != window.ndim or heat.ndim != window.ndim:
+            raise ValueError(
+                f"map maker returned shapes {tuple(class_map.shape)} / {tuple(heat.shape)} for a window "
+                f"{tuple(window.shape)}: both must be dense maps"
+            )
+        return class_map.float(), heat.float()
+
+    no_grad = torch.no_grad() if maker.kind not in _GRADIENT_KINDS else contextlib.nullcontext()
+    with no_grad:
+        class_map, heat = inferer.window_inferer(inputs, window_outputs)
+    class_map, heat = class_map.float().detach(), heat.float().detach()
+    logits = class_map.flatten(start_dim=2).mean(dim=2)
+    prediction = DensePrediction(logits=logits, probabilities=torch.softmax(logits, dim=1), class_map=class_map)
+    return MapPrediction(prediction=prediction, heat=heat, kind=maker.kind, description=maker.description)
+
+
+def map_on_source_grid(
+    heat: torch.Tensor | np.ndarray,
+    *,
+    prepared_affine: np.ndarray,
+    prepared_shape: Sequence[int],
+    source_affine: np.ndarray,
+    source_shape: Sequence[int],
+) -> np.ndarray:
+    """A stitched map (on a grid covering the preprocessed volume) resampled onto the image as loaded.
+
+    Args:
+        heat: ``(d, h, w)`` map; its grid spans the preprocessed volume (:func:`~pipeline.inference.heatmap.map_affine`).
+        prepared_affine: affine of the preprocessed volume.
+        prepared_shape: its spatial shape.
+        source_affine: affine of the image as loaded.
+        source_shape: its spatial shape.
+
+    Returns:
+        float32 ``source_shape`` array.
+    """
+    return resample_to_grid(
+        heat,
+        source_affine=map_affine(prepared_affine, prepared_shape, tuple(heat.shape)),
+        target_affine=source_affine,
+        target_shape=source_shape,
+    )
+
+
+def written_map_description(raw_description: str, *, values: str) -> tuple[str, str]:
+    """The NIfTI ``descrip`` and the colour-bar label of a written map.
+
+    Args:
+        raw_description: what the raw map is (:attr:`MapMaker.description`).
+        values: ``relative`` or ``raw`` (:data:`MAP_VALUES`).
+
+    Returns:
+        ``(descrip, colorbar_label)``.
+
+    Raises:
+        ValueError: for an unknown ``values``.
+    """
+    if values not in MAP_VALUES:
+        raise ValueError(f"heatmap values must be one of {MAP_VALUES}, not {values!r}")
+    if values == "relative":
+        return f"aamct {raw_description}; 0-1 of max in body, 0 outside", f"{raw_description} (0-1 of in-body max)"
+    return f"aamct {raw_description}; raw values", raw_description
+
+
+def map_description(kind: str, *, target_layer: str | None = None, attention_stage: str = "mean") -> str:
+    """What a raw map of ``kind`` holds, in a few words (the NIfTI ``descrip`` starts with it).
+
+    Args:
+        kind: one of :data:`MAP_KINDS`.
+        target_layer: the Grad-CAM layer.
+        attention_stage: the attention stage.
+
+    Returns:
+        The description.
+    """
+    if kind == "cam":
+        return "CAM positive log-odds"
+    if kind in _GRADIENT_KINDS:
+        return f"{'Grad-CAM++' if kind == 'gradcampp' else 'Grad-CAM'} {target_layer} of positive log-odds"
+    return f"AAM spatial attention {attention_stage}"
+
+
+def body_mask(hu: np.ndarray, affine: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """The patient's body on a CT volume: everything denser than -500 HU, largest piece, holes (lungs) filled.
+
+    Holes are filled slice by slice along the axis closest to superior-inferior (an axial lung is a hole in the
+    body's cross-section; in 3D it opens into the airways). The patient table is a separate piece and is left out.
+
+    Args:
+        hu: ``(X, Y, Z)`` CT in HU.
+        affine: its ``4x4`` affine (to find the axial axis); without it the last axis is taken as axial.
+
+    Returns:
+        Boolean mask of ``hu``'s shape (all True if nothing is denser than the threshold).
+    """
+    dense = np.asarray(hu) > _BODY_THRESHOLD_HU
+    labels, n = ndimage.label(dense)
+    if n == 0:
+        return np.ones(dense.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    body = labels == (int(np.argmax(sizes)) + 1)
+    axial = 2
+    if affine is not None:
+        affine = np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())
+        axial = int(np.argmax(np.abs(affine[2, :3])))  # the voxel axis that moves most along world S
+    moved = np.moveaxis(body, axial, 0)
+    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in moved])
+    return np.moveaxis(filled, 0, axial)
+
+
+def finish_map(
+    heat: np.ndarray,
+    *,
+    kind: str,
+    hu: np.ndarray | None = None,
+    affine: np.ndarray | torch.Tensor | None = None,
+    restrict_to: str = "body",
+) -> np.ndarray:
+    """The map a person sees: positive evidence only, zero outside the patient, scaled to 0..1 by its maximum there.
+
+    Why: a CAM's strongest values can lie in the air in front of the patient (the class map is coarse and its
+    border windows see mostly air); scaling by a maximum that lies outside the body would hide the lungs' contrast,
+    and a peak in the air points at nothing. Negative log-odds (evidence *against* a positive call) are set to 0.
+
+    Args:
+        heat: the raw map on the source grid.
+        kind: the map kind (``attention`` maps are min-max scaled inside the body: they are all positive).
+        hu: the CT on the same grid (needed unless ``restrict_to`` is ``none``).
+        affine: the grid's affine (for :func:`body_mask`).
+        restrict_to: ``body`` or ``none``.
+
+    Returns:
+        float32 array in ``[0, 1]``.
+
+    Raises:
+        ValueError: for an unknown ``restrict_to`` or a missing ``hu``.
+    """
+    if restrict_to not in MAP_RESTRICTIONS:
+        raise ValueError(f"restrict_to must be one of {MAP_RESTRICTIONS}, not {restrict_to!r}")
+    values = np.asarray(heat, dtype=np.float32)
+    inside = np.ones(values.shape, dtype=bool)
+    if restrict_to == "body":
+        if hu is None:
+            raise ValueError("restrict_to='body' needs the CT (hu) on the map's grid")
+        inside = body_mask(hu, affine)
+    if kind == "attention":
+        low = float(values[inside].min()) if inside.any() else 0.0
+        values = values - low
+    values = np.where(inside, np.clip(values, 0.0, None), 0.0).astype(np.float32)
+    peak = float(values.max())
+    return values / peak if peak > 0 else values
