@@ -45,7 +45,7 @@ TRAIN_OPTS = $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(NETWORK),--network_name $
 	$(if $(LR),--learning_rate $(LR)) $(if $(BATCH),--batch_size $(BATCH)) $(if $(SCHEDULE),--lr_schedule $(SCHEDULE)) \
 	$(if $(LATER_TIES),--keep_later_ties $(LATER_TIES))
 
-.PHONY: help setup demo test lint format bench train evaluate cohort export crossval distill clean
+.PHONY: help setup test-tools demo test lint format bench train evaluate cohort export crossval distill clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -87,7 +87,21 @@ distill: $(STAMP)  ## cascade distillation from the run's best checkpoint (STAGE
 crossval: $(STAMP)  ## 5-fold cross-validation of the AAM-ResNet against the baselines, with significance tests
 	$(AAMCT) crossval --datalist $(DATALIST) --out $(RUN)/crossval
 
-test: $(STAMP)  ## run the whole test suite
+# Tools some tests drive when present: headless Chromium (the heatmap gallery rendered in a real browser) and
+# dicom3tools' dciodvfy (validates the DICOM outputs). Best effort: without root or apt those tests skip, each with
+# a message naming the missing tool.
+TEST_TOOLS_DEB := chromium dicom3tools
+
+test-tools:  ## install the browser and DICOM validator some tests use (Debian packages; best effort)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/dciodvfy ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing test tools: $(TEST_TOOLS_DEB)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_TOOLS_DEB) >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(TEST_TOOLS_DEB) >/dev/null 2>&1; } || \
+	  echo "note: could not install $(TEST_TOOLS_DEB); the browser and DICOM-validator tests will skip"; \
+	else echo "note: $(TEST_TOOLS_DEB) not installed (needs root and apt); the browser and DICOM-validator tests will skip"; fi
+
+test: $(STAMP) test-tools  ## run the whole test suite
 	$(PY) -m pytest -q
 
 lint: $(STAMP)  ## ruff lint and format check

@@ -823,7 +823,10 @@ def choose_series(
 
 
 def _series_rejection(series: DicomSeries, reason: str) -> Rejection:
-    return Rejection(series.folder, series.series_uid, series.n_files, reason, _kind(reason))
+    # a one-file series is named by its file: in an export that keeps many series flat in one folder, the folder
+    # alone would not say which of its files the row is about
+    path = series.slices[0].path if series.n_files == 1 else series.folder
+    return Rejection(path, series.series_uid, series.n_files, reason, _kind(reason))
 
 
 def _kind(reason: str) -> str:

@@ -63,7 +63,8 @@ def mixed_tree(tmp_path):
             root / "p5" / "gap", positions=[(0.0, 0.0, 2.0 * i) for i in range(20) if i != 9]
         ).folder,
         "tilt": write_ct_series(root / "p6" / "tilt", tilt_degrees=12.0).folder,
-        "enhanced": write_enhanced_ct(root / "p7" / "enhanced" / "vol.dcm").parent,
+        # a one-file series: its row names the file
+        "enhanced": write_enhanced_ct(root / "p7" / "enhanced" / "vol.dcm"),
         "mpeg": write_ct_series(root / "p8" / "mpeg", n_slices=16, transfer_syntax=MPEG2MPML).folder,
         "few": write_ct_series(root / "p9" / "few", n_slices=5).folder,
         "text": write_text_file(root / "export.log", "exported by PACS\n"),
