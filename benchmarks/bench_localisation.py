@@ -10,15 +10,18 @@ For each demo difficulty and each network (default: the demo's ``aam_student_sma
 once with the demo recipe through the bundle (:func:`benchmarks.demo_models.trained_demo_model`, reused when a
 finished run exists), then every positive case of the test split is run through the inference path a user runs
 (:class:`pipeline.inference.CasePredictor`: load, preprocess, sliding-window inference with the map kind, map on the
-source grid, written as NIfTI, float32 here so that no 8-bit ties decide the peak) for every map variant:
+source grid, written as NIfTI in its raw units, float32 here so that no 8-bit ties decide the peak) for every map:
 
-* ``cam``: the dense CAM, as written by default (positive log-odds, 0 outside the body, scaled to its maximum) and
-  ``raw`` (the log-odds everywhere, the map the project wrote before; the air is not masked);
-* ``gradcam`` / ``gradcampp`` at ``layer4`` / ``layer3`` / ``layer2`` (1/32, 1/16 and 1/8 of the network input);
-* ``attention`` (AAM only): the mean over stages, and stages ``layer1`` / ``layer2`` alone.
+* ``cam``: the dense CAM (positive log-odds, at 1/32 of the network input: 2 x 2 x 1 for the demo's window);
+* ``gradcam`` at ``layer4`` / ``layer3`` / ``layer2`` (1/32, 1/16 and 1/8 of the input), ``gradcampp`` at ``layer2``;
+* ``attention`` (AAM only): the mean over stages, and stage ``layer2`` alone;
+* ``occlusion``: MONAI's occlusion sensitivity (blocks of 3/16 of the window replaced by air).
 
-Each written map is read back with the case's lesion and lung masks (``aamct demo-data --masks``, same grid, checked)
-and scored by :mod:`pipeline.evaluation.localisation`: pointing game (peak within ``--margin-mm`` of a lesion) with a
+Each raw map is read back and finished three ways by :func:`pipeline.inference.maps.finish_map` (what
+``CasePredictor`` writes with ``heatmap_values=relative``): ``raw`` (as computed; the map the project wrote before),
+``body`` (positive evidence, 0 outside the body, scaled to its maximum) and ``lungs`` (the same inside
+:func:`pipeline.inference.maps.lung_mask`). Each is scored with the case's lesion and lung masks
+(``aamct demo-data --masks``, same grid, checked) by :mod:`pipeline.evaluation.localisation`: pointing game (peak within ``--margin-mm`` of a lesion) with a
 Wilson interval, share of the in-lung map mass inside lesions (beside the lesions' own share of the lung, what a flat
 map would score), and voxel AUROC of map vs lesion inside the lung. Results: ``localisation.json`` (per variant,
 per case) and ``localisation.md`` (the summary table) beside it. The machine load is recorded; nothing here is
@@ -55,19 +58,17 @@ class MapVariant:
         kind: ``cam`` / ``gradcam`` / ``gradcampp`` / ``attention``.
         layer: Grad-CAM layer (``None``: not a Grad-CAM kind).
         stage: attention stage.
-        values: ``relative`` (the default written map) or ``raw``.
     """
 
     kind: str
     layer: str | None = None
     stage: str = "mean"
-    values: str = "relative"
 
     @property
     def name(self) -> str:
-        """A short label: ``gradcam@layer3``, ``attention@layer1``, ``cam (raw)``."""
+        """A short label: ``gradcam@layer3``, ``attention@layer2``, ``occlusion``."""
         where = f"@{self.layer}" if self.layer else (f"@{self.stage}" if self.kind == "attention" else "")
-        return f"{self.kind}{where}" + (" (raw)" if self.values == "raw" else "")
+        return f"{self.kind}{where}"
 
 
 #: the networks compared: (registry name, options); same depth (18), same width, with and without AAM
@@ -77,12 +78,14 @@ NETWORKS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 VARIANTS: tuple[MapVariant, ...] = (
     MapVariant("cam"),
-    MapVariant("cam", values="raw"),
-    *(MapVariant(kind, layer=layer) for kind in ("gradcam", "gradcampp") for layer in ("layer4", "layer3", "layer2")),
+    *(MapVariant("gradcam", layer=layer) for layer in ("layer4", "layer3", "layer2")),
+    MapVariant("gradcampp", layer="layer2"),
     MapVariant("attention", stage="mean"),
-    MapVariant("attention", stage="layer1"),
     MapVariant("attention", stage="layer2"),
+    MapVariant("occlusion"),
 )
+#: how each raw map is finished before scoring (:func:`pipeline.inference.maps.finish_map`)
+FINISHES: tuple[str, ...] = ("raw", "body", "lungs")
 
 
 def _positives(manifest: Path, split: str) -> list[tuple[str, Path]]:
@@ -109,13 +112,16 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
     Returns:
         One result dict per variant scored.
     """
+    import numpy as np
     import pandas as pd
     import torch
 
     from pipeline.contracts import settings_for
+    from pipeline.data.reader import read_volume
     from pipeline.evaluation.localisation import load_on_same_grid, score_case, summarise_localisation
     from pipeline.inference import CasePredictor, DenseClassificationInferer
     from pipeline.inference.bundle import load_weights
+    from pipeline.inference.maps import finish_map
     from pipeline.networks import attention_modules, build
     from pipeline.transforms import infer_transforms
 
@@ -139,35 +145,48 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
                 heatmap_kind=variant.kind,
                 gradcam_layer=variant.layer,
                 attention_stage=variant.stage,
-                heatmap_values=variant.values,
+                heatmap_values="raw",
                 heatmap_dtype="float32",
                 write_montage=False,
             )
-            scores, probabilities = [], {}
-            folder = Path(scratch) / variant.name.replace(" ", "_").replace("@", "-").replace("(", "").replace(")", "")
+            scores: dict[str, list] = {finish: [] for finish in FINISHES}
+            probabilities, seconds = {}, []
+            folder = Path(scratch) / variant.name.replace("@", "-")
             for case_id, series in cases:
                 row = truth[series.name]
                 prediction = predictor(series, case_id=case_id, heatmap_dir=folder)
                 probabilities[case_id] = float(prediction.probabilities[1])
-                (heat, lesion, lung), affine = load_on_same_grid(
+                seconds.append(prediction.stage_seconds.get("inference", 0.0) + prediction.stage_seconds["heatmap"])
+                (raw, lesion, lung), affine = load_on_same_grid(
                     prediction.heatmap, model.truth_dir / row["lesion_mask"], model.truth_dir / row["lung_mask"]
                 )
+                hu, _ = read_volume(series)
                 spacing = [float(v) for v in (affine[:3, :3] ** 2).sum(axis=0) ** 0.5]
-                scores.append(score_case(case_id, heat, lesion, lung, spacing_mm=spacing, margin_mm=margin_mm))
-            summary = summarise_localisation(scores, margin_mm=margin_mm)
-            for case in summary["cases"]:
-                case["probability"] = probabilities[case["case"]]
-            results.append(
-                {
-                    "variant": variant.name,
-                    "kind": variant.kind,
-                    "layer": variant.layer,
-                    "stage": variant.stage if variant.kind == "attention" else None,
-                    "values": variant.values,
-                    "description": predictor.map_text[0],
-                    **summary,
-                }
-            )
+                for finish in FINISHES:
+                    heat = (
+                        raw
+                        if finish == "raw"
+                        else finish_map(raw, kind=variant.kind, hu=hu, affine=affine, restrict_to=finish)
+                    )
+                    scores[finish].append(
+                        score_case(case_id, heat, lesion, lung, spacing_mm=spacing, margin_mm=margin_mm)
+                    )
+            for finish in FINISHES:
+                summary = summarise_localisation(scores[finish], margin_mm=margin_mm)
+                for case in summary["cases"]:
+                    case["probability"] = probabilities[case["case"]]
+                results.append(
+                    {
+                        "variant": f"{variant.name} ({finish})",
+                        "kind": variant.kind,
+                        "layer": variant.layer,
+                        "stage": variant.stage if variant.kind == "attention" else None,
+                        "finish": finish,
+                        "description": predictor.map_maker.description,
+                        "map_seconds_median": float(np.median(seconds)),
+                        **summary,
+                    }
+                )
     return results
 
 
@@ -193,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = VARIANTS
     if args.quick:
         args.cases, args.epochs, args.difficulties = 24, args.epochs or 2, ["default"]
-        variants = (MapVariant("cam"), MapVariant("gradcam", layer="layer3"), MapVariant("attention"))
+        variants = (
+            MapVariant("cam"),
+            MapVariant("gradcam", layer="layer3"),
+            MapVariant("attention"),
+            MapVariant("occlusion"),
+        )
     workdir = args.workdir or (DEFAULT_WORKDIR if not args.quick else DEFAULT_WORKDIR / "quick")
     started, load_start = time.time(), os.getloadavg()[0]
     models, results = [], []
@@ -264,8 +288,9 @@ def render_table(record: dict[str, Any]) -> str:
         f"{record['margin_mm']:g} mm of a lesion voxel (Wilson 95 % CI); energy = share of the in-lung map mass "
         "inside lesions (flat map = lesion share of the lung); AUROC = map vs lesion mask, voxels inside the lung.",
         "",
-        "| demo | network (test AUC) | map | pointing game | 95 % CI | energy in lesions | lesion share | voxel AUROC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| demo | network (test AUC) | map (finish) | pointing game | 95 % CI | energy in lesions | lesion share | "
+        "voxel AUROC | map s/case |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in record["results"]:
         model = aucs.get((row["difficulty"], row["network"]), {})
@@ -275,7 +300,8 @@ def render_table(record: dict[str, Any]) -> str:
             f"| {row['difficulty']} | {row['network']} ({number(model.get('test_auc'))}) | {row['variant']} | "
             f"{game['hits']}/{game['n']} = {number(game['rate'], 2)} | "
             f"{'–' if not ci else f'{ci[0]:.2f}–{ci[1]:.2f}'} | {number(row['energy_in_lesion']['mean'])} | "
-            f"{number(row['lesion_share_of_lung']['mean'])} | {number(row['voxel_auroc']['mean'])} |"
+            f"{number(row['lesion_share_of_lung']['mean'])} | {number(row['voxel_auroc']['mean'])} | "
+            f"{number(row.get('map_seconds_median'), 2)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,8 @@ Run ``.venv/bin/python -m benchmarks.bench_networks`` (a few minutes on 2 idle c
   (:data:`pipeline.networks.PAPER_FORM`: product fusion, full dilated ASPP at full resolution in every unit), timed in
   the same rounds, so that the cost of the cheap spatial branch is a ratio measured in one run.
 - ``goals`` (issue 14): AAM-ResNet latency <= 1.25x the same-depth ResNet's, ``aam_student`` <= 0.3x ResNet-50's
-  latency and <= 31 % of its parameters; each with the measured ratios (eager and deployed, median and minimum).
+  latency and <= 31 % of its parameters; each with the measured ratios (eager and deployed, median and minimum) and
+  ``met_by_default_inference``: the default inference path runs the eager network (``default_inference_form``).
 - ``profile``: where an AAM-ResNet-50's eager CPU time goes (``torch.profiler``, ``--threads`` threads): share of the
   forward spent inside the attention modules (forward hooks) and in their spatial branches, the top operators by
   self CPU time, and how much convolution time ran through each PyTorch kernel (oneDNN or the native slow ones), for
@@ -64,6 +65,13 @@ REFERENCE = "resnet50"
 #: the same-depth peer of every AAM-ResNet (``resnet34`` is built here: the registry does not list it)
 PEERS: dict[str, str] = {"aam_resnet18": "resnet18", "aam_resnet34": "resnet34", "aam_resnet50": "resnet50"}
 PAPER_NETWORKS: tuple[str, ...] = ("aam_resnet18", "aam_resnet50", "aam_student")
+#: the form the default inference path runs (bundle/configs/inference.json -> pipeline.inference: the eager network,
+#: which Grad-CAM and the attention maps need); the deployed form is an opt-in, so a goal is met for a user by default
+#: only where ``met_eager`` holds
+DEFAULT_INFERENCE_FORM = (
+    "eager: bundle/configs/inference.json and pipeline.inference run the network as trained (Grad-CAM and the "
+    "attention maps need it); the deployed form is opt-in (pipeline.networks.optimized_for_inference)"
+)
 #: issue 14's goals: (network, peer, figure, bound)
 GOALS: tuple[tuple[str, str, str, float], ...] = (
     ("aam_resnet18", "resnet18", "latency", 1.25),
@@ -189,6 +197,7 @@ def profile_network(model: torch.nn.Module, x: torch.Tensor, *, top: int = 8) ->
     for entry in kernels.values():
         entry["share_of_cpu"] = round(entry["self_cpu_s"] * 1e6 / total_us, 4)
     return {
+        "attention_placement": getattr(model, "attention_placement", None),
         "forward_s": round(forward_s, 4),
         "attention_s": round(spent["attention"], 4),
         "attention_share": round(spent["attention"] / forward_s, 4),
@@ -224,7 +233,8 @@ def _profile_finding(profiles: Mapping[str, Mapping[str, Any]]) -> str:
         f"resolution); {slow_share(paper):.0%} of its CPU time runs in PyTorch's native slow convolution kernels, "
         "which the CPU dispatcher picks at batch 1 for ungrouped convolutions on small maps "
         f"(slow_conv_dilated3d for every dilated one). Registry default (depthwise dilated convolutions at half "
-        f"resolution): attention {default['attention_share']:.0%}, spatial branches "
+        f"resolution, AAM placement {default.get('attention_placement')!r}): attention "
+        f"{default['attention_share']:.0%}, spatial branches "
         f"{default['spatial_branch_share']:.0%}, native slow kernels {slow_share(default):.0%} (the backbone's own "
         f"small-map convolutions; MONAI's ResNet-50: {slow_share(profiles.get('resnet50', {})):.0%}). The deployed "
         "form (optimize_for_inference) runs every convolution through oneDNN."
@@ -265,6 +275,8 @@ def _goals(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
             measured = [row.get("eager_median_ratio"), row.get("deployed_median_ratio")]
             row["met_eager"] = measured[0] is not None and measured[0] <= bound
             row["met_deployed"] = measured[1] is not None and measured[1] <= bound
+            # what a user gets without opting in: the default inference path runs the eager network
+            row["met_by_default_inference"] = row["met_eager"]
         rows.append(row)
     return rows
 
@@ -299,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flops_note": "FlopCounterMode: conv + matmul only, 2 FLOPs per multiply-add",
         "reference": f"{REFERENCE} (MONAI 3D ResNet-50, stride-2 stem)",
         "deployed_note": "pipeline.networks.optimized_for_inference: TorchScript, frozen, optimize_for_inference",
+        "default_inference_form": DEFAULT_INFERENCE_FORM,
     }
 
     eager: dict[str, torch.nn.Module] = {}

@@ -208,7 +208,13 @@ def _render_networks(data: Json) -> tuple[list[str], str]:
                 measured = f"{_num(goal.get('eager_median_ratio'), 3)} / {_num(goal.get('deployed_median_ratio'), 3)}"
                 met = f"{_num(goal.get('met_eager'))} / {_num(goal.get('met_deployed'))}"
             goal_rows.append([goal.get("goal"), measured, met])
-        lines += _table(["goal (issue 14)", "measured (eager / deployed)", "met"], goal_rows)
+        lines += _table(["goal (issue 14)", "measured (eager / deployed)", "met (eager / deployed)"], goal_rows)
+        lines += [
+            "Eager is what the default inference path runs (bundle inference, `aamct` maps); the deployed form "
+            "(`pipeline.networks.optimized_for_inference`) is opt-in, so a goal met only when deployed is not met "
+            "by default.",
+            "",
+        ]
     finding = _get(data, "profile", "finding")
     if finding:
         lines += [f"Profile: {_num(finding)}", ""]
@@ -363,6 +369,8 @@ def _render_medmnist(data: Json) -> tuple[list[str], str]:
         "ratio = measured / published)",
         "",
     ]
+    if _get(data, "stale"):
+        lines = [f"**Stale:** {_num(_get(data, 'stale'))}", "", *lines]
     headers = [
         "model",
         "test AUC",

@@ -1,12 +1,17 @@
 """MedMNIST v2 3D protocol (train on ``train``, select on ``val``, report ``test``) through the bundle's own code.
 
-Every model is trained and evaluated by the stock MONAI bundle runner on the bundle's configs, so the benchmark
-measures the product, not a re-implementation of it::
+Every model is trained and evaluated by the stock MONAI bundle runner on the bundle's configs (``python -m
+monai.bundle run ...`` in a child process, as a user types it), so the benchmark measures the product, not a
+re-implementation of it::
 
     npz  ->  NIfTI files (identity affine, 1 mm voxels) + a contract datalist (train rows fold 1, val rows fold 0)
-         ->  monai.bundle.run("training",   train.json)                    best checkpoint by val AUC
-         ->  monai.bundle.run("distilling", train.json + distill.json)     aam_student from the aam_resnet50 teacher
-         ->  monai.bundle.run("evaluating", train.json + evaluate.json)    eval_val (Youden threshold) + eval_test
+         ->  run training    train.json                    best checkpoint by val AUC
+         ->  run distilling  train.json + distill.json     aam_student from the --teacher (default aam_resnet50)
+         ->  run evaluating  train.json + evaluate.json    eval_val (Youden threshold) + eval_test
+
+A finished run leaves a record of its settings (the network as built, with the registry's defaults resolved) and is
+reused by any later invocation with the same settings; an interrupted training of the same settings resumes from its
+last checkpoint.
 
 The MedMNIST volumes are binary masks {0, 255} already isotropic, so the CT-specific settings are overridden:
 ``spacing [1, 1, 1]`` (the NIfTI files carry 1 mm voxels, so Spacingd is a no-op), ``hu_window [0, 255]`` and the
@@ -22,12 +27,15 @@ seed-averaged test probabilities. Own code here is only the orchestration: MONAI
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -47,6 +55,7 @@ __all__ = [
     "BASELINES",
     "ABLATIONS",
     "PROBES",
+    "PROBE_DEFAULT_NOTE",
     "VARIANT_SETS",
     "PUBLISHED_ADRENAL_28",
     "PUBLISHED_SOURCE",
@@ -57,6 +66,8 @@ __all__ = [
     "run_distillation",
     "run_evaluation",
     "summarize",
+    "val_probabilities",
+    "val_comparisons",
     "render_markdown",
     "results_stem",
     "run_medmnist",
@@ -116,10 +127,6 @@ PROBES: dict[str, dict[str, Any]] = {
         "attention_fusion": "gated",
         "attention": "stage",
     },
-    "residual fusion x(1 + a) (Wang et al. 2017), cheap spatial branch": {
-        **_PROBE_BASE,
-        "attention_fusion": "residual",
-    },
     "zero-init last norm (Goyal et al. 2017), product fusion, cheap spatial branch": {
         **_PROBE_BASE,
         "zero_init_residual": True,
@@ -129,7 +136,18 @@ PROBES: dict[str, dict[str, Any]] = {
         "gamma_placement": "attention",
         "gamma_init": 0.0,
     },
+    "residual fusion x(1 + a) (Wang et al. 2017), cheap spatial branch": {
+        **_PROBE_BASE,
+        "attention_fusion": "residual",
+    },
 }
+#: why the registry may keep a probe that the val split did not pick (printed under the probes table when it does)
+PROBE_DEFAULT_NOTE = (
+    "The registry keeps the cheap form on cost: the paper form's spatial branch (full dilated ASPP at full "
+    "resolution in every unit) is what puts its aam_resnet50 beyond the 1.25x latency goal of issue 14 "
+    "(benchmarks/results/networks.json, `paper_form`); the 3-seed table (medmnist_adrenalmnist3d_aam_resnet18) "
+    "measures the registry default."
+)
 #: the variant tables ``--ablation`` can run (``--variant-set``): run folders are prefixed with the set's name
 VARIANT_SETS: dict[str, dict[str, dict[str, Any]]] = {"ablation": ABLATIONS, "probes": PROBES}
 
@@ -345,17 +363,47 @@ def _bundle_overrides(settings: MedMNISTSettings, *, datalist: Path, output_dir:
     }
 
 
-def _run_bundle(run_id: str, config_files: Sequence[str], overrides: Mapping[str, Any]) -> float:
-    """Run one bundle workflow in this process; returns its wall-clock seconds."""
-    from monai.bundle import run
+def _cli_value(value: Any) -> str:
+    """An override as the bundle CLI (python-fire) reads it back: Python literals for everything but plain text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value if not isinstance(value, tuple) else list(value))
 
+
+def _run_bundle(run_id: str, config_files: Sequence[str], overrides: Mapping[str, Any]) -> float:
+    """Run one bundle workflow as ``python -m monai.bundle run`` in a child process; returns its wall seconds.
+
+    A child process, not this one: a benchmark runs for hours while the working tree may change under it, and a
+    config read fresh must meet the code read fresh (an in-process run would pair a new config with the code this
+    process imported at its start). It is also exactly the command a user types.
+
+    Raises:
+        UserError: when the workflow exits non-zero (the message carries its last error line).
+    """
+    config = str([str(CONFIGS / name) for name in config_files])
+    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config]
+    command += ["--meta_file", str(CONFIGS / "metadata.json")]
+    for key, value in overrides.items():
+        command += [f"--{key}", _cli_value(value)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        # libgomp busy-waits between parallel regions by default, which slows a training several-fold beside any
+        # other job on a small machine (see tests/conftest.py); the Makefile sets the same for its bundle runs
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
     started = time.perf_counter()
-    run(
-        run_id,
-        config_file=[str(CONFIGS / name) for name in config_files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        **overrides,
-    )
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    with subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True) as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip())
+    if child.returncode != 0:
+        last = next((line for line in reversed(tail) if line.strip()), "no error output")
+        raise UserError(f"{run_id} of {overrides.get('output_dir', '?')} exited {child.returncode}: {last}")
     return time.perf_counter() - started
 
 
@@ -367,6 +415,7 @@ def run_training(
     network_name: str,
     seed: int,
     network_kwargs: Mapping[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train ``network_name`` with ``bundle/configs/train.json`` (best checkpoint by val AUC).
 
@@ -377,13 +426,15 @@ def run_training(
         network_name: registry name.
         seed: the run's seed.
         network_kwargs: extra registry arguments (ablations), the config's ``network_kwargs``.
+        resume: continue from the run's ``models/checkpoint_last.pt`` (an interrupted run of the same recipe).
 
     Returns:
-        ``{"checkpoint", "train_seconds", "epochs_run", "best_epoch"}``.
+        ``{"checkpoint", "train_seconds", "epochs_run", "best_epoch", "val_auc"}``.
     """
     overrides = _bundle_overrides(settings, datalist=datalist, output_dir=run_dir, seed=seed)
     overrides["network_name"] = network_name
     overrides["network_kwargs"] = dict(network_kwargs or {})  # built with them and recorded in models/run.json
+    overrides["resume"] = bool(resume)
     seconds = _run_bundle("training", ["train.json"], overrides)
     return {"checkpoint": str(run_dir / "models" / "model.pt"), "train_seconds": seconds, **_history(run_dir)}
 
@@ -402,6 +453,14 @@ def _history(run_dir: Path) -> dict[str, Any]:
     scored = [(auc, epoch) for auc, epoch in scored if isinstance(auc, (int, float)) and not math.isnan(auc)]
     best = max(scored) if scored else (None, None)
     return {"epochs_run": len(epochs), "best_epoch": best[1], "val_auc": best[0]}
+
+
+def _epoch_seconds(run_dir: Path) -> float:
+    """Sum of the recorded epochs' wall seconds (the training time of a run finished by an earlier process)."""
+    path = run_dir / "train_history.json"
+    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    epochs = history.get("epochs", history) if isinstance(history, dict) else history
+    return float(sum(e.get("epoch_seconds") or 0.0 for e in epochs if isinstance(e, dict)))
 
 
 def run_distillation(
@@ -615,6 +674,77 @@ def summarize(
     return {"models": models, "delong": comparisons}
 
 
+def val_probabilities(run: Mapping[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """A finished run's val-split predictions (``eval_val/predictions.csv`` beside its ``models/`` folder).
+
+    Args:
+        run: a run result with ``checkpoint`` (``<run>/models/model.pt``).
+
+    Returns:
+        ``(case_ids, labels, probabilities)`` sorted by case id, or ``None`` when the file is missing.
+    """
+    import csv
+
+    path = Path(run["checkpoint"]).parents[1] / "eval_val" / "predictions.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = sorted((r for r in csv.DictReader(handle) if r.get("status", "ok") == "ok"), key=lambda r: r["case_id"])
+    return (
+        [r["case_id"] for r in rows],
+        np.array([_class_index(r["label"]) for r in rows], dtype=int),
+        np.array([float(r["probability"]) for r in rows], dtype=float),
+    )
+
+
+def val_comparisons(runs: Mapping[str, Sequence[Mapping[str, Any]]], selected: str) -> list[dict[str, Any]]:
+    """Paired DeLong tests on the **val** split of every variant against the one selected there.
+
+    The selection is made on val, so its uncertainty is a val figure: this says whether the val split can tell the
+    selected variant from the others at all (seed-averaged val probabilities; the test split is not looked at).
+
+    Args:
+        runs: ``{variant: [run results]}`` (as for :func:`summarize`).
+        selected: the variant selected on val.
+
+    Returns:
+        One row per other variant: ``model``, ``baseline`` (= ``selected``), ``val_auc_model``,
+        ``val_auc_baseline``, ``difference``, ``difference_ci``, ``p_value`` (or ``note`` when undefined/missing).
+    """
+    from pipeline.evaluation.roc import UndefinedStatisticError, delong_test
+
+    averaged: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+    for name, seed_runs in runs.items():
+        loaded = [val_probabilities(run) for run in seed_runs]
+        if not loaded or any(v is None for v in loaded):
+            continue
+        ids, labels = loaded[0][0], loaded[0][1]
+        if any(v[0] != ids for v in loaded):
+            continue
+        averaged[name] = (ids, labels, np.mean([v[2] for v in loaded], axis=0))
+    rows: list[dict[str, Any]] = []
+    for name in runs:
+        if name == selected:
+            continue
+        row: dict[str, Any] = {"model": name, "baseline": selected}
+        if name not in averaged or selected not in averaged or averaged[name][0] != averaged[selected][0]:
+            rows.append({**row, "p_value": None, "note": "val predictions missing or on different cases"})
+            continue
+        try:
+            test = delong_test(averaged[name][1], averaged[name][2], averaged[selected][2])
+            row.update(
+                val_auc_model=test.auc_a,
+                val_auc_baseline=test.auc_b,
+                difference=test.difference,
+                difference_ci=list(test.difference_ci),
+                p_value=test.p_value,
+            )
+        except UndefinedStatisticError as err:
+            row.update(p_value=None, note=str(err))
+        rows.append(row)
+    return rows
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -702,6 +832,41 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             )
         if result.get("selected_on_val"):
             lines += ["", f"Selected on the val split (highest val AUC): **{result['selected_on_val']}**."]
+        val_rows = result.get("selection_val_delong") or []
+        if val_rows:
+            lines += [
+                "",
+                f"How sure that selection is: paired DeLong test on the val split ({result.get('n_val')} cases, "
+                "seed-averaged val probabilities) of each variant against the selected one:",
+                "",
+                "| variant | val AUC | selected's val AUC | difference (95% CI) | p |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for row in val_rows:
+                ci = row.get("difference_ci")
+                lines.append(
+                    f"| {row['model']} | {_fmt(row.get('val_auc_model'))} | {_fmt(row.get('val_auc_baseline'))} | "
+                    f"{_fmt(row.get('difference'))}{'' if not ci else f' ({ci[0]:.3f}, {ci[1]:.3f})'} | "
+                    f"{_fmt(row.get('p_value'), 4)} |"
+                )
+        default = result.get("registry_default_variant")
+        if default and result.get("selected_on_val"):
+            if default == result["selected_on_val"]:
+                lines += ["", f"The registry's {result.get('ablation_network')} is this variant."]
+            else:
+                row = next((r for r in val_rows if r["model"] == default), {})
+                p_value = row.get("p_value")
+                verdict = (
+                    "the val split cannot tell the two apart"
+                    if p_value is not None and p_value >= 0.05
+                    else "the val split prefers the selected variant"
+                )
+                lines += [
+                    "",
+                    f"The registry's {result.get('ablation_network')} is **not** the selected variant but "
+                    f"**{default}** (val difference {_fmt(row.get('difference'))}, p {_fmt(p_value, 4)}: {verdict}). "
+                    + PROBE_DEFAULT_NOTE,
+                ]
     wall = f"Wall time: {_fmt(result.get('wall_seconds', 0) / 60, 1)} min on {result.get('cpu_count')} CPU(s)"
     if result.get("runs_reused"):
         wall += (
@@ -874,6 +1039,19 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
             key=lambda v: ablation["models"][v]["val_auc"],
             default=None,
         )
+        if result["selected_on_val"] is not None:
+            result["selection_val_delong"] = val_comparisons(ablation_runs, result["selected_on_val"])
+        # which variant the registry builds by default (its resolved constructor arguments), if any
+        default_arguments = resolved_network_arguments(base, width_arguments(base, settings.width_multiplier))
+        result["registry_default_variant"] = next(
+            (
+                v
+                for v, k in variants.items()
+                if resolved_network_arguments(base, {**width_arguments(base, settings.width_multiplier), **k})
+                == default_arguments
+            ),
+            None,
+        )
     result.update(
         runs_total=len(finished),
         runs_reused=sum(1 for r in finished.values() if r.get("reused")),
@@ -964,6 +1142,26 @@ def results_stem(settings: MedMNISTSettings) -> str:
 
 
 _RUN_RECORD = "medmnist_run.json"
+#: key entries that name a run rather than define it: two runs equal in everything else trained the same network
+_NAMING_KEYS = ("output_dir", "network_kwargs")
+
+
+def _equivalent_record(runs_dir: Path, key: Mapping[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """A finished run in ``runs_dir`` whose recipe equals ``key`` up to its folder and how its network was named."""
+    wanted = {k: v for k, v in key.items() if k not in _NAMING_KEYS}
+    for path in sorted(runs_dir.glob(f"*/{_RUN_RECORD}")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        theirs = record.get("key")
+        if isinstance(theirs, dict) and {k: v for k, v in theirs.items() if k not in _NAMING_KEYS} == wanted:
+            return path.parent, record
+    return None
+
+
+#: written when a run starts: a later invocation with the same settings resumes its training
+_STARTED_RECORD = "medmnist_run.started.json"
 
 
 def _train_and_evaluate(
@@ -996,13 +1194,35 @@ def _train_and_evaluate(
         "n_resamples": settings.n_resamples,
     }
     record_path = run_dir / _RUN_RECORD
+    comparable = json.loads(json.dumps(key))
     if record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("key") == json.loads(json.dumps(key)):
+        if record.get("key") == comparable:
             logger.info("medmnist: reusing %s (finished earlier with the same settings)", run_dir.name)
             return {**record["result"], "reused": True}
-    if teacher_ckpt is None:
-        logger.info("medmnist: training %s %s, seed %d", network_name, dict(network_kwargs or {}), seed)
+    twin = _equivalent_record(run_dir.parent, comparable)
+    if twin is not None:  # the same network and recipe, finished under another name (a probe of the default)
+        logger.info("medmnist: reusing %s for %s (the same network and settings)", twin[0].name, run_dir.name)
+        return {**twin[1]["result"], "reused": True, "reused_from": twin[0].name}
+    # an interrupted training of the same recipe continues from its last checkpoint instead of starting over
+    started_path = run_dir / _STARTED_RECORD
+    started = json.loads(started_path.read_text(encoding="utf-8")) if started_path.is_file() else {}
+    resume = started.get("key") == comparable and (run_dir / "models" / "checkpoint_last.pt").is_file()
+    write_json_atomic(started_path, {"key": key})
+    history = _history(run_dir) if resume else {}
+    if teacher_ckpt is None and resume and (history.get("epochs_run") or 0) >= settings.epochs:
+        # the training of this recipe finished in an earlier process that died before its evaluation
+        logger.info("medmnist: %s finished training earlier; evaluating it", run_dir.name)
+        checkpoint = run_dir / "models" / "model.pt"
+        training = {"checkpoint": str(checkpoint), "train_seconds": _epoch_seconds(run_dir), **history}
+    elif teacher_ckpt is None:
+        logger.info(
+            "medmnist: training %s %s, seed %d%s",
+            network_name,
+            dict(network_kwargs or {}),
+            seed,
+            " (resuming)" if resume else "",
+        )
         training = run_training(
             settings,
             datalist=datalist,
@@ -1010,6 +1230,7 @@ def _train_and_evaluate(
             network_name=network_name,
             seed=seed,
             network_kwargs=network_kwargs,
+            resume=resume,
         )
     else:
         logger.info("medmnist: distilling %s from %s, seed %d", network_name, teacher_ckpt, seed)

@@ -68,14 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--difficulty",
         default="default",
-        help="default (the learnable demo) or hard (1-3 small, faint ground-glass opacities per positive)",
+        help="default (the learnable demo) or hard (4-7 smaller, fainter ground-glass opacities per positive, "
+        "3-10 %% of the lung)",
     )
     demo.add_argument(
         "--lesion-size-range",
         nargs=2,
         type=float,
         metavar=("MIN", "MAX"),
-        help="size of every lesion as measured on its mask (unit: --lesion-size-unit); hard default: 12 28 mm",
+        help="size of every lesion as measured on its mask (unit: --lesion-size-unit); hard default: 30 60 mm",
     )
     demo.add_argument(
         "--lesion-size-unit",

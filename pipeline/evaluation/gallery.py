@@ -100,7 +100,8 @@ def write_gallery(
         predictions_csv: the predictions table (default: ``cohort_dir/predictions.csv``).
         out: the page (default: ``cohort_dir/gallery.html``); links are made relative to its folder.
         title: the page title.
-        map_description: what the maps show (printed under the title), e.g. the heatmap kind and its units.
+        map_description: what the maps show (printed under the title); default: the ``descrip`` the cohort job
+            wrote into the first heatmap NIfTI (kind, units, region).
         lazy_after: images after this many load lazily (a cohort of thousands stays quick to open).
 
     Returns:
@@ -112,6 +113,8 @@ def write_gallery(
     cohort_dir = Path(cohort_dir)
     out = Path(out) if out is not None else cohort_dir / GALLERY_NAME
     rows = gallery_rows(cohort_dir, predictions_csv)
+    if map_description is None:
+        map_description = _description_of_first_map(rows, cohort_dir)
     n_ok = int((rows["status"] == "ok").sum())
     cards = [
         _card(row, cohort_dir, out.parent, lazy=index >= lazy_after)
@@ -177,6 +180,21 @@ def _card(row: dict, cohort_dir: Path, page_dir: Path, *, lazy: bool) -> str:
         f'<div class="card" id="{case}" data-case="{case}" data-status="ok">{image}{header}'
         f'<div class="meta">{"".join(links)}</div></div>'
     )
+
+
+def _description_of_first_map(rows: pd.DataFrame, cohort_dir: Path) -> str | None:
+    """``Maps: <descrip>`` of the first written heatmap NIfTI, or None."""
+    import nibabel as nib
+
+    for value in rows.loc[rows["status"] == "ok", "heatmap"]:
+        path = Path(value) if Path(value).is_absolute() else cohort_dir / value
+        if value and path.is_file():
+            try:
+                text = nib.load(path).header["descrip"].tobytes().decode("ascii", "replace").rstrip("\x00").strip()
+            except Exception:  # an unreadable map is the card's problem, not the page's
+                return None
+            return f"Maps: {text}" if text else None
+    return None
 
 
 def _linked(value: str, cohort_dir: Path, page_dir: Path) -> str | None:

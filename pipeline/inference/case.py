@@ -34,7 +34,7 @@ from pipeline.inference.maps import (
     predict_with_map,
     written_map_description,
 )
-from pipeline.inference.sliding import DenseClassificationInferer, positive_evidence
+from pipeline.inference.sliding import DenseClassificationInferer, positive_evidence, scoring_form
 
 __all__ = ["STAGES", "CaseFailure", "CasePrediction", "CasePredictor", "split_loading"]
 
@@ -136,8 +136,12 @@ class CasePredictor:
             case score is the same for every kind.
         gradcam_layer: the Grad-CAM layer (the registry's ``gradcam_layer`` of the network).
         attention_stage: the attention map's stage, or ``mean``.
-        heatmap_values: ``relative`` (0..1 inside the body, see :func:`pipeline.inference.maps.finish_map`) or
-            ``raw`` (the kind's own units, e.g. CAM log-odds).
+        heatmap_values: ``relative`` (0..1 inside ``heatmap_region``, see :func:`pipeline.inference.maps.finish_map`)
+            or ``raw`` (the kind's own units, e.g. CAM log-odds).
+        heatmap_region: where a relative map keeps its values: ``lungs``, ``body`` or ``none``.
+        cpu_form: how the scoring passes (the score, ``cam``, ``occlusion``) run when the network is on the CPU:
+            ``deployed`` (default: TorchScript, frozen, oneDNN; see :func:`pipeline.inference.sliding.scoring_form`)
+            or ``eager``. Grad-CAM and attention maps always run the eager network (they need hooks).
     """
 
     def __init__(
@@ -158,22 +162,29 @@ class CasePredictor:
         gradcam_layer: str | None = None,
         attention_stage: str = "mean",
         heatmap_values: str = "relative",
+        heatmap_region: str = "body",
+        cpu_form: str = "deployed",
     ) -> None:
         self.network = network.eval()
+        self.input_device = torch.device(input_device)
+        self.scoring_network = scoring_form(self.network, form=cpu_form)
         self.map_maker = MapMaker(
             network=self.network,
+            scoring_network=self.scoring_network,
             kind=heatmap_kind,
             target_layer=gradcam_layer,
             attention_stage=attention_stage,
             positive_index=positive_index,
         )
         self.heatmap_values = heatmap_values
-        self.map_text = written_map_description(self.map_maker.description, values=heatmap_values)
+        self.heatmap_region = heatmap_region
+        self.map_text = written_map_description(
+            self.map_maker.description, values=heatmap_values, region=heatmap_region
+        )
         self.inferer = inferer
         self.load, self.preprocess = split_loading(preprocessing)
         self.image_key = image_key
         self.positive_index = positive_index
-        self.input_device = torch.device(input_device)
         self.write_heatmap = write_heatmap
         self.write_montage = write_montage
         self.heatmap_dtype = heatmap_dtype
@@ -220,7 +231,7 @@ class CasePredictor:
                 mapped = predict_with_map(self.inferer, batch, self.map_maker)
                 prediction, heat = mapped.prediction, mapped.heat
             else:
-                prediction = self.inferer.predict(batch, self.network)
+                prediction = self.inferer.predict(batch, self.scoring_network)
             probabilities = prediction.probabilities[0].cpu().numpy()
             logits = prediction.logits[0].cpu().numpy()
 
@@ -240,7 +251,13 @@ class CasePredictor:
                     source_shape=source_shape,
                 )
                 if self.heatmap_values == "relative":
-                    heatmap = finish_map(heatmap, kind=self.map_maker.kind, hu=_spatial(source), affine=source_affine)
+                    heatmap = finish_map(
+                        heatmap,
+                        kind=self.map_maker.kind,
+                        hu=_spatial(source),
+                        affine=source_affine,
+                        restrict_to=self.heatmap_region,
+                    )
                 if self.write_heatmap:
                     heatmap_path = write_heatmap_nifti(
                         heatmap_dir / f"{case_id}.nii.gz",

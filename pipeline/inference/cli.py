@@ -78,16 +78,27 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heatmap-dtype", choices=("uint8", "float32"), help="heatmap storage (default uint8, scaled)")
     parser.add_argument(
         "--heatmap",
-        choices=("cam", "gradcam", "gradcampp", "attention"),
-        help="map kind: the dense CAM (default), Grad-CAM / Grad-CAM++ at the network's registry layer, or the "
-        "AAM's spatial attention (AAM-ResNets)",
+        choices=("cam", "gradcam", "gradcampp", "attention", "occlusion"),
+        help="map kind: the dense CAM, Grad-CAM / Grad-CAM++ at the network's registry layer, the AAM's spatial "
+        "attention (AAM-ResNets) or occlusion sensitivity (default: the bundle's heatmap_kind)",
     )
     parser.add_argument("--gradcam-layer", help="Grad-CAM layer by module name (default: the registry's, e.g. layer4)")
     parser.add_argument("--attention-stage", help="attention map of one stage (e.g. layer1) or mean (default)")
     parser.add_argument(
         "--heatmap-values",
         choices=("relative", "raw"),
-        help="relative: 0-1 of the in-body maximum, 0 outside the body (default); raw: the map's own units",
+        help="relative: 0-1 of the maximum inside --heatmap-region, 0 outside (default); raw: the map's own units",
+    )
+    parser.add_argument(
+        "--heatmap-region",
+        choices=("lungs", "body", "none"),
+        help="where a relative map keeps its values (default: the bundle's heatmap_region)",
+    )
+    parser.add_argument(
+        "--cpu-form",
+        choices=("deployed", "eager"),
+        help="on the CPU, score through the network's deployed TorchScript form (oneDNN convolutions, the default) "
+        "or the eager network; the probabilities agree to float32 rounding",
     )
     parser.add_argument(
         "--dicom-out",
@@ -153,7 +164,7 @@ def _overrides(args: argparse.Namespace, *, output_dir: Path) -> dict[str, Any]:
         overrides["write_montage"] = False
     if args.heatmap_dtype:
         overrides["heatmap_dtype"] = args.heatmap_dtype
-    for option in ("heatmap", "gradcam_layer", "attention_stage", "heatmap_values"):
+    for option in ("heatmap", "gradcam_layer", "attention_stage", "heatmap_values", "heatmap_region", "cpu_form"):
         if getattr(args, option, None):
             overrides["heatmap_kind" if option == "heatmap" else option] = getattr(args, option)
     if args.keep_patient_identity and args.dicom_out is None:

@@ -1,6 +1,7 @@
 """Heatmap kinds: the dense CAM, Grad-CAM, Grad-CAM++ and the AAM's spatial attention, over whole volumes.
 
-``--heatmap cam|gradcam|gradcampp|attention`` (``aamct evaluate-cohort``, the inference bundle's ``heatmap_kind``):
+``--heatmap cam|gradcam|gradcampp|attention|occlusion`` (``aamct evaluate-cohort``, the inference bundle's
+``heatmap_kind``):
 
 * ``cam``: the network's own dense class-activation map (:mod:`pipeline.inference.sliding`), as positive-class
   log-odds per location; its spatial mean is the case log-odds. At the last stage's resolution (1/32 of the
@@ -12,6 +13,11 @@
 * ``attention``: the AAM's spatial attention ``a_s`` (a sigmoid map, not class-specific) of one stage, averaged over
   the stage's units, or the mean over all stages (each upsampled to the finest one first), read through
   ``store_attention`` / ``last_spatial_attention`` (:mod:`pipeline.networks.attention`). AAM-ResNets only.
+* ``occlusion``: MONAI's :class:`~monai.visualize.OcclusionSensitivity`: how much the case log-odds of the positive
+  class drop when a block of the network input (3/16 of the window per axis by default, 12 x 12 x 6 voxels of the
+  64 x 64 x 32 window, moved in steps of 2/3 of a block) is replaced by the window's lowest value (air: 0 after the
+  HU window). A perturbation map: it shows what the network's score depends on, at the block's resolution, for any
+  network, at the price of one forward pass per block position (about 450 for a 64 x 64 x 32 window).
 
 Whole volumes: the sliding window runs :class:`MapMaker` on each window. It returns two outputs, the dense class map
 (for the case score, exactly as ``cam`` scores) and the window's map of the chosen kind, each at its own resolution,
@@ -34,14 +40,15 @@ per-slice hole filling).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.visualize import GradCAM, GradCAMpp
+from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
 from scipy import ndimage
 from torch import nn
 
@@ -64,6 +71,7 @@ __all__ = [
     "MapPrediction",
     "body_mask",
     "finish_map",
+    "lung_mask",
     "map_description",
     "map_on_source_grid",
     "predict_with_map",
@@ -71,11 +79,12 @@ __all__ = [
 ]
 
 #: the map kinds, in the order the benchmark reports them
-MAP_KINDS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "attention")
-#: the default kind (the one that localised best on the demo: benchmarks/results/localisation.json)
-DEFAULT_MAP_KIND = "cam"
+MAP_KINDS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "attention", "occlusion")
+#: the default kind: the one that localised best on the demo (benchmarks/results/localisation.json: pointing game
+#: 17/18 for occlusion vs 0/18 for the dense CAM and 7/18 for the best Grad-CAM layer, AAM-ResNet-18 at width 0.25)
+DEFAULT_MAP_KIND = "occlusion"
 #: where a finished map keeps its values: everywhere, inside the body, or inside the body's low-density (lung) region
-MAP_RESTRICTIONS: tuple[str, ...] = ("none", "body")
+MAP_RESTRICTIONS: tuple[str, ...] = ("none", "body", "lungs")
 #: what a written map holds: ``relative`` (:func:`finish_map`: 0..1 inside the body) or ``raw`` (the kind's own units)
 MAP_VALUES: tuple[str, ...] = ("relative", "raw")
 
@@ -83,6 +92,10 @@ _GRADIENT_KINDS = ("gradcam", "gradcampp")
 _CAM_CLASSES = {"gradcam": GradCAM, "gradcampp": GradCAMpp}
 #: a voxel above this is part of the patient (fat is about -100 HU, lung about -850: lungs are holes, filled)
 _BODY_THRESHOLD_HU = -500.0
+#: inside the body, lung is below this (aerated lung about -850 HU, ground glass up to about -300)
+_LUNG_THRESHOLD_HU = -250.0
+#: the closing radius that pulls denser opacities and vessels at the lung's edge into the lung mask
+_LUNG_CLOSING_MM = 10.0
 
 
 class _CaseLogOdds(nn.Module):
@@ -116,6 +129,14 @@ class MapMaker:
         attention_stage: ``mean`` (all stages) or a stage name (the first component of the AAM modules' names,
             ``layer1`` .. ``layer4`` for the AAM-ResNets).
         positive_index: the positive class.
+        occlusion_size: the occluded block in input voxels (``None``: 3/16 of the window per axis).
+        occlusion_overlap: overlap of neighbouring block positions (1/3: steps of 2/3 of a block).
+        occlusion_batch: block positions per forward pass.
+        occlusion_value: what an occluded block is filled with, in network-input units (0.0: air, the HU window's
+            low end).
+        scoring_network: a module returning the dense class map, used instead of ``network`` wherever no hook or
+            gradient is needed (the ``cam`` and ``occlusion`` kinds' forward passes): the CPU inference form of
+            :func:`pipeline.inference.sliding.scoring_form`. ``None``: ``network``'s own ``class_activation``.
 
     Raises:
         UserError: an unknown kind, a missing or unknown layer, or ``attention`` on a network without AAMs.
@@ -129,6 +150,11 @@ class MapMaker:
         target_layer: str | None = None,
         attention_stage: str = "mean",
         positive_index: int = 1,
+        occlusion_size: Sequence[int] | None = None,
+        occlusion_overlap: float = 1.0 / 3.0,
+        occlusion_batch: int = 16,
+        occlusion_value: float = 0.0,
+        scoring_network: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if kind not in MAP_KINDS:
             raise UserError(f"--heatmap must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
@@ -137,7 +163,11 @@ class MapMaker:
         self.positive_index = positive_index
         self.target_layer = target_layer
         self.attention_stage = attention_stage
-        self.dense = as_dense_predictor(network)
+        self.occlusion_size = None if occlusion_size is None else tuple(int(v) for v in occlusion_size)
+        self.occlusion_overlap = float(occlusion_overlap)
+        self.occlusion_batch = int(occlusion_batch)
+        self.occlusion_value = float(occlusion_value)
+        self.dense = as_dense_predictor(network) if scoring_network is None else scoring_network
         self._cam = None
         self._scorer: _CaseLogOdds | None = None
         self._attention: list[nn.Module] = []
@@ -155,11 +185,19 @@ class MapMaker:
             self._cam = _CAM_CLASSES[kind](nn_module=self._scorer, target_layers=f"model.{target_layer}")
         elif kind == "attention":
             self._attention = _stage_attention_modules(network, attention_stage)
+        elif kind == "occlusion":
+            scored = network if scoring_network is None else scoring_network
+            self._scorer = _CaseLogOdds(scored, positive_index).train(network.training)
 
     @property
     def description(self) -> str:
         """What the raw map's values are, in words (see :func:`map_description`)."""
-        return map_description(self.kind, target_layer=self.target_layer, attention_stage=self.attention_stage)
+        return map_description(
+            self.kind,
+            target_layer=self.target_layer,
+            attention_stage=self.attention_stage,
+            occlusion_size=self.occlusion_size,
+        )
 
     def __call__(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(class_map (B, C, d, h, w), map (B, 1, d', h', w'))`` of one batch of windows, both detached."""
@@ -168,6 +206,8 @@ class MapMaker:
             return class_map, positive_evidence(class_map, positive_index=self.positive_index)
         if self.kind == "attention":
             return self._attention_map(window)
+        if self.kind == "occlusion":
+            return self._occlusion_map(window)
         assert self._cam is not None and self._scorer is not None
         # gradients are needed inside the window only; the input itself needs none, but asking for them keeps the
         # graph alive when the loaded weights are frozen (requires_grad False)
@@ -175,6 +215,35 @@ class MapMaker:
             raw = self._cam.compute_map(window.detach().clone().requires_grad_(True), class_idx=0)
         self.network.zero_grad(set_to_none=True)
         return self._scorer.last_class_map, raw.detach()
+
+    def _occlusion_map(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._scorer is not None
+        # blocks of 3/16 of the window in 2/3-block steps localised best on the demo (benchmarks/bench_localisation.py:
+        # 16/18 peaks on a lesion vs 10/18 for quarter-window blocks in half-block steps, same trained network)
+        size = self.occlusion_size or tuple(max(1, round(s * 3 / 16)) for s in window.shape[2:])
+        # constant 0.0: the occluded block becomes air (the HU window's low end); the map is the scorer's log-odds with
+        # each block occluded, blended over the overlapping positions by MONAI's sliding window
+        occlusion = OcclusionSensitivity(
+            nn_module=self._scorer,
+            mask_size=size,
+            n_batch=self.occlusion_batch,
+            verbose=False,
+            mode=self.occlusion_value,
+            overlap=self.occlusion_overlap,
+            activate=False,
+        )
+        with torch.no_grad():
+            class_map = self.dense(window)
+            logits = class_map.flatten(start_dim=2).mean(dim=2)
+            base = positive_evidence(logits[:, :, None], positive_index=self.positive_index)[:, :, 0]  # (B, 1)
+            drops = []
+            for index in range(window.shape[0]):  # MONAI's occlusion takes one image at a time
+                with warnings.catch_warnings():
+                    # MONAI 1.x indexes with lists (a torch deprecation warning per call); nothing the user can act on
+                    warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+                    occluded, _ = occlusion(window[index : index + 1])
+                drops.append(base[index].view(1, 1, *[1] * (window.ndim - 2)) - occluded.as_tensor()[:, :1])
+        return class_map, torch.cat(drops).float()
 
     def _attention_map(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for module in self._attention:
@@ -251,11 +320,13 @@ def predict_with_map(inferer: DenseClassificationInferer, inputs: torch.Tensor, 
                 f"map maker returned shapes {tuple(class_map.shape)} / {tuple(heat.shape)} for a window "
                 f"{tuple(window.shape)}: both must be dense maps"
             )
-        return class_map.float(), heat.float()
+        # the map first: MONAI 1.x's sliding window fails to stitch a window-sized output that follows a smaller one
+        # (its importance map is resized for the first output and reused); the finer output first works
+        return heat.float(), class_map.float()
 
     no_grad = torch.no_grad() if maker.kind not in _GRADIENT_KINDS else contextlib.nullcontext()
     with no_grad:
-        class_map, heat = inferer.window_inferer(inputs, window_outputs)
+        heat, class_map = inferer.window_inferer(inputs, window_outputs)
     class_map, heat = class_map.float().detach(), heat.float().detach()
     logits = class_map.flatten(start_dim=2).mean(dim=2)
     prediction = DensePrediction(logits=logits, probabilities=torch.softmax(logits, dim=1), class_map=class_map)
@@ -290,12 +361,13 @@ def map_on_source_grid(
     )
 
 
-def written_map_description(raw_description: str, *, values: str) -> tuple[str, str]:
+def written_map_description(raw_description: str, *, values: str, region: str = "body") -> tuple[str, str]:
     """The NIfTI ``descrip`` and the colour-bar label of a written map.
 
     Args:
         raw_description: what the raw map is (:attr:`MapMaker.description`).
         values: ``relative`` or ``raw`` (:data:`MAP_VALUES`).
+        region: where a relative map keeps its values (:data:`MAP_RESTRICTIONS`).
 
     Returns:
         ``(descrip, colorbar_label)``.
@@ -305,18 +377,31 @@ def written_map_description(raw_description: str, *, values: str) -> tuple[str, 
     """
     if values not in MAP_VALUES:
         raise ValueError(f"heatmap values must be one of {MAP_VALUES}, not {values!r}")
+    if region not in MAP_RESTRICTIONS:
+        raise ValueError(f"heatmap region must be one of {MAP_RESTRICTIONS}, not {region!r}")
     if values == "relative":
-        return f"aamct {raw_description}; 0-1 of max in body, 0 outside", f"{raw_description} (0-1 of in-body max)"
+        where = "volume" if region == "none" else region
+        return (
+            f"aamct {raw_description}; 0-1 of max in {where}, 0 outside",
+            f"{raw_description} (0-1 of max in {where})",
+        )
     return f"aamct {raw_description}; raw values", raw_description
 
 
-def map_description(kind: str, *, target_layer: str | None = None, attention_stage: str = "mean") -> str:
+def map_description(
+    kind: str,
+    *,
+    target_layer: str | None = None,
+    attention_stage: str = "mean",
+    occlusion_size: Sequence[int] | None = None,
+) -> str:
     """What a raw map of ``kind`` holds, in a few words (the NIfTI ``descrip`` starts with it).
 
     Args:
         kind: one of :data:`MAP_KINDS`.
         target_layer: the Grad-CAM layer.
         attention_stage: the attention stage.
+        occlusion_size: the occluded block (``None``: a quarter of the window).
 
     Returns:
         The description.
@@ -325,6 +410,9 @@ def map_description(kind: str, *, target_layer: str | None = None, attention_sta
         return "CAM positive log-odds"
     if kind in _GRADIENT_KINDS:
         return f"{'Grad-CAM++' if kind == 'gradcampp' else 'Grad-CAM'} {target_layer} of positive log-odds"
+    if kind == "occlusion":
+        block = "x".join(str(v) for v in occlusion_size) if occlusion_size else "3/16 window"
+        return f"occlusion {block}: log-odds drop"
     return f"AAM spatial attention {attention_stage}"
 
 
@@ -356,6 +444,39 @@ def body_mask(hu: np.ndarray, affine: np.ndarray | torch.Tensor | None = None) -
     return np.moveaxis(filled, 0, axial)
 
 
+def lung_mask(hu: np.ndarray, affine: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """An approximate lung mask of a chest CT: low density inside the body, closed, holes filled slice by slice.
+
+    Inside :func:`body_mask`, voxels below -250 HU (aerated lung and ground glass), closed with a ball of about 10 mm
+    (voxel spacing from ``affine``) and filled slice by slice, so that vessels and consolidations enclosed by lung
+    count as lung. Not a segmentation to measure anything with: it keeps a map's display and its peak on the lungs.
+    Written here because MONAI has no CT lung mask.
+
+    Args:
+        hu: ``(X, Y, Z)`` CT in HU.
+        affine: its ``4x4`` affine (spacing and axial axis); without it, 1 mm voxels and the last axis as axial.
+
+    Returns:
+        Boolean mask of ``hu``'s shape; the body mask when nothing in the body is that dark (not a chest CT).
+    """
+    body = body_mask(hu, affine)
+    low = body & (np.asarray(hu) < _LUNG_THRESHOLD_HU)
+    if not low.any():
+        return body
+    spacing, axial = np.ones(3), 2
+    if affine is not None:
+        matrix = np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())[:3, :3]
+        spacing = np.linalg.norm(matrix, axis=0)
+        axial = int(np.argmax(np.abs(matrix[2])))
+    radius = np.maximum(1, np.round(_LUNG_CLOSING_MM / spacing)).astype(int)
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball = sum((g / max(r, 1)) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0
+    closed = ndimage.binary_closing(low, structure=ball, border_value=0)
+    moved = np.moveaxis(closed, axial, 0)
+    filled = np.moveaxis(np.stack([ndimage.binary_fill_holes(plane) for plane in moved]), 0, axial)
+    return filled & body
+
+
 def finish_map(
     heat: np.ndarray,
     *,
@@ -375,7 +496,7 @@ def finish_map(
         kind: the map kind (``attention`` maps are min-max scaled inside the body: they are all positive).
         hu: the CT on the same grid (needed unless ``restrict_to`` is ``none``).
         affine: the grid's affine (for :func:`body_mask`).
-        restrict_to: ``body`` or ``none``.
+        restrict_to: ``body``, ``lungs`` (:func:`lung_mask`) or ``none``.
 
     Returns:
         float32 array in ``[0, 1]``.
@@ -387,10 +508,10 @@ def finish_map(
         raise ValueError(f"restrict_to must be one of {MAP_RESTRICTIONS}, not {restrict_to!r}")
     values = np.asarray(heat, dtype=np.float32)
     inside = np.ones(values.shape, dtype=bool)
-    if restrict_to == "body":
+    if restrict_to != "none":
         if hu is None:
-            raise ValueError("restrict_to='body' needs the CT (hu) on the map's grid")
-        inside = body_mask(hu, affine)
+            raise ValueError(f"restrict_to={restrict_to!r} needs the CT (hu) on the map's grid")
+        inside = body_mask(hu, affine) if restrict_to == "body" else lung_mask(hu, affine)
     if kind == "attention":
         low = float(values[inside].min()) if inside.any() else 0.0
         values = values - low

@@ -18,6 +18,7 @@ MONAI's.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,19 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 
+from pipeline.networks import DenseClassifier, optimized_for_inference
+
 __all__ = [
     "DenseClassificationInferer",
     "DensePrediction",
+    "CPU_FORMS",
     "as_dense_predictor",
     "positive_evidence",
+    "scoring_form",
 ]
+
+#: how the scoring forward passes run on the CPU: ``deployed`` (TorchScript, frozen, oneDNN convolutions) or ``eager``
+CPU_FORMS: tuple[str, ...] = ("deployed", "eager")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,56 @@ def as_dense_predictor(model: Callable[..., torch.Tensor]) -> Callable[[torch.Te
     if callable(class_activation):
         return class_activation
     return model
+
+
+def scoring_form(model: torch.nn.Module, *, form: str = "deployed") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The dense predictor the scoring passes run: on the CPU, by default, the network's deployed form.
+
+    At batch size 1 PyTorch's eager CPU dispatcher sends small 3D convolutions to its slow native kernels; the
+    deployed form (:func:`pipeline.networks.optimized_for_inference` of :class:`pipeline.networks.DenseClassifier`)
+    runs every convolution on oneDNN, 1.7-5.6x faster for the registry networks (``benchmarks/results/networks.json``,
+    ``deployed`` vs ``eager``), with the eager logits to float32 rounding (``tests/networks/test_deploy.py``).
+
+    Args:
+        model: the eval-mode classifier (with ``class_activation``, or a dense module).
+        form: ``deployed`` or ``eager`` (:data:`CPU_FORMS`).
+
+    Returns:
+        A callable from a window batch to its dense class map: the deployed form for a network whose weights are on
+        the CPU, else (CUDA, where the eager network with AMP is already on cuDNN) the eager one.
+
+    Raises:
+        ValueError: an unknown ``form``.
+    """
+    if form not in CPU_FORMS:
+        raise ValueError(f"cpu form must be one of {', '.join(CPU_FORMS)}, got {form!r}")
+    dense = as_dense_predictor(model)
+    on_cpu = all(parameter.device.type == "cpu" for parameter in model.parameters())
+    if form == "eager" or not on_cpu:
+        return dense
+    return _DeployedOnFirstCall(model, dense)
+
+
+class _DeployedOnFirstCall:
+    """The deployed form of a network, compiled on the first window (a run whose every case is rejected pays nothing).
+
+    A network TorchScript cannot compile keeps its eager form (logged at debug level): the scores are the same.
+    """
+
+    def __init__(self, model: torch.nn.Module, dense: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.model = model
+        self.eager = dense
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            try:
+                wrapped = DenseClassifier(self.model) if self.eager is not self.model else self.model
+                self.compiled = optimized_for_inference(wrapped.eval())
+            except Exception as error:
+                logging.getLogger(__name__).debug("eager scoring for %s: %s", type(self.model).__name__, error)
+                self.compiled = self.eager
+        return self.compiled(x)
 
 
 def positive_evidence(class_map: torch.Tensor, *, positive_index: int = 1) -> torch.Tensor:

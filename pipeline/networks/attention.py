@@ -340,7 +340,10 @@ class AdaptiveAttention(nn.Module):
     def reset_parameters(self) -> None:
         """Initialise the branches: Kaiming (fan-out) convolutions, unit norms; the gated fusion's gates at 1.
 
-        The channel MLP keeps PyTorch's default ``Linear`` initialisation (as MONAI's SE layer does).
+        The channel MLP keeps PyTorch's default ``Linear`` initialisation (as MONAI's SE layer does). The spatial
+        projection to one channel gets the Kaiming fan-out initialisation of every convolution (the scheme this
+        project has used since its first AAM: with a fan-out of 1 its logits start large, so ``a_s`` starts near 0
+        or 1 per voxel); the gated fusion zeroes it (and the MLP's output layer) instead, so that it starts neutral.
         """
         if self.spatial is not None:
             _init_module(self.spatial)
@@ -391,11 +394,11 @@ class AdaptiveAttention(nn.Module):
             return x * self._gate(channel_weights)
         if self.fusion_code == 1:  # sum
             return x * channel_weights + x * spatial_weights
-        if self.fusion_code == 2:  # residual
-            return x * (1.0 + channel_weights * spatial_weights)
-        if self.fusion_code == 3:  # gated
-            return x * ((2.0 * channel_weights) * (2.0 * spatial_weights))
-        return x * (channel_weights * spatial_weights)
+        if self.fusion_code == 2:  # residual: x + (x * a_c) * a_s, two passes over x instead of three
+            return torch.addcmul(x, x * channel_weights, spatial_weights)
+        if self.fusion_code == 3:  # gated: x * (2 a_c) * (2 a_s), the channel factor folded first (two passes)
+            return (x * (4.0 * channel_weights)) * spatial_weights
+        return (x * channel_weights) * spatial_weights
 
     def extra_repr(self) -> str:
         return f"fusion={self.fusion!r}, branches={self.branches!r}"

@@ -6,20 +6,23 @@ FLOPs and CPU latency at 1x1x64x128x128); "vs R50" is the ratio to MONAI's 3D ``
 ==================== ========================================== ========== ======= =================================
 name                 network                                    params     vs R50  stem
 ==================== ========================================== ========== ======= =================================
-aam_resnet50         AAMResNet depth 50, width 1 (teacher)      57,050,194  1.236  7^3 conv s2 + max-pool s2
-aam_resnet34         AAMResNet depth 34, width 1                64,159,858  1.390  7^3 conv s2 + max-pool s2
-aam_resnet18         AAMResNet depth 18, width 1                33,542,154  0.727  7^3 conv s2 + max-pool s2
-aam_assistant        AAMResNet depth 34, width 0.625            25,077,730  0.543  7^3 conv s2 + max-pool s2
-aam_student          AAMResNet depth 18, width 0.625            13,113,558  0.284  7^3 conv s2 + max-pool s2
-aam_student_small    AAMResNet depth 18, width 0.25              2,109,274  0.046  7^3 conv s2 + max-pool s2
+aam_resnet50         AAMResNet depth 50, width 1, stage AAMs    47,245,158  1.023  7^3 conv s2 + max-pool s2
+aam_resnet34         AAMResNet depth 34, width 1                63,736,186  1.381  7^3 conv s2 + max-pool s2
+aam_resnet18         AAMResNet depth 18, width 1                33,306,714  0.722  7^3 conv s2 + max-pool s2
+aam_assistant        AAMResNet depth 34, width 0.625            24,914,266  0.540  7^3 conv s2 + max-pool s2
+aam_student          AAMResNet depth 18, width 0.5               8,339,370  0.181  7^3 conv s2 + max-pool s2
+aam_student_small    AAMResNet depth 18, width 0.25              2,092,234  0.045  7^3 conv s2 + max-pool s2
 resnet50             MONAI ResNet-50 (CAMResNet)                46,163,010  1.000  7^3 conv s2 (MONAI default s1)
 resnet18             MONAI ResNet-18 (CAMResNet)                33,161,922  0.718  7^3 conv s2 (MONAI default s1)
 densenet121          MONAI DenseNet-121 (CAMDenseNet121)        11,244,674  0.244  7^3 conv s2 + max-pool s2
 unet_encoder         BasicUNet encoder + pooled 1x1x1 head       3,571,042  0.077  none: two 3^3 convs at full res
 ==================== ========================================== ========== ======= =================================
 
-All AAM-ResNets use AAM on every residual unit (``attention="block"``), product fusion, ``gamma_init=0.5`` and
-``shortcut="auto"``; pass keyword arguments of :class:`~pipeline.networks.aam_resnet.AAMResNet` to change them. The
+All AAM-ResNets use :class:`~pipeline.networks.aam_resnet.AAMResNet`'s defaults: AAM on every residual unit
+(``attention="block"``) with residual fusion ``x * (1 + a_c * a_s)`` and the cheap spatial branch (depthwise-separable
+dilated convolutions at half resolution), ``gamma_init=0.5`` on the branch, ``shortcut="auto"`` (chosen by measurement,
+see the AAMResNet module docstring); ``build(name, **PAPER_FORM)`` gives the paper's form (product fusion, full ASPP
+at full resolution), and any keyword argument of AAMResNet changes one option. The
 MONAI ResNets keep MONAI's max-pool after the stem too. Every entry has ``class_activation`` (see
 :class:`pipeline.networks.DenseClassifier`).
 """
@@ -108,7 +111,15 @@ def _aam(name: str, summary: str, **defaults: Any) -> NetworkSpec:
 _REGISTRY: dict[str, NetworkSpec] = {
     spec.name: spec
     for spec in (
-        _aam("aam_resnet50", "AAM-ResNet-50 teacher (bottleneck units, width 1)", depth=50, width=1.0),
+        # one AAM per stage (BAM's placement): on 256-2048-channel bottleneck outputs an AAM in every unit costs
+        # 1.35x ResNet-50's deployed latency, at stage ends 1.17x (benchmarks/results/networks.json)
+        _aam(
+            "aam_resnet50",
+            "AAM-ResNet-50 teacher (bottleneck units, width 1, AAM at stage ends)",
+            depth=50,
+            width=1.0,
+            attention="stage",
+        ),
         _aam("aam_resnet34", "AAM-ResNet-34 (basic units, width 1)", depth=34, width=1.0),
         _aam("aam_resnet18", "AAM-ResNet-18 (basic units, width 1)", depth=18, width=1.0),
         _aam(

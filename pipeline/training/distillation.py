@@ -163,8 +163,9 @@ def feature_hint_loss(
         )
 
     def standardise(x: torch.Tensor) -> torch.Tensor:
+        # the population std: a one-voxel map (the last stage of a 32^3 input) is all zeros, not 0 / 0
         flat = x.flatten(1)
-        return (flat - flat.mean(dim=1, keepdim=True)) / (flat.std(dim=1, keepdim=True) + 1e-6)
+        return (flat - flat.mean(dim=1, keepdim=True)) / (flat.std(dim=1, keepdim=True, correction=0) + 1e-6)
 
     total = student_features[0].new_zeros((), dtype=torch.float32)
     for student, teacher in zip(student_features, teacher_features, strict=True):

@@ -162,26 +162,10 @@ def test_one_tiny_run_through_the_bundle(tmp_path):
     assert "| unet_encoder |" in (tmp_path / "results" / "medmnist_tiny.md").read_text()
 
 
-def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, monkeypatch):
-    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
-    settings = medmnist.MedMNISTSettings(
-        npz=npz,
-        work_dir=tmp_path / "work",
-        results_dir=tmp_path / "results",
-        models=(),
-        ablation=True,
-        ablation_network="aam_student_small",
-        seeds=(0,),
-        epochs=1,
-        batch_size=8,
-        n_resamples=10,
-        name="ablation_tiny",
-        command="test",
-    )
-    result = medmnist.run_medmnist(settings)
-    ablation = result["ablation"]
-    assert list(ablation) == list(medmnist.ABLATIONS)
-    params = {variant: row["params"] for variant, row in ablation.items()}
+def test_ablation_variants_differ_in_exactly_the_parameters_they_remove():
+    params = {
+        variant: medmnist._count_params("aam_student_small", kwargs) for variant, kwargs in medmnist.ABLATIONS.items()
+    }
     full = params["full (learned gamma, channel + spatial attention)"]
     assert params["without channel attention (spatial branch only)"] < full
     assert params["without spatial attention (channel branch only)"] < full
@@ -192,13 +176,40 @@ def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, 
     assert 0 < full - params["without gamma (fixed at 1: plain residual sum)"] < 10_000  # only the gammas
     stage_only = params["attention placement: last unit of each stage only"]
     assert params["without attention (gamma-scaled residual only)"] < stage_only < full
-    assert {row["baseline"] for row in result["ablation_delong"]} == {next(iter(medmnist.ABLATIONS))}
-    assert len(result["ablation_delong"]) == len(medmnist.ABLATIONS) - 1
+
+
+def test_ablation_runs_its_variants_and_a_rerun_reuses_finished_runs(tmp_path, monkeypatch):
+    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
+    settings = medmnist.MedMNISTSettings(
+        npz=npz,
+        work_dir=tmp_path / "work",
+        results_dir=tmp_path / "results",
+        models=(),
+        ablation=True,
+        ablation_network="aam_student_small",
+        ablation_variants=("placement",),  # the full model and one variant: the orchestration is under test
+        seeds=(0,),
+        epochs=1,
+        batch_size=8,
+        n_resamples=10,
+        name="ablation_tiny",
+        command="test",
+    )
+    result = medmnist.run_medmnist(settings)
+    ablation = result["ablation"]
+    expected = [
+        "full (learned gamma, channel + spatial attention)",
+        "attention placement: last unit of each stage only",
+    ]
+    assert list(ablation) == expected
+    assert ablation[expected[1]]["params"] < ablation[expected[0]]["params"]
+    assert [row["baseline"] for row in result["ablation_delong"]] == [expected[0]]
+    assert all(row["val_auc"] is not None and row["run_minutes"] > 0 for row in ablation.values())
     text = (tmp_path / "results" / "ablation_tiny.md").read_text()
-    assert "Ablation of aam_student_small" in text and "| without spatial attention (channel branch only) |" in text
+    assert "Ablation of aam_student_small" in text and f"| {expected[1]} |" in text
 
     weights = sorted((tmp_path / "work" / "runs").glob("*/models/model.pt"))
-    assert len(weights) == len(medmnist.ABLATIONS)
+    assert len(weights) == len(expected)
     stamps = [w.stat().st_mtime_ns for w in weights]
 
     def must_not_run(*args, **kwargs):
@@ -209,23 +220,13 @@ def test_ablation_runs_every_variant_and_a_rerun_reuses_finished_runs(tmp_path, 
     again = medmnist.run_medmnist(settings)
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert again["ablation"] == ablation
-    assert (result["runs_reused"], again["runs_reused"], again["runs_total"]) == (
-        0,
-        len(medmnist.ABLATIONS),
-        len(medmnist.ABLATIONS),
-    )
+    assert (result["runs_reused"], again["runs_reused"], again["runs_total"]) == (0, 2, 2)
     assert again["run_seconds"] == pytest.approx(result["run_seconds"]) and result["run_seconds"] > 0
-    assert (
-        f"{len(medmnist.ABLATIONS)} of {len(medmnist.ABLATIONS)} runs were reused"
-        in (tmp_path / "results" / "ablation_tiny.md").read_text()
-    )
-    # a subset of the variants reuses the same runs and keeps the full model as the reference
-    subset = medmnist.run_medmnist(replace(settings, ablation_variants=("PLACEMENT",)))
-    assert list(subset["ablation"]) == [
-        "full (learned gamma, channel + spatial attention)",
-        "attention placement: last unit of each stage only",
-    ]
-    assert subset["ablation"] == {k: ablation[k] for k in subset["ablation"]}
+    assert "2 of 2 runs were reused" in (tmp_path / "results" / "ablation_tiny.md").read_text()
+    # the full model alone reuses its run and stays the reference
+    subset = medmnist.run_medmnist(replace(settings, ablation_variants=("full",)))
+    assert list(subset["ablation"]) == expected[:1]
+    assert subset["ablation"][expected[0]] == ablation[expected[0]]
 
     # a changed setting is a different run: it is trained again, not reused
     with pytest.raises(AssertionError, match="trained or evaluated again"):
@@ -365,3 +366,151 @@ def test_distillation_teacher_and_loss_weights_come_from_the_command_line():
     for bad in ("attention=100", "hint_weight=much"):
         with pytest.raises(UserError, match="--distill-weight"):
             settings_from_args(parser.parse_args([*argv, "--distill-weight", bad]), command="x")
+
+
+def test_a_run_that_died_after_training_is_evaluated_and_one_that_died_in_training_resumes(tmp_path, monkeypatch):
+    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
+    settings = medmnist.MedMNISTSettings(
+        npz=npz,
+        work_dir=tmp_path / "work",
+        results_dir=tmp_path / "results",
+        models=("unet_encoder",),
+        seeds=(0,),
+        epochs=1,
+        batch_size=8,
+        n_resamples=10,
+        command="test",
+    )
+    first = medmnist.run_medmnist(settings)
+    run_dir = tmp_path / "work" / "runs" / "unet_encoder_seed0"
+    (run_dir / "medmnist_run.json").unlink()  # the process died between training and evaluation
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the finished training was run again")
+
+    monkeypatch.setattr(medmnist, "run_training", must_not_train)
+    again = medmnist.run_medmnist(settings)
+    assert again["models"]["unet_encoder"]["test_auc"] == pytest.approx(first["models"]["unet_encoder"]["test_auc"])
+    assert again["models"]["unet_encoder"]["seeds"][0]["train_seconds"] > 0  # the earlier epochs' time
+
+    # died inside the training: the next invocation resumes from the last checkpoint
+    (run_dir / "medmnist_run.json").unlink()
+    (run_dir / "train_history.json").write_text(json.dumps({"epochs": []}))
+    seen = {}
+
+    class Resumed(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise Resumed
+
+    monkeypatch.setattr(medmnist, "run_training", capture)
+    with pytest.raises(Resumed):
+        medmnist.run_medmnist(settings)
+    assert seen["resume"] is True
+    # a different recipe never resumes another one's checkpoint
+    seen.clear()
+    with pytest.raises(Resumed):
+        medmnist.run_medmnist(replace(settings, learning_rate=5e-4))
+    assert seen["resume"] is False
+
+
+def test_a_variant_spelling_out_the_defaults_reuses_the_default_run(tmp_path, monkeypatch):
+    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
+    settings = medmnist.MedMNISTSettings(
+        npz=npz,
+        work_dir=tmp_path / "work",
+        results_dir=tmp_path / "results",
+        models=("unet_encoder",),
+        seeds=(0,),
+        epochs=1,
+        batch_size=8,
+        n_resamples=10,
+        command="test",
+    )
+    trained = medmnist.run_medmnist(settings)["models"]["unet_encoder"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("an equivalent finished run was trained again")
+
+    for stage in ("run_training", "run_evaluation"):
+        monkeypatch.setattr(medmnist, stage, must_not_run)
+    spelled = {"reference": {"features": [32, 32, 64, 128, 256]}}  # unet_encoder's defaults, written out
+    monkeypatch.setitem(medmnist.VARIANT_SETS, "spelled", spelled)
+    probe = replace(settings, models=(), ablation=True, ablation_network="unet_encoder", variant_set="spelled")
+    result = medmnist.run_medmnist(probe)
+    assert result["ablation"]["reference"]["test_auc"] == pytest.approx(trained["test_auc"])
+    other = {"reference": {"features": [16, 16, 32, 64, 128]}}  # a different network is not equivalent
+    monkeypatch.setitem(medmnist.VARIANT_SETS, "spelled", other)
+    with pytest.raises(AssertionError, match="trained again"):
+        medmnist.run_medmnist(probe)
+
+
+def _write_val_predictions(run_dir: Path, case_ids, labels, probabilities) -> dict:
+    """A run folder as the bench leaves it: ``models/model.pt`` (named only) and ``eval_val/predictions.csv``."""
+    (run_dir / "eval_val").mkdir(parents=True)
+    rows = ["case_id,label,probability,predicted,site,split,fold,status,reason"]
+    # written in reverse order: the reader must pair cases by id, not by row
+    for case_id, label, prob in reversed(list(zip(case_ids, labels, probabilities, strict=True))):
+        name = "positive" if label else "negative"
+        rows.append(f"{case_id},{name},{prob},{name},medmnist,val,0,ok,")
+    (run_dir / "eval_val" / "predictions.csv").write_text("\n".join(rows) + "\n")
+    return {"seed": 0, "checkpoint": str(run_dir / "models" / "model.pt")}
+
+
+def test_the_val_split_comparison_is_a_paired_delong_test_on_the_val_predictions(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 30 + [1] * 30)
+    ids = [f"val-{i:04d}" for i in range(60)]
+    strong = labels * 0.6 + rng.uniform(0, 1, 60)
+    weak_seeds = [labels * 0.2 + rng.uniform(0, 1, 60) for _ in range(2)]
+    runs = {
+        "strong": [_write_val_predictions(tmp_path / "strong", ids, labels, strong)],
+        "weak": [_write_val_predictions(tmp_path / f"weak{i}", ids, labels, p) for i, p in enumerate(weak_seeds)],
+        "missing": [{"seed": 0, "checkpoint": str(tmp_path / "nothing" / "models" / "model.pt")}],
+    }
+    rows = {row["model"]: row for row in medmnist.val_comparisons(runs, "strong")}
+    assert set(rows) == {"weak", "missing"}
+    # the seed-averaged val probabilities, compared with the same DeLong test the test-split tables use
+    expected = delong_test(labels, np.mean(weak_seeds, axis=0), strong)
+    assert rows["weak"]["difference"] == pytest.approx(expected.difference)
+    assert rows["weak"]["p_value"] == pytest.approx(expected.p_value)
+    assert rows["weak"]["val_auc_baseline"] == pytest.approx(roc_auc(labels, strong))
+    assert rows["weak"]["difference"] < 0
+    assert rows["missing"]["p_value"] is None and "missing" in rows["missing"]["note"]
+
+
+def test_the_probe_table_says_when_the_registry_default_is_not_the_val_winner():
+    result = {
+        "ablation": {"paper": {"val_auc": 0.83}, "residual": {"val_auc": 0.82}},
+        "ablation_delong": [],
+        "variant_set": "probes",
+        "selected_on_val": "paper",
+        "ablation_network": "aam_resnet18",
+        "n_val": 98,
+        "selection_val_delong": [
+            {
+                "model": "residual",
+                "baseline": "paper",
+                "val_auc_model": 0.82,
+                "val_auc_baseline": 0.83,
+                "difference": -0.01,
+                "difference_ci": [-0.05, 0.03],
+                "p_value": 0.61,
+            },
+        ],  # fmt: skip
+        "registry_default_variant": "residual",
+    }
+    text = medmnist.render_markdown(result)
+    assert "| residual | 0.820 | 0.830 | -0.010 (-0.050, 0.030) | 0.6100 |" in text
+    assert "is **not** the selected variant but **residual**" in text and "cannot tell the two apart" in text
+    assert medmnist.render_markdown({**result, "registry_default_variant": "paper"}).count("is this variant") == 1
+
+
+def test_the_registry_default_aam_resnet18_is_one_of_the_probes():
+    default = medmnist.resolved_network_arguments("aam_resnet18")
+    matches = [
+        v for v, k in medmnist.PROBES.items() if medmnist.resolved_network_arguments("aam_resnet18", k) == default
+    ]
+    assert len(matches) == 1 and "residual" in matches[0]

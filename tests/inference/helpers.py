@@ -68,6 +68,9 @@ def tiny_bundle(root: Path, *, seed: int = 4) -> Path:
     config = json.loads((PROJECT_BUNDLE / "configs" / "inference.json").read_text())
     config.update(network_name="aam_resnet18", roi_size=list(TEST_ROI), spacing=list(TEST_SPACING))
     config["network_def"]["width"] = 0.125
+    # the dense CAM: one forward pass per case keeps these tests fast (the default, occlusion, takes one per block
+    # position; tests/inference/test_maps.py covers every kind)
+    config["heatmap_kind"] = "cam"
     (root / "configs").mkdir(parents=True)
     (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
     (root / "models").mkdir()
@@ -76,7 +79,12 @@ def tiny_bundle(root: Path, *, seed: int = 4) -> Path:
 
 
 def make_predictor(network: nn.Module | None = None, *, roi_size=TEST_ROI, spacing=TEST_SPACING, **kwargs):
-    """A real CasePredictor on the project's inference chain (the one loader, LoadScand)."""
+    """A real CasePredictor on the project's inference chain (the one loader, LoadScand).
+
+    The map kind is the dense CAM unless ``heatmap_kind`` is given: one forward pass per case keeps the cohort tests
+    fast (the default kind, occlusion, runs one per block position; tests/inference/test_maps.py covers every kind).
+    """
+    kwargs.setdefault("heatmap_kind", "cam")
     return CasePredictor(
         network=network if network is not None else tiny_network(),
         inferer=DenseClassificationInferer(roi_size=roi_size, mode="gaussian"),

@@ -102,3 +102,26 @@ def test_rejected_and_missing_images_fail_at_loading_with_the_loaders_reason(net
 def test_preprocessing_must_start_with_loading():
     with pytest.raises(ValueError, match="LoadImaged"):
         split_loading(Compose([EnsureChannelFirstd(keys="image")]))
+
+
+def test_cpu_scoring_runs_the_deployed_form_and_gives_the_eager_scores_and_map(network, tmp_path):
+    # the default CPU path scores through TorchScript + oneDNN (pipeline.inference.sliding.scoring_form); it must be
+    # the same model: same probabilities and the same map as the eager network on a real written NIfTI
+    import torch
+
+    source = write_nifti(tmp_path / "case.nii.gz", chest_like_volume(blob_at=(12, 14, 10)))
+    # occlusion: its many forward passes are the deployed form's too, and its map has spatial detail at this size
+    options = {"heatmap_values": "raw", "heatmap_kind": "occlusion"}
+    deployed = make_predictor(network, **options)
+    eager = make_predictor(network, cpu_form="eager", **options)
+    fast = deployed(source, case_id="fast", heatmap_dir=tmp_path / "fast")
+    slow = eager(source, case_id="slow", heatmap_dir=tmp_path / "slow")
+    assert isinstance(deployed.scoring_network.compiled, torch.jit.ScriptModule)
+    assert eager.scoring_network == network.class_activation
+    np.testing.assert_allclose(fast.probabilities, slow.probabilities, atol=1e-5)
+    fast_map = sitk.GetArrayFromImage(sitk.ReadImage(str(fast.heatmap)))
+    slow_map = sitk.GetArrayFromImage(sitk.ReadImage(str(slow.heatmap)))
+    assert np.ptp(slow_map) > 0
+    # float32 rounding in other summation orders, on a random network's near-zero occlusion drops
+    np.testing.assert_allclose(fast_map, slow_map, atol=1e-2 * float(np.abs(slow_map).max()))
+    assert np.corrcoef(fast_map.ravel(), slow_map.ravel())[0, 1] > 0.999

@@ -8,13 +8,23 @@ from torch.profiler import ProfilerActivity, profile
 
 from pipeline.networks import DenseClassifier, build, optimized_for_inference
 
+CHEAP_GATED = {"attention_fusion": "gated", "attention_spatial": "separable", "attention_spatial_stride": 2}
 
-@pytest.mark.parametrize("name", ["aam_student_small", "resnet18"])
-def test_deployed_network_gives_the_eager_logits_and_cam(name):
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("aam_student_small", {"width": 0.125, **CHEAP_GATED}),
+        ("aam_student_small", {"width": 0.125, "attention_fusion": "product", "attention_spatial": "aspp"}),
+        ("resnet18", {"widen_factor": 0.25}),
+    ],
+)
+def test_deployed_network_gives_the_eager_logits_and_cam(name, kwargs):
     torch.manual_seed(0)
-    kwargs = {"widen_factor": 0.25} if name == "resnet18" else {"width": 0.125}
     model = build(name, **kwargs).eval()
-    with torch.no_grad():  # move the norms off their identity init, so that folding them into the convolutions shows
+    with torch.no_grad():  # off the initial point (gates at 1, norms at identity), so that every part shows
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm3d):
                 module.running_mean.uniform_(-0.5, 0.5)
@@ -22,8 +32,9 @@ def test_deployed_network_gives_the_eager_logits_and_cam(name):
     deployed = optimized_for_inference(model, preserved_methods=["class_activation"])
     x = torch.randn(1, 1, 40, 48, 36)
     with torch.no_grad():
-        torch.testing.assert_close(deployed(x), model(x), atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(deployed.class_activation(x), model.class_activation(x), atol=1e-4, rtol=1e-4)
+        # oneDNN sums in another order and the norms are folded into the weights: float32 rounding, not a change
+        torch.testing.assert_close(deployed(x), model(x), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(deployed.class_activation(x), model.class_activation(x), atol=1e-3, rtol=1e-3)
 
 
 def test_deployed_form_runs_no_native_slow_convolution():

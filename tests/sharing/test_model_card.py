@@ -35,11 +35,11 @@ DATALIST = {
 }
 
 METADATA = {
-    "version": "0.2.1",
+    "version": "0.3.0",
     "task": "COVID-19 classification of chest CT",
     "intended_use": "Research only.",
     "class_names": ["negative", "positive"],
-    "changelog": {"0.2.1": "2025-01-01: exported"},
+    "changelog": {"0.3.0": "2025-01-01: exported"},
     "limitations": "Adults only.",
     "network_data_format": {"inputs": {"image": {"modality": "CT", "num_channels": 1, "spatial_shape": [64, 64, 32]}}},
 }
@@ -96,7 +96,7 @@ def test_rendered_card_has_every_section_and_the_numbers(report_json):
     assert f"; {tp}/{positives})" in text
     assert f"{raw['operating_point']['threshold']:.6g}" in text
     assert "n/a" not in text
-    assert "inference_torchscript.json" in text and "aamct bundle verify covid_ct_v0.2.1.zip" in text
+    assert "inference_torchscript.json" in text and "aamct bundle verify covid_ct_v0.3.0.zip" in text
     assert "Adults only." in card["limitations"] and card["limitations"][: len(DEFAULT_LIMITATIONS)] == list(
         DEFAULT_LIMITATIONS
     )
@@ -110,7 +110,7 @@ def test_card_without_report_says_so():
     assert "no measured performance" in text
     lines = summary_lines(card)
     assert any(line.startswith("metrics    none") for line in lines)
-    assert lines[0] == "bundle     covid_ct 0.2.1"
+    assert lines[0] == "bundle     covid_ct 0.3.0"
 
 
 @pytest.mark.parametrize("bad", ["[1, 2]", "{not json", '{"splits": {}}'])

@@ -383,3 +383,14 @@ def test_attention_transfer_from_aam_maps_works_for_the_attention_variants(stude
     assert torch.isfinite(loss) and loss.item() > 0
     fuse = dict(student.named_modules())[student_maps[0]].fuse.weight
     assert fuse.grad is not None and fuse.grad.abs().sum() > 0  # the student's attention learns from the teacher's
+
+
+def test_feature_hints_stay_finite_on_one_voxel_maps():
+    # the last stage of a 32^3 input is 1x1x1: a sample std over one value is 0/0, which made the whole loss NaN
+    student = [torch.randn(4, 8, 1, 1, 1, requires_grad=True), torch.randn(4, 8, 2, 2, 2, requires_grad=True)]
+    teacher = [torch.randn(4, 16, 1, 1, 1), torch.randn(4, 16, 2, 2, 2)]
+    loss = feature_hint_loss(student, teacher)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(s.grad).all() for s in student)
+    one_voxel = feature_hint_loss(student[:1], teacher[:1])
+    assert one_voxel.item() == 0.0  # no spatial pattern to match
