@@ -75,8 +75,8 @@ evaluate: $(STAMP)  ## evaluate MODEL_RUN's best checkpoint on a split (the conf
 	$(BUNDLE) evaluating --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" $(BUNDLE_COMMON) --output_dir $(MODEL_RUN) $(if $(SPLIT),--split $(SPLIT))
 	@echo "reports: $(MODEL_RUN)/eval_*/report.html"
 
-cohort: $(STAMP)  ## batch-evaluate a cohort with MODEL_RUN's model (MANIFEST, COHORT_SPLIT) -> MODEL_RUN/cohort/
-	$(AAMCT) evaluate-cohort --bundle $(MODEL_RUN) --manifest $(MANIFEST) --split $(COHORT_SPLIT) --out $(MODEL_RUN)/cohort
+cohort: $(STAMP)  ## batch-evaluate a cohort with MODEL_RUN's model (MANIFEST, COHORT_SPLIT) -> MODEL_RUN/cohort/ (+ DICOM results in cohort/dicom/)
+	$(AAMCT) evaluate-cohort --bundle $(MODEL_RUN) --manifest $(MANIFEST) --split $(COHORT_SPLIT) --out $(MODEL_RUN)/cohort --dicom-out $(MODEL_RUN)/cohort/dicom
 
 export: $(STAMP)  ## export MODEL_RUN's model as a shareable bundle zip (MODEL_RUN/aamct_ct_classifier_vVERSION.zip) and verify it
 	$(AAMCT) bundle export --bundle bundle --checkpoint $(MODEL_RUN)/models/model.pt --report $(MODEL_RUN)/metrics.json --datalist $(DATALIST) --out $(MODEL_RUN) --name aamct_ct_classifier --verify

@@ -15,7 +15,8 @@ source grid, written as NIfTI in its raw units, float32 here so that no 8-bit ti
 * ``cam``: the dense CAM (positive log-odds, at 1/32 of the network input: 2 x 2 x 1 for the demo's window);
 * ``gradcam`` at ``layer4`` / ``layer3`` / ``layer2`` (1/32, 1/16 and 1/8 of the input), ``gradcampp`` at ``layer2``;
 * ``attention`` (AAM only): the mean over stages, and stage ``layer2`` alone;
-* ``occlusion``: MONAI's occlusion sensitivity (blocks of 3/16 of the window replaced by air).
+* ``occlusion``: MONAI's occlusion sensitivity (blocks of 3/16 of the window replaced by air), in the default
+  half-block steps and in 2/3-block steps (``occlusion@overlap0.33``, 2.6x fewer forward passes).
 
 Each raw map is read back and finished three ways by :func:`pipeline.inference.maps.finish_map` (what
 ``CasePredictor`` writes with ``heatmap_values=relative``): ``raw`` (as computed; the map the project wrote before),
@@ -45,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-__all__ = ["MapVariant", "NETWORKS", "VARIANTS", "main", "score_model"]
+__all__ = ["MapVariant", "NETWORKS", "VARIANTS", "headline", "main", "render_table", "score_model"]
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "localisation.json"
 
@@ -58,16 +59,21 @@ class MapVariant:
         kind: ``cam`` / ``gradcam`` / ``gradcampp`` / ``attention``.
         layer: Grad-CAM layer (``None``: not a Grad-CAM kind).
         stage: attention stage.
+        overlap: occlusion blocks' overlap (``None``: the default,
+            :data:`pipeline.inference.maps.DEFAULT_OCCLUSION_OVERLAP`).
     """
 
     kind: str
     layer: str | None = None
     stage: str = "mean"
+    overlap: float | None = None
 
     @property
     def name(self) -> str:
         """A short label: ``gradcam@layer3``, ``attention@layer2``, ``occlusion``."""
         where = f"@{self.layer}" if self.layer else (f"@{self.stage}" if self.kind == "attention" else "")
+        if self.overlap is not None:
+            where = f"@overlap{self.overlap:.2f}"
         return f"{self.kind}{where}"
 
 
@@ -83,6 +89,7 @@ VARIANTS: tuple[MapVariant, ...] = (
     MapVariant("attention", stage="mean"),
     MapVariant("attention", stage="layer2"),
     MapVariant("occlusion"),
+    MapVariant("occlusion", overlap=1.0 / 3.0),
 )
 #: how each raw map is finished before scoring (:func:`pipeline.inference.maps.finish_map`)
 FINISHES: tuple[str, ...] = ("raw", "body", "lungs")
@@ -147,6 +154,7 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
                 attention_stage=variant.stage,
                 heatmap_values="raw",
                 heatmap_dtype="float32",
+                **({} if variant.overlap is None else {"occlusion_overlap": variant.overlap}),
                 write_montage=False,
             )
             scores: dict[str, list] = {finish: [] for finish in FINISHES}
@@ -274,6 +282,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def headline(record: dict[str, Any], *, difficulty: str = "default", finish: str = "body") -> str:
+    """The benchmark in one paragraph, for README.md and the bundle docs (tests check they quote it verbatim).
+
+    Per network: the default map's (``occlusion`` as the inference config writes it, finished ``finish``) pointing
+    game with its Wilson CI, in-lung energy inside lesions against a flat map's, voxel AUROC and time per case; then
+    the dense CAM's and the best other kind's pointing game.
+    """
+    rows = [r for r in record["results"] if r["difficulty"] == difficulty]
+    aucs = {m["network"]: m["test_auc"] for m in record["models"] if m["difficulty"] == difficulty}
+    parts = []
+    for network in dict.fromkeys(r["network"] for r in rows):
+        mine = [r for r in rows if r["network"] == network]
+        default = next(r for r in mine if r["variant"] == f"occlusion ({finish})")
+        cam = next(r for r in mine if r["variant"] == f"cam ({finish})")
+        others = [r for r in mine if r["kind"] not in ("occlusion", "cam")]
+        best = max(others, key=lambda r: (r["pointing_game"]["hits"], r["voxel_auroc"]["mean"] or 0.0))
+        game, ci = default["pointing_game"], default["pointing_game"]["ci"]
+        parts.append(
+            f"{network} (test AUC {aucs[network]:.3f}): the default map (occlusion, {finish}) peaks within "
+            f"{record['margin_mm']:g} mm of a lesion in {game['hits']}/{game['n']} test positives "
+            f"(95 % CI {ci[0]:.2f}-{ci[1]:.2f}), in-lung energy inside lesions "
+            f"{default['energy_in_lesion']['mean']:.3f} (flat map {default['lesion_share_of_lung']['mean']:.3f}), "
+            f"voxel AUROC {default['voxel_auroc']['mean']:.3f}, {default['map_seconds_median']:.1f} s per case; "
+            f"the dense CAM {cam['pointing_game']['hits']}/{cam['pointing_game']['n']}, the best other kind "
+            f"({best['variant']}) {best['pointing_game']['hits']}/{best['pointing_game']['n']}"
+        )
+    return f"On the {difficulty} demo, " + "; ".join(parts) + "."
+
+
 def render_table(record: dict[str, Any]) -> str:
     """The summary table: one row per difficulty, network and map variant."""
 
@@ -303,6 +340,8 @@ def render_table(record: dict[str, Any]) -> str:
             f"{number(row['lesion_share_of_lung']['mean'])} | {number(row['voxel_auroc']['mean'])} | "
             f"{number(row.get('map_seconds_median'), 2)} |"
         )
+    if any(r["difficulty"] == "default" for r in record["results"]) and not record.get("quick"):
+        lines += ["", "In words (README.md and bundle/docs/README.md quote this): " + headline(record)]
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks.demo_models import DEFAULT_WORKDIR, DemoModel, trained_demo_model  # noqa: E402
 from pipeline.evaluation.operating_point import proportion_with_ci  # noqa: E402
-from pipeline.evaluation.roc import UndefinedStatisticError, delong_ci, delong_test, roc_auc  # noqa: E402
+from pipeline.evaluation.roc import UndefinedStatisticError, delong_ci, delong_test_row, roc_auc  # noqa: E402
 from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 __all__ = ["DEFAULT_NETWORKS", "case_table", "detection_by_tertile", "main", "tertile_edges"]
@@ -281,19 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = first["label"].to_numpy()
     for other in names[1:]:
         row: dict[str, Any] = {"a": names[0], "b": other}
-        try:
-            test = delong_test(
-                labels, tables[names[0]]["probability"].to_numpy(), tables[other]["probability"].to_numpy()
-            )
-            row.update(
-                auc_a=test.auc_a,
-                auc_b=test.auc_b,
-                difference=test.difference,
-                difference_ci=list(test.difference_ci),
-                p_value=test.p_value,
-            )
-        except UndefinedStatisticError as err:
-            row.update(p_value=None, note=str(err))
+        row.update(
+            delong_test_row(labels, tables[names[0]]["probability"].to_numpy(), tables[other]["probability"].to_numpy())
+        )
         comparisons.append(row)
     result = {
         "benchmark": "small_lesions",

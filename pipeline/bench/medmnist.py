@@ -69,6 +69,7 @@ __all__ = [
     "val_probabilities",
     "val_comparisons",
     "render_markdown",
+    "headline",
     "results_stem",
     "run_medmnist",
     "default_work_dir",
@@ -602,7 +603,7 @@ def summarize(
         "test_acc_at_val_threshold", "params", "seeds": [...]}}, "delong": [...]}``; ``test_auc_ci`` is the DeLong
         CI of the seed-averaged probabilities, the other figures are means over seeds.
     """
-    from pipeline.evaluation.roc import UndefinedStatisticError, delong_test
+    from pipeline.evaluation.roc import delong_test_row
 
     models: dict[str, Any] = {}
     averaged: dict[str, np.ndarray] = {}
@@ -659,17 +660,9 @@ def summarize(
         pairs = [(name, reference) for name in averaged if name != reference]
     for candidate, baseline in pairs:
         row: dict[str, Any] = {"model": candidate, "baseline": baseline}
-        try:
-            test = delong_test(labels, averaged[candidate], averaged[baseline])
-            row.update(
-                auc_model=test.auc_a,
-                auc_baseline=test.auc_b,
-                difference=test.difference,
-                difference_ci=list(test.difference_ci),
-                p_value=test.p_value,
-            )
-        except UndefinedStatisticError as err:
-            row.update(p_value=None, note=str(err))
+        row.update(
+            delong_test_row(labels, averaged[candidate], averaged[baseline], auc_keys=("auc_model", "auc_baseline"))
+        )
         comparisons.append(row)
     return {"models": models, "delong": comparisons}
 
@@ -711,7 +704,7 @@ def val_comparisons(runs: Mapping[str, Sequence[Mapping[str, Any]]], selected: s
         One row per other variant: ``model``, ``baseline`` (= ``selected``), ``val_auc_model``,
         ``val_auc_baseline``, ``difference``, ``difference_ci``, ``p_value`` (or ``note`` when undefined/missing).
     """
-    from pipeline.evaluation.roc import UndefinedStatisticError, delong_test
+    from pipeline.evaluation.roc import delong_test_row
 
     averaged: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
     for name, seed_runs in runs.items():
@@ -730,23 +723,45 @@ def val_comparisons(runs: Mapping[str, Sequence[Mapping[str, Any]]], selected: s
         if name not in averaged or selected not in averaged or averaged[name][0] != averaged[selected][0]:
             rows.append({**row, "p_value": None, "note": "val predictions missing or on different cases"})
             continue
-        try:
-            test = delong_test(averaged[name][1], averaged[name][2], averaged[selected][2])
-            row.update(
-                val_auc_model=test.auc_a,
-                val_auc_baseline=test.auc_b,
-                difference=test.difference,
-                difference_ci=list(test.difference_ci),
-                p_value=test.p_value,
+        row.update(
+            delong_test_row(
+                averaged[name][1],
+                averaged[name][2],
+                averaged[selected][2],
+                auc_keys=("val_auc_model", "val_auc_baseline"),
             )
-        except UndefinedStatisticError as err:
-            row.update(p_value=None, note=str(err))
+        )
         rows.append(row)
     return rows
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def headline(result: Mapping[str, Any]) -> str:
+    """A result in one paragraph, for README.md and the bundle docs (tests check they quote it verbatim).
+
+    Each model's test AUC (mean ± sd over seeds) and each paired DeLong comparison of the seed-averaged probabilities.
+    """
+    settings = result.get("settings", {})
+    seeds = settings.get("seeds") or []
+    models = [
+        f"{name} {row['test_auc']:.3f} ± {row['test_auc_sd']:.3f}" for name, row in result.get("models", {}).items()
+    ]
+    tests = [
+        f"{row['model']} - {row['baseline']} {row['difference']:+.3f} "
+        f"(95 % CI {row['difference_ci'][0]:+.3f} to {row['difference_ci'][1]:+.3f}, p {row['p_value']:.2f})"
+        for row in result.get("delong", [])
+        if row.get("p_value") is not None
+    ]
+    text = (
+        f"{result.get('dataset', '?')} at {settings.get('roi_size')}, {len(seeds)} seed(s), {result.get('n_test')} "
+        f"test cases: test AUC {', '.join(models)}"
+    )
+    if tests:
+        text += f"; paired DeLong on the seed-averaged probabilities: {'; '.join(tests)}"
+    return text + "."
 
 
 def render_markdown(result: Mapping[str, Any]) -> str:

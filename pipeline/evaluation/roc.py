@@ -43,6 +43,7 @@ __all__ = [
     "delong_covariance",
     "delong_covariance_naive",
     "delong_test",
+    "delong_test_row",
     "format_auc",
     "roc_auc",
     "roc_band",
@@ -328,6 +329,23 @@ def delong_test(labels, scores_a, scores_b, *, confidence: float = 0.95) -> Pair
         p_value=float(2.0 * stats.norm.sf(abs(z))),
         difference_ci=(difference - half, difference + half),
     )
+
+
+def delong_test_row(labels, scores_a, scores_b, *, auc_keys: tuple[str, str] = ("auc_a", "auc_b")) -> dict[str, object]:
+    """:func:`delong_test` as a results-table row: the two AUCs (under ``auc_keys``), the difference with its CI and
+    the p-value, or ``p_value: None`` and a ``note`` where the test is undefined (no exception: a table keeps the row).
+    """
+    try:
+        test = delong_test(labels, scores_a, scores_b)
+    except UndefinedStatisticError as err:
+        return {"p_value": None, "note": str(err)}
+    return {
+        auc_keys[0]: test.auc_a,
+        auc_keys[1]: test.auc_b,
+        "difference": test.difference,
+        "difference_ci": list(test.difference_ci),
+        "p_value": test.p_value,
+    }
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,7 @@ from pipeline.errors import UserError
 from pipeline.inference.heatmap import LUNG_WINDOW_HU, write_heatmap_nifti, write_overlay_png
 from pipeline.inference.maps import (
     DEFAULT_MAP_KIND,
+    DEFAULT_OCCLUSION_OVERLAP,
     MapMaker,
     finish_map,
     map_on_source_grid,
@@ -139,6 +140,8 @@ class CasePredictor:
         heatmap_values: ``relative`` (0..1 inside ``heatmap_region``, see :func:`pipeline.inference.maps.finish_map`)
             or ``raw`` (the kind's own units, e.g. CAM log-odds).
         heatmap_region: where a relative map keeps its values: ``lungs``, ``body`` or ``none``.
+        occlusion_overlap: overlap of the occlusion blocks (``occlusion`` kind; see
+            :data:`pipeline.inference.maps.DEFAULT_OCCLUSION_OVERLAP`).
         cpu_form: how the scoring passes (the score, ``cam``, ``occlusion``) run when the network is on the CPU:
             ``deployed`` (default: TorchScript, frozen, oneDNN; see :func:`pipeline.inference.sliding.scoring_form`)
             or ``eager``. Grad-CAM and attention maps always run the eager network (they need hooks).
@@ -163,6 +166,7 @@ class CasePredictor:
         attention_stage: str = "mean",
         heatmap_values: str = "relative",
         heatmap_region: str = "body",
+        occlusion_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
         cpu_form: str = "deployed",
     ) -> None:
         self.network = network.eval()
@@ -171,6 +175,7 @@ class CasePredictor:
         self.map_maker = MapMaker(
             network=self.network,
             scoring_network=self.scoring_network,
+            occlusion_overlap=occlusion_overlap,
             kind=heatmap_kind,
             target_layer=gradcam_layer,
             attention_stage=attention_stage,

@@ -15,9 +15,9 @@
   ``store_attention`` / ``last_spatial_attention`` (:mod:`pipeline.networks.attention`). AAM-ResNets only.
 * ``occlusion``: MONAI's :class:`~monai.visualize.OcclusionSensitivity`: how much the case log-odds of the positive
   class drop when a block of the network input (3/16 of the window per axis by default, 12 x 12 x 6 voxels of the
-  64 x 64 x 32 window, moved in steps of 2/3 of a block) is replaced by the window's lowest value (air: 0 after the
+  64 x 64 x 32 window, moved in steps of half a block: :data:`DEFAULT_OCCLUSION_OVERLAP`) is replaced by the window's lowest value (air: 0 after the
   HU window). A perturbation map: it shows what the network's score depends on, at the block's resolution, for any
-  network, at the price of one forward pass per block position (about 450 for a 64 x 64 x 32 window).
+  network, at the price of one forward pass per block position (about 1,200 for a 64 x 64 x 32 window).
 
 Whole volumes: the sliding window runs :class:`MapMaker` on each window. It returns two outputs, the dense class map
 (for the case score, exactly as ``cam`` scores) and the window's map of the chosen kind, each at its own resolution,
@@ -80,9 +80,13 @@ __all__ = [
 
 #: the map kinds, in the order the benchmark reports them
 MAP_KINDS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "attention", "occlusion")
-#: the default kind: the one that localised best on the demo (benchmarks/results/localisation.json: pointing game
-#: 17/18 for occlusion vs 0/18 for the dense CAM and 7/18 for the best Grad-CAM layer, AAM-ResNet-18 at width 0.25)
+#: the default kind: the one that localised best on the demo (benchmarks/results/localisation.md, demo's test
+#: positives, AAM-ResNet-18 at width 0.25: pointing game 17/18 for occlusion in half-block steps, 13/18 in 2/3-block
+#: steps, 0/18 for the dense CAM, at most 2/18 for Grad-CAM, Grad-CAM++ and the attention maps)
 DEFAULT_MAP_KIND = "occlusion"
+#: overlap of neighbouring occlusion blocks: 0.5 (half-block steps) found 17/18 lesions vs 13/18 for 1/3 (ResNet-18:
+#: 14/18 vs 10/18), at 2.6x the forward passes (benchmarks/results/localisation.md)
+DEFAULT_OCCLUSION_OVERLAP = 0.5
 #: where a finished map keeps its values: everywhere, inside the body, or inside the body's low-density (lung) region
 MAP_RESTRICTIONS: tuple[str, ...] = ("none", "body", "lungs")
 #: what a written map holds: ``relative`` (:func:`finish_map`: 0..1 inside the body) or ``raw`` (the kind's own units)
@@ -130,7 +134,8 @@ class MapMaker:
             ``layer1`` .. ``layer4`` for the AAM-ResNets).
         positive_index: the positive class.
         occlusion_size: the occluded block in input voxels (``None``: 3/16 of the window per axis).
-        occlusion_overlap: overlap of neighbouring block positions (1/3: steps of 2/3 of a block).
+        occlusion_overlap: overlap of neighbouring block positions (:data:`DEFAULT_OCCLUSION_OVERLAP`, 0.5: steps of
+            half a block).
         occlusion_batch: block positions per forward pass.
         occlusion_value: what an occluded block is filled with, in network-input units (0.0: air, the HU window's
             low end).
@@ -151,7 +156,7 @@ class MapMaker:
         attention_stage: str = "mean",
         positive_index: int = 1,
         occlusion_size: Sequence[int] | None = None,
-        occlusion_overlap: float = 1.0 / 3.0,
+        occlusion_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
         occlusion_batch: int = 16,
         occlusion_value: float = 0.0,
         scoring_network: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -197,6 +202,7 @@ class MapMaker:
             target_layer=self.target_layer,
             attention_stage=self.attention_stage,
             occlusion_size=self.occlusion_size,
+            occlusion_overlap=self.occlusion_overlap,
         )
 
     def __call__(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,8 +224,8 @@ class MapMaker:
 
     def _occlusion_map(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._scorer is not None
-        # blocks of 3/16 of the window in 2/3-block steps localised best on the demo (benchmarks/bench_localisation.py:
-        # 16/18 peaks on a lesion vs 10/18 for quarter-window blocks in half-block steps, same trained network)
+        # blocks of 3/16 of the window localised better than quarter-window blocks on the demo (16/18 vs 10/18 peaks
+        # on a lesion, in half-block steps; measured with bench_localisation on the networks' earlier defaults)
         size = self.occlusion_size or tuple(max(1, round(s * 3 / 16)) for s in window.shape[2:])
         # constant 0.0: the occluded block becomes air (the HU window's low end); the map is the scorer's log-odds with
         # each block occluded, blended over the overlapping positions by MONAI's sliding window
@@ -394,6 +400,7 @@ def map_description(
     target_layer: str | None = None,
     attention_stage: str = "mean",
     occlusion_size: Sequence[int] | None = None,
+    occlusion_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
 ) -> str:
     """What a raw map of ``kind`` holds, in a few words (the NIfTI ``descrip`` starts with it).
 
@@ -401,7 +408,8 @@ def map_description(
         kind: one of :data:`MAP_KINDS`.
         target_layer: the Grad-CAM layer.
         attention_stage: the attention stage.
-        occlusion_size: the occluded block (``None``: a quarter of the window).
+        occlusion_size: the occluded block (``None``: 3/16 of the window per axis).
+        occlusion_overlap: the blocks' overlap (the step is ``1 - overlap`` of a block).
 
     Returns:
         The description.
@@ -412,7 +420,7 @@ def map_description(
         return f"{'Grad-CAM++' if kind == 'gradcampp' else 'Grad-CAM'} {target_layer} of positive log-odds"
     if kind == "occlusion":
         block = "x".join(str(v) for v in occlusion_size) if occlusion_size else "3/16 window"
-        return f"occlusion {block}: log-odds drop"
+        return f"occlusion {block} step {1 - occlusion_overlap:.2g}: log-odds drop"
     return f"AAM spatial attention {attention_stage}"
 
 

@@ -1,0 +1,28 @@
+"""The figures README.md and the bundle docs quote are the ones the benchmarks wrote (a rerun that changes them must
+change the prose too): each document holds the benchmark's own one-paragraph summary of its results file verbatim."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench_localisation import headline as localisation_headline
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+DOCUMENTS = (REPO / "README.md", REPO / "bundle" / "docs" / "README.md")
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_documents_quote_the_localisation_results(document):
+    record = json.loads((RESULTS / "localisation.json").read_text())
+    sentence = localisation_headline(record)
+    assert re.search(r"\d+/\d+ test positives", sentence)  # the summary carries the numbers it is checked for
+    assert _flat(sentence) in _flat(document.read_text()), f"{document.name} does not quote localisation.json"
