@@ -15,4 +15,6 @@ __all__ = ["__version__"]
 # plus a UserWarning). pydicom's own decoders (pylibjpeg-openjpeg for JPEG 2000) are what this project uses, so the
 # notice is noise in every command's output.
 _logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(_logging.ERROR)
+# highdicom logs every copied module at INFO (about 20 lines per DICOM output); `aamct -v` brings them back
+_logging.getLogger("highdicom").setLevel(_logging.WARNING)
 _warnings.filterwarnings("ignore", message=r"NvImgCodecPydicomReader", category=UserWarning)

@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not args.verbose:
+    if args.verbose:
+        logging.getLogger("highdicom").setLevel(logging.DEBUG)
+    else:
         warnings.simplefilter("ignore")
     try:
         result = args.func(args)

@@ -242,10 +242,14 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path):
         write_dicom_outputs(empty, volume, meta["affine"], tmp_path, case_id="c", probability=0.1, threshold=0.5)
 
 
-def test_evaluate_cohort_dicom_out_writes_outputs_for_dicom_cases_only(tmp_path, capsys):
+def test_evaluate_cohort_dicom_out_writes_outputs_for_dicom_cases_only(tmp_path, capsys, caplog):
     """``aamct evaluate-cohort --dicom-out``: the DICOM case gets a Parametric Map equal to its NIfTI heatmap and an
-    SR with its row's probability; the NIfTI case is scored and says why it has none; no PHI in the outputs."""
+    SR with its row's probability; the NIfTI case is scored and says why it has none; no PHI in the outputs; the
+    default log level shows none of highdicom's per-module INFO lines."""
     import json
+    import logging
+
+    caplog.set_level(logging.INFO)  # the CLI's default level
 
     from pipeline.cli import main
     from tests.inference.helpers import chest_like_volume, tiny_bundle, write_nifti
@@ -259,6 +263,8 @@ def test_evaluate_cohort_dicom_out_writes_outputs_for_dicom_cases_only(tmp_path,
         main([*args, "--out", str(out), "--no-montage", "--heatmap-dtype", "float32", "--dicom-out", str(dicom)]) == 0
     )
     capsys.readouterr()
+    assert not [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno < logging.WARNING]
+    assert any(r.name.startswith("pipeline") for r in caplog.records)  # INFO records were captured at all
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert set(table["status"]) == {"ok"} and len(table) == 2
     dicom_row = table[table["dicom_map"] != ""].iloc[0]
