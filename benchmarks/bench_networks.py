@@ -23,7 +23,8 @@ Run ``.venv/bin/python -m benchmarks.bench_networks`` (a few minutes on 2 idle c
   the same rounds, so that the cost of the cheap spatial branch is a ratio measured in one run.
 - ``goals`` (issue 14): AAM-ResNet latency <= 1.25x the same-depth ResNet's, ``aam_student`` <= 0.3x ResNet-50's
   latency and <= 31 % of its parameters; each with the measured ratios (eager and deployed, median and minimum) and
-  ``met_by_default_inference``: the default inference path runs the eager network (``default_inference_form``).
+  ``met_by_default_inference``: met in the form the default inference config scores with on the CPU
+  (``default_inference_form``: inference.json's ``cpu_form``, ``deployed``).
 - ``profile``: where an AAM-ResNet-50's eager CPU time goes (``torch.profiler``, ``--threads`` threads): share of the
   forward spent inside the attention modules (forward hooks) and in their spatial branches, the top operators by
   self CPU time, and how much convolution time ran through each PyTorch kernel (oneDNN or the native slow ones), for
@@ -39,6 +40,7 @@ and read the minimum beside the median.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -65,12 +67,12 @@ REFERENCE = "resnet50"
 #: the same-depth peer of every AAM-ResNet (``resnet34`` is built here: the registry does not list it)
 PEERS: dict[str, str] = {"aam_resnet18": "resnet18", "aam_resnet34": "resnet34", "aam_resnet50": "resnet50"}
 PAPER_NETWORKS: tuple[str, ...] = ("aam_resnet18", "aam_resnet50", "aam_student")
-#: the form the default inference path runs (bundle/configs/inference.json -> pipeline.inference: the eager network,
-#: which Grad-CAM and the attention maps need); the deployed form is an opt-in, so a goal is met for a user by default
-#: only where ``met_eager`` holds
+#: the form the default inference path scores with on the CPU: ``cpu_form`` of bundle/configs/inference.json
+#: (pipeline.inference.sliding.scoring_form; Grad-CAM and attention maps always run the eager network)
+DEFAULT_CPU_FORM: str = json.loads((REPO_ROOT / "bundle" / "configs" / "inference.json").read_text())["cpu_form"]
 DEFAULT_INFERENCE_FORM = (
-    "eager: bundle/configs/inference.json and pipeline.inference run the network as trained (Grad-CAM and the "
-    "attention maps need it); the deployed form is opt-in (pipeline.networks.optimized_for_inference)"
+    f"{DEFAULT_CPU_FORM}: bundle/configs/inference.json's cpu_form, the form pipeline.inference scores with on the CPU "
+    "(pipeline.inference.sliding.scoring_form; Grad-CAM and the attention maps run the eager network)"
 )
 #: issue 14's goals: (network, peer, figure, bound)
 GOALS: tuple[tuple[str, str, str, float], ...] = (
@@ -275,8 +277,8 @@ def _goals(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
             measured = [row.get("eager_median_ratio"), row.get("deployed_median_ratio")]
             row["met_eager"] = measured[0] is not None and measured[0] <= bound
             row["met_deployed"] = measured[1] is not None and measured[1] <= bound
-            # what a user gets without opting in: the default inference path runs the eager network
-            row["met_by_default_inference"] = row["met_eager"]
+            # what a user gets without opting in: the form the default inference config scores with
+            row["met_by_default_inference"] = row["met_deployed" if DEFAULT_CPU_FORM == "deployed" else "met_eager"]
         rows.append(row)
     return rows
 
