@@ -368,10 +368,10 @@ def test_distillation_teacher_and_loss_weights_come_from_the_command_line():
             settings_from_args(parser.parse_args([*argv, "--distill-weight", bad]), command="x")
 
 
-def test_a_run_that_died_after_training_is_evaluated_and_one_that_died_in_training_resumes(tmp_path, monkeypatch):
-    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
-    settings = medmnist.MedMNISTSettings(
-        npz=npz,
+def _one_tiny_run(tmp_path):
+    """Settings of one 1-epoch unet_encoder run on a tiny written npz (8 cases per split)."""
+    return medmnist.MedMNISTSettings(
+        npz=_write_npz(tmp_path / "tiny.npz", per_split=8),
         work_dir=tmp_path / "work",
         results_dir=tmp_path / "results",
         models=("unet_encoder",),
@@ -381,6 +381,10 @@ def test_a_run_that_died_after_training_is_evaluated_and_one_that_died_in_traini
         n_resamples=10,
         command="test",
     )
+
+
+def test_a_run_that_died_after_training_is_evaluated_and_one_that_died_in_training_resumes(tmp_path, monkeypatch):
+    settings = _one_tiny_run(tmp_path)
     first = medmnist.run_medmnist(settings)
     run_dir = tmp_path / "work" / "runs" / "unet_encoder_seed0"
     (run_dir / "medmnist_run.json").unlink()  # the process died between training and evaluation
@@ -417,18 +421,7 @@ def test_a_run_that_died_after_training_is_evaluated_and_one_that_died_in_traini
 
 
 def test_a_variant_spelling_out_the_defaults_reuses_the_default_run(tmp_path, monkeypatch):
-    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
-    settings = medmnist.MedMNISTSettings(
-        npz=npz,
-        work_dir=tmp_path / "work",
-        results_dir=tmp_path / "results",
-        models=("unet_encoder",),
-        seeds=(0,),
-        epochs=1,
-        batch_size=8,
-        n_resamples=10,
-        command="test",
-    )
+    settings = _one_tiny_run(tmp_path)
     trained = medmnist.run_medmnist(settings)["models"]["unet_encoder"]
 
     def must_not_run(*args, **kwargs):
