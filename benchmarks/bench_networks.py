@@ -40,7 +40,6 @@ and read the minimum beside the median.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -55,6 +54,7 @@ from monai.networks.nets import resnet50 as monai_resnet50
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.inference.sliding import DEFAULT_CPU_FORM
 from pipeline.io import write_json_atomic
 from pipeline.networks import PAPER_FORM, attention_modules, available, build, network_spec, optimized_for_inference
 from pipeline.networks.baselines import monai_resnet
@@ -67,9 +67,8 @@ REFERENCE = "resnet50"
 #: the same-depth peer of every AAM-ResNet (``resnet34`` is built here: the registry does not list it)
 PEERS: dict[str, str] = {"aam_resnet18": "resnet18", "aam_resnet34": "resnet34", "aam_resnet50": "resnet50"}
 PAPER_NETWORKS: tuple[str, ...] = ("aam_resnet18", "aam_resnet50", "aam_student")
-#: the form the default inference path scores with on the CPU: ``cpu_form`` of bundle/configs/inference.json
-#: (pipeline.inference.sliding.scoring_form; Grad-CAM and attention maps always run the eager network)
-DEFAULT_CPU_FORM: str = json.loads((REPO_ROOT / "bundle" / "configs" / "inference.json").read_text())["cpu_form"]
+#: the form the default inference path scores with on the CPU (``cpu_form`` of bundle/configs/inference.json reads
+#: pipeline.inference.sliding.DEFAULT_CPU_FORM; Grad-CAM and attention maps always run the eager network)
 DEFAULT_INFERENCE_FORM = (
     f"{DEFAULT_CPU_FORM}: bundle/configs/inference.json's cpu_form, the form pipeline.inference scores with on the CPU "
     "(pipeline.inference.sliding.scoring_form; Grad-CAM and the attention maps run the eager network)"

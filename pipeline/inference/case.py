@@ -35,7 +35,7 @@ from pipeline.inference.maps import (
     predict_with_map,
     written_map_description,
 )
-from pipeline.inference.sliding import DenseClassificationInferer, positive_evidence, scoring_form
+from pipeline.inference.sliding import DEFAULT_CPU_FORM, DenseClassificationInferer, positive_evidence, scoring_form
 
 __all__ = ["STAGES", "CaseFailure", "CasePrediction", "CasePredictor", "split_loading"]
 
@@ -167,7 +167,7 @@ class CasePredictor:
         heatmap_values: str = "relative",
         heatmap_region: str = "body",
         occlusion_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
-        cpu_form: str = "deployed",
+        cpu_form: str = DEFAULT_CPU_FORM,
     ) -> None:
         self.network = network.eval()
         self.input_device = torch.device(input_device)

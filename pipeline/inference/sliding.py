@@ -33,6 +33,7 @@ __all__ = [
     "DenseClassificationInferer",
     "DensePrediction",
     "CPU_FORMS",
+    "DEFAULT_CPU_FORM",
     "as_dense_predictor",
     "positive_evidence",
     "scoring_form",
@@ -40,6 +41,8 @@ __all__ = [
 
 #: how the scoring forward passes run on the CPU: ``deployed`` (TorchScript, frozen, oneDNN convolutions) or ``eager``
 CPU_FORMS: tuple[str, ...] = ("deployed", "eager")
+#: the default of ``scoring_form``, :class:`pipeline.inference.CasePredictor` and ``cpu_form`` of inference.json
+DEFAULT_CPU_FORM = "deployed"
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def as_dense_predictor(model: Callable[..., torch.Tensor]) -> Callable[[torch.Te
     return model
 
 
-def scoring_form(model: torch.nn.Module, *, form: str = "deployed") -> Callable[[torch.Tensor], torch.Tensor]:
+def scoring_form(model: torch.nn.Module, *, form: str = DEFAULT_CPU_FORM) -> Callable[[torch.Tensor], torch.Tensor]:
     """The dense predictor the scoring passes run: on the CPU, by default, the network's deployed form.
 
     At batch size 1 PyTorch's eager CPU dispatcher sends small 3D convolutions to its slow native kernels; the
