@@ -101,8 +101,12 @@ test-tools:  ## install the browser and DICOM validator some tests use (Debian p
 	  echo "note: could not install $(TEST_TOOLS_DEB); the browser and DICOM-validator tests will skip"; \
 	else echo "note: $(TEST_TOOLS_DEB) not installed (needs root and apt); the browser and DICOM-validator tests will skip"; fi
 
-test: $(STAMP) test-tools  ## run the whole test suite
-	$(PY) -m pytest -q
+# test files run in parallel, one file per worker at a time (module-scoped trainings are built once);
+# TEST_WORKERS=0 runs them in one process
+TEST_WORKERS ?= auto
+
+test: $(STAMP) test-tools  ## run the whole test suite (TEST_WORKERS parallel processes, one per core by default)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(VENV)/bin/ruff check pipeline tests benchmarks

@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,7 +173,9 @@ class MapMaker:
         self.occlusion_overlap = float(occlusion_overlap)
         self.occlusion_batch = int(occlusion_batch)
         self.occlusion_value = float(occlusion_value)
-        self.dense = as_dense_predictor(network) if scoring_network is None else scoring_network
+        # the attention kind reads what the eager modules store during the pass: a compiled form stores nothing
+        eager_only = scoring_network is None or kind == "attention"
+        self.dense = as_dense_predictor(network) if eager_only else scoring_network
         self._cam = None
         self._scorer: _CaseLogOdds | None = None
         self._attention: list[nn.Module] = []
@@ -186,8 +189,7 @@ class MapMaker:
             # MONAI's hooks put the wrapper back into *its* train/eval mode after each call (recursively): it must
             # be the network's own mode, or an eval-mode network would come back in training mode
             self._scorer = _CaseLogOdds(network, positive_index).train(network.training)
-            # the scorer's own names are "model.<layer>"; MONAI registers its hooks by name
-            self._cam = _CAM_CLASSES[kind](nn_module=self._scorer, target_layers=f"model.{target_layer}")
+            self._cam = _CAM_CLASSES[kind]
         elif kind == "attention":
             self._attention = _stage_attention_modules(network, attention_stage)
         elif kind == "occlusion":
@@ -217,8 +219,8 @@ class MapMaker:
         assert self._cam is not None and self._scorer is not None
         # gradients are needed inside the window only; the input itself needs none, but asking for them keeps the
         # graph alive when the loaded weights are frozen (requires_grad False)
-        with torch.enable_grad():
-            raw = self._cam.compute_map(window.detach().clone().requires_grad_(True), class_idx=0)
+        with torch.enable_grad(), _monai_cam(self._cam, self._scorer, f"model.{self.target_layer}") as cam:
+            raw = cam.compute_map(window.detach().clone().requires_grad_(True), class_idx=0)
         self.network.zero_grad(set_to_none=True)
         return self._scorer.last_class_map, raw.detach()
 
@@ -267,6 +269,37 @@ class MapMaker:
         finest = max((tuple(m.shape[2:]) for m in maps), key=lambda shape: int(np.prod(shape)))
         resized = [m if tuple(m.shape[2:]) == finest else F.interpolate(m, size=finest, mode="trilinear") for m in maps]
         return class_map, torch.stack(resized).mean(dim=0)
+
+
+#: the hook tables of a module (torch.nn.Module's own attributes) a MONAI CAM class adds to
+_HOOK_TABLES = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_backward_hooks",
+)
+
+
+@contextlib.contextmanager
+def _monai_cam(cam_class: type, scorer: nn.Module, layer: str) -> Iterator[Any]:
+    """A MONAI Grad-CAM object whose hooks live only inside the ``with`` block.
+
+    MONAI's ``ModelWithHooks`` registers a forward and a full backward hook on the target layer and keeps no handle to
+    remove them (and switches an in-place layer to out-of-place for good). Left on the network, the hooks pile up with
+    every map maker and make it impossible to script (TorchScript refuses two hooks of one name), so the deployed CPU
+    form of the same network would silently fall back to eager. Written here because MONAI offers no removal.
+    """
+    module = scorer.get_submodule(layer)
+    before = {table: set(getattr(module, table, {})) for table in _HOOK_TABLES}
+    state = {key: module.__dict__[key] for key in ("inplace", "_is_full_backward_hook") if key in module.__dict__}
+    try:
+        yield cam_class(nn_module=scorer, target_layers=layer)  # the scorer's names are "model.<layer>"
+    finally:
+        for table in _HOOK_TABLES:
+            hooks = getattr(module, table, None)
+            for key in set(hooks or {}) - before[table]:
+                del hooks[key]
+        module.__dict__.update(state)
 
 
 def _stage_attention_modules(network: nn.Module, stage: str) -> list[nn.Module]:

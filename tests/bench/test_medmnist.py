@@ -137,20 +137,17 @@ def test_quick_option_sets_the_smoke_run():
     assert (settings.work_dir.name, full.work_dir.name) == ("bench_medmnist_quick", "bench_medmnist")
 
 
-def test_one_tiny_run_through_the_bundle(tmp_path):
-    npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
-    settings = medmnist.MedMNISTSettings(
-        npz=npz,
-        work_dir=tmp_path / "work",
-        results_dir=tmp_path / "results",
-        models=("unet_encoder",),  # the registry's smallest network: the bundle path is under test, not accuracy
-        seeds=(0,),
-        epochs=1,
-        batch_size=8,
-        n_resamples=10,
-        command="test",
-    )
-    result = medmnist.run_medmnist(settings)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One finished 1-epoch unet_encoder run (the registry's smallest network), shared by the tests that only read it:
+    ``(settings, result)``."""
+    settings = _one_tiny_run(tmp_path_factory.mktemp("tiny_run"))
+    return settings, medmnist.run_medmnist(settings)
+
+
+def test_one_tiny_run_through_the_bundle(tiny_run):
+    settings, result = tiny_run
+    tmp_path = settings.work_dir.parent
 
     written = json.loads((tmp_path / "results" / "medmnist_tiny.json").read_text())
     row = written["models"]["unet_encoder"]
@@ -420,9 +417,10 @@ def test_a_run_that_died_after_training_is_evaluated_and_one_that_died_in_traini
     assert seen["resume"] is False
 
 
-def test_a_variant_spelling_out_the_defaults_reuses_the_default_run(tmp_path, monkeypatch):
-    settings = _one_tiny_run(tmp_path)
-    trained = medmnist.run_medmnist(settings)["models"]["unet_encoder"]
+def test_a_variant_spelling_out_the_defaults_reuses_the_default_run(tiny_run, tmp_path, monkeypatch):
+    settings, result = tiny_run
+    settings = replace(settings, results_dir=tmp_path / "results")  # the shared run's own results stay as written
+    trained = result["models"]["unet_encoder"]
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("an equivalent finished run was trained again")

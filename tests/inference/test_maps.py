@@ -98,6 +98,22 @@ def test_every_kind_keeps_the_score_and_leaves_the_network_in_eval_mode(network)
     torch.testing.assert_close(cam.heat, positive_evidence(reference.class_map))
 
 
+def test_grad_cam_leaves_no_hook_behind_and_the_network_still_scripts():
+    # MONAI's CAM classes never remove their hooks: left on the network they piled up with every map maker and made the
+    # network unscriptable, so the deployed CPU scoring of the same network quietly fell back to eager
+    from pipeline.networks.deploy import optimized_for_inference
+
+    network = build("aam_student_small").eval()
+    hooks = {name: dict(m._forward_hooks) | dict(m._backward_hooks) for name, m in network.named_modules()}
+    inferer = DenseClassificationInferer(roi_size=(32, 32, 32))
+    for kind in ("gradcam", "gradcampp", "gradcam"):
+        predict_with_map(
+            inferer, torch.randn(1, 1, 32, 32, 32), MapMaker(network=network, kind=kind, target_layer="layer3")
+        )
+    assert {name: dict(m._forward_hooks) | dict(m._backward_hooks) for name, m in network.named_modules()} == hooks
+    assert isinstance(optimized_for_inference(network), torch.jit.ScriptModule)
+
+
 def test_attention_map_is_the_stage_mean_of_the_stored_spatial_attention(network):
     volume = torch.randn(1, 1, 32, 32, 32)  # one window covers it: the stitched map is the window's own
     inferer = DenseClassificationInferer(roi_size=(32, 32, 32))
