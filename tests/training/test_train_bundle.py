@@ -34,7 +34,15 @@ def _bundle(*args: str, config: str = "bundle/configs/train.json", nproc: int | 
     """Run the stock bundle CLI from the repository root; returns the completed process."""
     launcher = [sys.executable, "-m", "monai.bundle"]
     if nproc:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "monai.bundle"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "monai.bundle",
+        ]
     command = [*launcher, "run", "training", "--config_file", config, "--bundle_root", "bundle", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc else os.environ.get("OMP_NUM_THREADS", "2")}
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env=env)
