@@ -150,12 +150,21 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         ),
     ),
     # heatmaps against the demo's lesion masks: every map kind, AAM-ResNet-18 (width 0.25) vs ResNet-18 (same width),
-    # default and hard demo; trains each network once through the bundle (benchmarks/demo_models.py) or reuses it
+    # one file per demo difficulty; trains each network once through the bundle (benchmarks/demo_models.py) or reuses it
     BenchmarkSpec(
         name="localisation",
         result_file="localisation.json",
         output_flag="--output",
         quick_args=("--quick",),
+        args=("--difficulties", "default"),
+    ),
+    BenchmarkSpec(
+        name="localisation_hard",
+        module_name="benchmarks.bench_localisation",
+        result_file="localisation_hard.json",
+        output_flag="--output",
+        quick_args=("--quick",),
+        args=("--difficulties", "hard"),
     ),
     # small lesions (issue 14): AAM-ResNet-18 vs ResNet-18 vs DenseNet-121 trained the same way on the hard demo,
     # sensitivity by lesion-volume tertile (benchmarks/demo_models.py trains each once, or reuses it)

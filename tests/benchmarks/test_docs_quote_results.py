@@ -20,12 +20,14 @@ def _flat(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
+@pytest.mark.parametrize("results", ["localisation.json", "localisation_hard.json"])
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
-def test_documents_quote_the_localisation_results(document):
-    record = json.loads((RESULTS / "localisation.json").read_text())
-    sentence = localisation_headline(record)
+def test_documents_quote_the_localisation_results(document, results):
+    record = json.loads((RESULTS / results).read_text())
+    [difficulty] = {row["difficulty"] for row in record["results"]}  # one demo setting per results file
+    sentence = localisation_headline(record, difficulty=difficulty)
     assert re.search(r"\d+/\d+ test positives", sentence)  # the summary carries the numbers it is checked for
-    assert _flat(sentence) in _flat(document.read_text()), f"{document.name} does not quote localisation.json"
+    assert _flat(sentence) in _flat(document.read_text()), f"{document.name} does not quote {results}"
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
