@@ -176,7 +176,7 @@ class MapMaker:
         # the attention kind reads what the eager modules store during the pass: a compiled form stores nothing
         eager_only = scoring_network is None or kind == "attention"
         self.dense = as_dense_predictor(network) if eager_only else scoring_network
-        self._cam = None
+        self._cam_class: type | None = None
         self._scorer: _CaseLogOdds | None = None
         self._attention: list[nn.Module] = []
         if kind in _GRADIENT_KINDS:
@@ -189,7 +189,7 @@ class MapMaker:
             # MONAI's hooks put the wrapper back into *its* train/eval mode after each call (recursively): it must
             # be the network's own mode, or an eval-mode network would come back in training mode
             self._scorer = _CaseLogOdds(network, positive_index).train(network.training)
-            self._cam = _CAM_CLASSES[kind]
+            self._cam_class = _CAM_CLASSES[kind]
         elif kind == "attention":
             self._attention = _stage_attention_modules(network, attention_stage)
         elif kind == "occlusion":
@@ -216,10 +216,10 @@ class MapMaker:
             return self._attention_map(window)
         if self.kind == "occlusion":
             return self._occlusion_map(window)
-        assert self._cam is not None and self._scorer is not None
+        assert self._cam_class is not None and self._scorer is not None
         # gradients are needed inside the window only; the input itself needs none, but asking for them keeps the
         # graph alive when the loaded weights are frozen (requires_grad False)
-        with torch.enable_grad(), _monai_cam(self._cam, self._scorer, f"model.{self.target_layer}") as cam:
+        with torch.enable_grad(), _monai_cam(self._cam_class, self._scorer, f"model.{self.target_layer}") as cam:
             raw = cam.compute_map(window.detach().clone().requires_grad_(True), class_idx=0)
         self.network.zero_grad(set_to_none=True)
         return self._scorer.last_class_map, raw.detach()
