@@ -205,10 +205,6 @@ def demo_cohort(
     Returns:
         The cohort's files.
     """
-    from pipeline.data.demo import write_demo_cohort
-    from pipeline.data.manifest import build_manifest
-    from pipeline.data.splits import split_manifest
-
     request = {
         "difficulty": difficulty,
         "cases": cases,
@@ -227,34 +223,31 @@ def demo_cohort(
         recorded = (_read_json(folder / "cohort.json") or {}).get("generator_code")
         stale = settings is None or any(settings.get(k) != v for k, v in expected.items())
         if stale or recorded != generator_code or not datalist.is_file():
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            write_demo_cohort(
-                dicom_root,
-                cases=cases,
-                size=size,
-                seed=seed,
-                difficulty=difficulty,
-                lesion_size_range=lesion_size_range,
-                lesion_size_unit=lesion_size_unit,
-                masks=True,
-                truth_dir=truth_dir,
-            )
-            key_file = folder / "pseudonym.key"
-            key_file.write_text(_PSEUDONYM_KEY, encoding="utf-8")
-            build_manifest(
-                dicom_root=dicom_root,
-                nifti_glob=None,
-                labels_csv=dicom_root / "labels.csv",
-                out=manifest,
-                key_file=key_file,
-            )
-            split_manifest(manifest, seed=0)
-            settings = _read_json(truth_dir / "generator.json")
+            # generate beside the old cohort; keep the old one (and the runs trained on it) when the new code
+            # writes the same cohort (a refactor of the generator), replace it when the content differs
+            fresh = folder.with_name(folder.name + ".new")
+            if fresh.exists():
+                shutil.rmtree(fresh)
+            fresh.mkdir(parents=True)
+            _write_cohort(fresh, request, lesion_size_range)
+            from benchmarks.store import cohort_fingerprint
             from pipeline.io import write_json_atomic
 
+            same = (
+                not stale
+                and datalist.is_file()
+                and cohort_fingerprint(truth_dir, datalist)
+                == cohort_fingerprint(fresh / "cohort_dicom_truth", fresh / "manifest.datalist.json")
+            )
+            if same:
+                shutil.rmtree(fresh)
+            else:
+                if folder.exists():
+                    shutil.rmtree(folder)
+                fresh.rename(folder)
+                _relocate_manifest(fresh, folder)
             write_json_atomic(folder / "cohort.json", {"request": request, "generator_code": generator_code})
+            settings = _read_json(truth_dir / "generator.json")
     return DemoCohortFiles(
         folder=folder.resolve(),
         dicom_root=dicom_root.resolve(),
@@ -263,6 +256,41 @@ def demo_cohort(
         datalist=datalist.resolve(),
         settings=settings or {},
     )
+
+
+def _write_cohort(folder: Path, request: dict[str, Any], lesion_size_range: tuple[float, float] | None) -> None:
+    """``aamct demo-data --masks``, ``manifest build`` and ``manifest split --seed 0`` into ``folder``."""
+    from pipeline.data.demo import write_demo_cohort
+    from pipeline.data.manifest import build_manifest
+    from pipeline.data.splits import split_manifest
+
+    dicom_root, truth_dir = folder / "cohort_dicom", folder / "cohort_dicom_truth"
+    write_demo_cohort(
+        dicom_root,
+        cases=request["cases"],
+        size=request["size"],
+        seed=request["seed"],
+        difficulty=request["difficulty"],
+        lesion_size_range=lesion_size_range,
+        lesion_size_unit=request["lesion_size_unit"],
+        masks=True,
+        truth_dir=truth_dir,
+    )
+    key_file = folder / "pseudonym.key"
+    key_file.write_text(_PSEUDONYM_KEY, encoding="utf-8")
+    build_manifest(
+        dicom_root=dicom_root, nifti_glob=None, labels_csv=dicom_root / "labels.csv", out=folder / "manifest.csv",
+        key_file=key_file,
+    )  # fmt: skip
+    split_manifest(folder / "manifest.csv", seed=0)
+
+
+def _relocate_manifest(old: Path, new: Path) -> None:
+    """Rewrite the absolute paths a cohort generated in ``old`` records, after the folder moved to ``new``."""
+    names = ("manifest.datalist.json", "manifest.csv", "manifest.rejections.csv", "cohort_dicom_truth/generator.json")
+    for path in (new / name for name in names):
+        if path.is_file():
+            path.write_text(path.read_text(encoding="utf-8").replace(str(old), str(new)), encoding="utf-8")
 
 
 def trained_demo_model(
@@ -383,11 +411,18 @@ def _bundle(
     network_kwargs: dict[str, Any] | None,
     train_seed: int,
     log: Any,
+    extra: Sequence[str] = (),
 ) -> None:
-    """``python -m monai.bundle run <id>`` as ``make train`` / ``make evaluate`` call it."""
+    """``python -m monai.bundle run <id>`` as ``make train`` / ``make evaluate`` / ``make distill`` call it.
+
+    ``distilling`` takes the training options (the recipe, as ``make distill`` passes them) and ``extra``
+    (``--teacher_ckpt ... --stages ...``).
+    """
     config = "bundle/configs/train.json"
     if bundle_id == "evaluating":
         config = "['bundle/configs/train.json','bundle/configs/evaluate.json']"
+    elif bundle_id == "distilling":
+        config = "['bundle/configs/train.json','bundle/configs/distill.json']"
     command = [
         sys.executable, "-m", "monai.bundle", "run", bundle_id,
         "--config_file", config,
@@ -396,7 +431,7 @@ def _bundle(
         "--datalist", str(cohort.datalist),
         "--output_dir", str(run_dir),
     ]  # fmt: skip
-    if bundle_id == "training":
+    if bundle_id in ("training", "distilling"):
         command += [
             "--epochs", str(settings["epochs"]),
             "--network_name", network,
@@ -408,10 +443,11 @@ def _bundle(
         ]  # fmt: skip
         if network_kwargs:
             command += ["--network_kwargs", repr(dict(network_kwargs))]
+        command += list(extra)
     else:
         command += ["--split", "test"]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT)}
-    log_path = run_dir / ("train.log" if bundle_id == "training" else "evaluate.log")
+    log_path = run_dir / {"training": "train.log", "distilling": "distill.log"}.get(bundle_id, "evaluate.log")
     with contextlib.ExitStack() as stack:
         stream = log if log is not None else stack.enter_context(open(log_path, "w", encoding="utf-8"))
         result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT, check=False)

@@ -166,11 +166,19 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         quick_args=("--quick",),
         args=("--difficulties", "hard"),
     ),
-    # small lesions (issue 14): AAM-ResNet-18 vs ResNet-18 vs DenseNet-121 trained the same way on the hard demo,
-    # sensitivity by lesion-volume tertile (benchmarks/demo_models.py trains each once, or reuses it)
+    # small lesions (issue 21): AAM-ResNet-18 vs ResNet-18 vs DenseNet-121 (all at width 0.25) trained the same way
+    # over 5 seeds on the hard and the default demo, sensitivity by lesion-volume tertile; one file per (difficulty,
+    # network, seed) under small_lesions/, a rerun skips finished ones (benchmarks/store.py)
     BenchmarkSpec(
         name="small_lesions",
         result_file="small_lesions.json",
+        output_flag="--output",
+        quick_args=("--quick",),
+    ),
+    # distillation (issue 21): the demo's student distilled with each loss term on / off vs scratch, 5 seeds, hard demo
+    BenchmarkSpec(
+        name="distillation_terms",
+        result_file="distillation_terms.json",
         output_flag="--output",
         quick_args=("--quick",),
     ),

@@ -44,6 +44,7 @@ KNOWN_BENCHMARKS: tuple[str, ...] = (
     "distillation",
     "localisation",
     "small_lesions",
+    "distillation_terms",
     "medmnist",
 )
 
@@ -464,42 +465,78 @@ def _render_localisation(data: Json) -> tuple[list[str], str]:
     )
 
 
-def _render_small_lesions(data: Json) -> tuple[list[str], str]:
-    def estimate(value: Any) -> str:
-        if not isinstance(value, Mapping) or value.get("value") is None:
-            return "—"
-        ci = value.get("ci")
-        return f"{value['value']:.2f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+def _spread_text(value: Any, digits: int = 3) -> str:
+    if not isinstance(value, Mapping) or value.get("mean") is None:
+        return "—"
+    sd = value.get("sd")
+    return f"{value['mean']:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
+
+def _render_small_lesions(data: Json) -> tuple[list[str], str]:
     tertiles = ("smallest third", "middle third", "largest third")
+    lines: list[str] = []
+    for difficulty, block in (_get(data, "difficulties", default={}) or {}).items():
+        rows = []
+        for name, row in (_get(block, "networks", default={}) or {}).items():
+            ci = _get(row, "seed_averaged_auc_ci") or [None, None]
+            rows.append(
+                [
+                    name,
+                    len(_get(row, "seeds", default=[]) or []),
+                    _spread_text(_get(row, "test_auc")),
+                    f"{_num(_get(row, 'seed_averaged_auc'), 3)} ({_num(ci[0], 3)}-{_num(ci[1], 3)})",
+                    *(_spread_text(_get(row, "tertiles", t, "per_seed"), 2) for t in tertiles),
+                ]
+            )
+        edges = _get(block, "tertile_edges_ml") or [None, None]
+        lines += [
+            f"{difficulty} demo, test split {_get(block, 'n_test')} cases ({_get(block, 'n_test_positive')} positive); "
+            f"sensitivity at each seed's val-frozen threshold, mean ± sd over seeds; tertile edges "
+            f"{_num(edges[0], 3)} / {_num(edges[1], 3)} ml",
+            "",
+            *_table(["network", "seeds", "test AUC", "seed-averaged AUC (95% CI)", *tertiles], rows),
+        ]
+        delong = _get(block, "delong", default=[]) or []
+        if delong:
+            lines += _table(
+                ["paired DeLong (seed-averaged)", "AUC a", "AUC b", "difference", "p"],
+                [
+                    [f"{r.get('a')} vs {r.get('b')}", r.get("auc_a"), r.get("auc_b"), r.get("difference"),
+                     r.get("p_value")]
+                    for r in delong
+                ],
+            )  # fmt: skip
+    return lines or ["(no difficulty measured yet)", ""], "per seed, in each per-seed file"
+
+
+def _render_distillation_terms(data: Json) -> tuple[list[str], str]:
+    table = _get(data, "table", default={}) or {}
     rows = []
-    for name, row in (_get(data, "networks", default={}) or {}).items():
-        ci = _get(row, "auc_ci") or [None, None]
+    for name, row in (_get(table, "configurations", default={}) or {}).items():
         rows.append(
             [
                 name,
-                f"{_num(_get(row, 'auc'), 3)} ({_num(ci[0], 3)}-{_num(ci[1], 3)})",
-                estimate(_get(row, "sensitivity")),
-                *(estimate(_get(row, "tertiles", t, "sensitivity")) for t in tertiles),
-                estimate(_get(row, "specificity")),
+                len(_get(row, "seeds", default=[]) or []),
+                _spread_text(_get(row, "test_auc")),
+                _num(_get(row, "seed_averaged_auc"), 3),
+                _spread_text(_get(row, "auc_minus_teacher")),
             ]
         )
-    edges = _get(data, "tertile_edges_ml") or [None, None]
-    note = (
-        f"hard demo, test split {_get(data, 'n_test')} cases ({_get(data, 'n_test_positive')} positive); operating "
-        f"point frozen on val; tertile edges {_num(edges[0], 3)} / {_num(edges[1], 3)} ml; Wilson / DeLong 95% CIs"
-    )
-    lines = [note, "", *_table(["network", "AUC (95% CI)", "sensitivity", *tertiles, "specificity"], rows)]
-    delong = _get(data, "delong", default=[]) or []
+    teacher = _get(table, "teacher", default={}) or {}
+    lines = [
+        f"{_get(data, 'difficulty')} demo; teacher {_get(teacher, 'network')} test AUC "
+        f"{_spread_text(_get(teacher, 'test_auc'))}",
+        "",
+        *_table(["configuration", "seeds", "test AUC", "seed-averaged AUC", "AUC - teacher"], rows),
+    ]
+    delong = _get(table, "delong", default=[]) or []
     if delong:
         lines += _table(
-            ["paired DeLong", "AUC a", "AUC b", "difference", "p"],
-            [
-                [f"{r.get('a')} vs {r.get('b')}", r.get("auc_a"), r.get("auc_b"), r.get("difference"), r.get("p_value")]
-                for r in delong
-            ],
-        )
-    return lines, _load_text(_get(data, "load_average", "start"), _get(data, "load_average", "end"))
+            ["paired DeLong (seed-averaged)", "AUC a", "AUC b", "difference", "p"],
+            [[f"{r.get('a')} vs {r.get('b')}", r.get("auc_a"), r.get("auc_b"), r.get("difference"), r.get("p_value")]
+             for r in delong],
+        )  # fmt: skip
+    return lines, "per seed, in each per-seed file"
 
 
 def _render_generic(data: Json) -> tuple[list[str], str]:
@@ -516,6 +553,7 @@ RENDERERS: dict[str, Callable[[Json], tuple[list[str], str]]] = {
     "distillation": _render_distillation,
     "localisation": _render_localisation,
     "small_lesions": _render_small_lesions,
+    "distillation_terms": _render_distillation_terms,
     "medmnist": _render_medmnist,
 }
 

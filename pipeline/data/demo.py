@@ -101,9 +101,9 @@ _AIR_HU = -1000.0
 #: COVID-like lesions per severity of a positive scan: (fewest, most GGOs; smallest, largest GGO radius in mm before a
 #: random 0.7-1.3 stretch per axis; GGO HU range; chance of a consolidative core per GGO). Drawn with p 0.2/0.4/0.4.
 _SEVERITIES: dict[str, tuple[int, int, float, float, float, float, float]] = {
-    "mild": (4, 6, 26.0, 34.0, -430.0, -340.0, 0.0),
-    "moderate": (5, 8, 28.0, 38.0, -420.0, -320.0, 0.3),
-    "extensive": (8, 12, 28.0, 45.0, -420.0, -300.0, 0.5),
+    "mild": (2, 3, 22.0, 28.0, -330.0, -230.0, 0.3),
+    "moderate": (2, 4, 22.0, 30.0, -310.0, -210.0, 0.5),
+    "extensive": (3, 5, 24.0, 32.0, -290.0, -190.0, 0.7),
 }
 
 
@@ -885,7 +885,9 @@ def _draw_covid_lesions(rng: np.random.Generator, severity: str, thorax: _Thorax
     n_low, n_high, r_low, r_high, hu_low, hu_high, p_core = _SEVERITIES[severity]
     lesions = []
     for _ in range(int(rng.integers(n_low, n_high + 1))):
-        ggo = _draw_lesion(rng, thorax, kind="ggo", radius=float(rng.uniform(r_low, r_high)), hu=(hu_low, hu_high))
+        radius = float(rng.uniform(r_low, r_high))
+        # centred at least 40 % of a radius inside the lung, so most of the opacity survives the lung clipping
+        ggo = _draw_lesion(rng, thorax, kind="ggo", radius=radius, hu=(hu_low, hu_high), inset_mm=0.4 * radius)
         lesions.append(ggo)
         if rng.random() < p_core:
             shrink = float(rng.uniform(0.4, 0.7))
@@ -908,25 +910,29 @@ def _draw_lesion(
     kind: str,
     radius: float,
     hu: tuple[float, float] = (20.0, 60.0),
+    inset_mm: float = 4.0,
 ) -> _Lesion:
-    """A lesion centred inside a lung: peripheral (subpleural), lateral/posterior and lower-lobe preference."""
-    for _attempt in range(100):
-        side = 1.0 if rng.random() < 0.5 else -1.0
-        # height above the lung base, Beta-distributed toward the lower lobes
-        z = thorax.base + (thorax.apex - thorax.base) * float(rng.beta(1.3, 1.8))
-        taper = max(_lung_taper(np.array(z), thorax.anatomy, thorax.lung_scale).item(), 0.2)
-        angle = float(rng.normal(0.5, 0.9))  # 0 = lateral, positive = toward the back
-        # centre at 45-90 % of the way to the pleura: peripheral, yet most of the lesion lies in the lung (centred
-        # closer to the wall, a lesion is mostly cut away by the lung mask and reads as pleural partial volume)
-        reach = float(rng.uniform(0.45, 0.9))
-        lung_cx, lung_cy, lung_ax, lung_by = thorax.lung_ellipse(side)
+    """A lesion centred anywhere inside either lung: uniform over the lungs' volume (any lobe, periphery and centre).
+
+    The centre is drawn uniformly in the box around both lungs and kept when it lies in a lung at least ``inset_mm``
+    from its outline (rejection sampling, so every lung voxel is equally likely). Lesions used to prefer the periphery,
+    the lower lobes and the back, which let a map that ignores the image point at them (position prior 0.74 on the
+    default demo, leave one out): now where a lesion is says nothing that the image does not.
+    """
+    _, _, right_ax, right_by = thorax.lung_ellipse(-1.0)
+    right_cx, right_cy = thorax.lung_ellipse(-1.0)[:2]
+    left_cx, left_cy, left_ax, left_by = thorax.lung_ellipse(1.0)
+    x_range = (right_cx - right_ax, left_cx + left_ax)
+    y_range = (min(right_cy - right_by, left_cy - left_by), max(right_cy + right_by, left_cy + left_by))
+    centre = (0.0, 0.0, 0.0)
+    for _attempt in range(200):
         centre = (
-            lung_cx + side * reach * lung_ax * taper * math.cos(angle),
-            lung_cy + reach * lung_by * taper * math.sin(angle),
-            z,
+            float(rng.uniform(*x_range)),
+            float(rng.uniform(*y_range)),
+            float(rng.uniform(thorax.base, thorax.apex)),
         )
         # the centre must be lung (not dome, heart or wall), or the lesion could vanish under the masks
-        if thorax.contains_lung(centre, margin_mm=4.0):
+        if thorax.contains_lung(centre, margin_mm=inset_mm):
             break
     waves = []
     for _ in range(4):  # random direction, 1.5-3 radians per radius: a few bumps across the lesion

@@ -14,6 +14,11 @@ demo generator's, ``aamct demo-data --masks``, or any lesion / lung segmentation
 * **voxel AUROC**: the map as a score separating lesion voxels from the other lung voxels
   (:func:`sklearn.metrics.roc_auc_score`); 0.5 for a map unrelated to the lesions.
 
+Every cohort figure needs its trivial baselines beside it (:func:`position_baselines`): a map that ignores the image
+and points where the *other* cases' lesions are most often (the leave-one-out position prior), one that points at
+their mean lesion position, and a point drawn at random in the case's lung. A map only shows that it saw the lesion
+where it beats all three.
+
 The lung restricts energy and AUROC because a classifier's evidence for lung disease should lie in the lung; the
 pointing game uses the whole volume (a peak in the air is a miss). Negative cases have no lesion and are not scored.
 """
@@ -36,7 +41,9 @@ from pipeline.evaluation.operating_point import proportion_with_ci
 __all__ = [
     "DEFAULT_MARGIN_MM",
     "CaseLocalisation",
+    "PositionBaselines",
     "load_on_same_grid",
+    "position_baselines",
     "lesion_energy_fraction",
     "pointing_game_hit",
     "score_case",
@@ -242,3 +249,131 @@ def _spread(values: Sequence[float | None]) -> dict[str, Any]:
         "median": float(np.median(kept)),
         "n": int(kept.size),
     }
+
+
+#: the grid of normalised positions the position prior is counted on: (axis 0, axis 1, axis 2) bins of the unit cube
+PRIOR_BINS: tuple[int, int, int] = (32, 32, 16)
+
+
+@dataclass(frozen=True)
+class PositionBaselines:
+    """Pointing-game hit rates of maps that ignore the image, for the same positive cases and the same scoring.
+
+    Attributes:
+        prior_peak: pointing at the peak of the leave-one-out lesion frequency (the other cases' lesion masks
+            averaged on normalised coordinates): where lesions are most often.
+        prior_mean: pointing at the leave-one-out mean of the cases' lesion centroids (normalised coordinates).
+        random_in_lung: the expected hit rate of a point drawn uniformly in each case's lung (exact expectation: the
+            share of lung voxels within the margin of a lesion, averaged over cases; no sampling noise).
+        n_cases: positive cases scored.
+        hits_peak: per-case hits of ``prior_peak`` (case order as given).
+        hits_mean: per-case hits of ``prior_mean``.
+    """
+
+    prior_peak: float
+    prior_mean: float
+    random_in_lung: float
+    n_cases: int
+    hits_peak: tuple[bool, ...]
+    hits_mean: tuple[bool, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: each baseline as ``{"rate", "ci", "hits", "n"}`` (Wilson CIs; the random point: rate only)."""
+
+        def rate(hits: Sequence[bool], what: str) -> dict[str, Any]:
+            estimate = proportion_with_ci(int(sum(hits)), len(hits), what=what)
+            ci = list(estimate.ci) if estimate.ci else None
+            return {"rate": estimate.value, "ci": ci, "hits": int(sum(hits)), "n": len(hits)}
+
+        return {
+            "position_prior_peak": rate(self.hits_peak, "position-prior hit rate"),
+            "position_prior_mean": rate(self.hits_mean, "mean-position hit rate"),
+            "random_point_in_lung": {"rate": self.random_in_lung, "n": self.n_cases, "expected": True},
+        }
+
+
+def _normalised_frequency(lesion_mask: np.ndarray, bins: Sequence[int] = PRIOR_BINS) -> np.ndarray:
+    """The share of each bin of the unit cube (normalised voxel coordinates) that is lesion."""
+    mask = np.asarray(lesion_mask) > 0
+    counts = np.zeros(tuple(bins), dtype=np.float64)
+    totals = np.zeros(tuple(bins), dtype=np.float64)
+    grids = np.meshgrid(
+        *[np.minimum((np.arange(n) * b) // n, b - 1) for n, b in zip(mask.shape, bins, strict=True)], indexing="ij"
+    )
+    flat = np.ravel_multi_index([g.ravel() for g in grids], tuple(bins))
+    np.add.at(counts.reshape(-1), flat, mask.ravel().astype(np.float64))
+    np.add.at(totals.reshape(-1), flat, 1.0)
+    return counts / np.maximum(totals, 1.0)
+
+
+def _centroid_normalised(lesion_mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(lesion_mask) > 0
+    index = np.argwhere(mask).mean(axis=0)
+    return (index + 0.5) / np.array(mask.shape, dtype=float)
+
+
+def _to_voxel(point: np.ndarray, shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(min(max(np.floor(p * n), 0), n - 1)) for p, n in zip(point, shape, strict=True))
+
+
+def position_baselines(
+    lesion_masks: Sequence[np.ndarray],
+    lung_masks: Sequence[np.ndarray],
+    spacings_mm: Sequence[Sequence[float]],
+    *,
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    bins: Sequence[int] = PRIOR_BINS,
+) -> PositionBaselines:
+    """The pointing game of three maps that never look at the image, scored like :func:`pointing_game_hit`.
+
+    Positions are normalised voxel coordinates (index / shape per axis, so scans of other sizes and extents share one
+    frame: the frame a classifier sees after its input is resized). For each case, the prior comes from all the
+    *other* cases (leave one out), so a case never points at its own lesion. Written here: scikit-learn and MONAI have
+    no position-prior baseline for the pointing game.
+
+    Args:
+        lesion_masks: one per positive case (any shapes; the axis order must be the same for every case).
+        lung_masks: the same cases' lung masks (same shapes as their lesion masks).
+        spacings_mm: each case's voxel size per axis.
+        margin_mm: the pointing game's tolerance.
+        bins: the normalised grid the lesion frequency is counted on.
+
+    Returns:
+        :class:`PositionBaselines`.
+
+    Raises:
+        ValueError: fewer than two cases, lengths differ, or a lesion mask is empty.
+    """
+    if not len(lesion_masks) == len(lung_masks) == len(spacings_mm):
+        raise ValueError("position_baselines: lesion masks, lung masks and spacings differ in number")
+    if len(lesion_masks) < 2:
+        raise ValueError("position_baselines: the leave-one-out prior needs at least two positive cases")
+    masks = [np.asarray(mask) > 0 for mask in lesion_masks]
+    for number, mask in enumerate(masks):
+        if not mask.any():
+            raise ValueError(f"position_baselines: lesion mask {number} is empty")
+    frequencies = np.stack([_normalised_frequency(mask, bins) for mask in masks])
+    centroids = np.stack([_centroid_normalised(mask) for mask in masks])
+    total_frequency, total_centroid = frequencies.sum(axis=0), centroids.sum(axis=0)
+    hits_peak, hits_mean, random_rates = [], [], []
+    count = len(masks)
+    for mask, lung, spacing, frequency, centroid in zip(
+        masks, lung_masks, spacings_mm, frequencies, centroids, strict=True
+    ):
+        distance = ndimage.distance_transform_edt(~mask, sampling=tuple(float(s) for s in spacing))
+        others = total_frequency - frequency
+        peak_bin = np.array(np.unravel_index(int(np.argmax(others)), others.shape), dtype=float)
+        peak = (peak_bin + 0.5) / np.array(others.shape, dtype=float)
+        mean_point = (total_centroid - centroid) / (count - 1)
+        hits_peak.append(bool(distance[_to_voxel(peak, mask.shape)] <= margin_mm))
+        hits_mean.append(bool(distance[_to_voxel(mean_point, mask.shape)] <= margin_mm))
+        region = (np.asarray(lung) > 0) | mask
+        random_rates.append(float((distance[region] <= margin_mm).mean()))
+    return PositionBaselines(
+        prior_peak=float(np.mean(hits_peak)),
+        prior_mean=float(np.mean(hits_mean)),
+        random_in_lung=float(np.mean(random_rates)),
+        n_cases=count,
+        hits_peak=tuple(hits_peak),
+        hits_mean=tuple(hits_mean),
+    )

@@ -201,7 +201,12 @@ def monai_resnet(
 
 
 def monai_densenet121(
-    *, spatial_dims: int = 3, in_channels: int = 1, num_classes: int = 2, dropout_prob: float = 0.0
+    *,
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    dropout_prob: float = 0.0,
+    width: float = 1.0,
 ) -> CAMDenseNet121:
     """MONAI's ``DenseNet121`` (7x7x7 stride-2 stem + max-pool, MONAI's own) as a :class:`CAMDenseNet121`.
 
@@ -210,10 +215,23 @@ def monai_densenet121(
         in_channels: input channels.
         num_classes: number of classes (MONAI's ``out_channels``).
         dropout_prob: dropout inside the dense layers.
+        width: scales MONAI's ``init_features`` (64) and ``growth_rate`` (32), as ``widen_factor`` scales a ResNet
+            (0.25: 16 and 8), so the baselines can be compared at one width.
 
     Returns:
         The network.
+
+    Raises:
+        ValueError: for a width that leaves fewer than 1 channel.
     """
+    init_features, growth_rate = round(64 * width), round(32 * width)
+    if init_features < 1 or growth_rate < 1:
+        raise ValueError(f"densenet121: width {width} leaves no channels (init_features 64, growth_rate 32 scaled)")
     return CAMDenseNet121(
-        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout_prob
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        dropout_prob=dropout_prob,
+        init_features=init_features,
+        growth_rate=growth_rate,
     )

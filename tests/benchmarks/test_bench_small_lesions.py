@@ -89,10 +89,16 @@ def test_a_prediction_without_truth_is_refused(hard_cohort, tmp_path):
 
 def test_markdown_lists_every_network_with_its_tertiles(hard_cohort, tmp_path):
     _, table = _predictions(hard_cohort, tmp_path, detect_above_ml=1.0)
-    edges = bench.tertile_edges(table.loc[table["label"] == 1, "lesion_volume_ml"])
-    row = {**bench.detection_by_tertile(table, edges), "val_auc": 0.9, "seconds": 60.0}
-    text = bench.render_markdown(
-        {"networks": {"aam_resnet18": row, "resnet18": row}, "tertile_edges_ml": list(edges), "cohort": {"cases": 24}}
-    )
-    assert "| aam_resnet18 | 0.900 |" in text and "| resnet18 |" in text
+    records = [
+        {"network_label": name, "key": {"train_seed": seed}, "val_auc": 0.9, "seconds": 60.0,
+         "cases": table.to_dict(orient="records")}
+        for name in ("aam_student_small", "resnet18(widen_factor=0.25)")
+        for seed in (0, 1)
+    ]  # fmt: skip
+    block = bench.aggregate(records, ["aam_student_small", "resnet18(widen_factor=0.25)"])
+    text = bench.render_markdown({"difficulties": {"hard": {**block, "cohort": {"cases": 24, "seed": 3}}}})
+    auc = roc_auc_score(table["label"], table["probability"])
+    assert f"| aam_student_small | 2 | {auc:.3f} ± 0.000 | {auc:.3f}" in text
+    assert "| resnet18(widen_factor=0.25) | 2 |" in text and "## hard demo" in text
+    assert "| trivial: every case called" in text
     assert all(name in text for name in bench.TERTILES)

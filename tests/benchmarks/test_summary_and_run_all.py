@@ -192,18 +192,24 @@ def test_summary_shows_deployed_latency_peer_ratios_goals_and_small_lesion_terti
         tmp_path,
         "small_lesions",
         {
-            "n_test": 40,
-            "tertile_edges_ml": [1.5, 4.0],
-            "networks": {
-                "aam_resnet18": {
-                    "auc": 0.8,
-                    "auc_ci": [0.7, 0.9],
-                    "tertiles": {"smallest third": {"sensitivity": {"value": 0.25, "ci": [0.05, 0.6]}}},
+            "difficulties": {
+                "hard": {
+                    "n_test": 40,
+                    "tertile_edges_ml": [1.5, 4.0],
+                    "networks": {
+                        "aam_resnet18": {
+                            "seeds": [0, 1],
+                            "test_auc": {"mean": 0.8, "sd": 0.05},
+                            "seed_averaged_auc": 0.81,
+                            "seed_averaged_auc_ci": [0.7, 0.9],
+                            "tertiles": {"smallest third": {"per_seed": {"mean": 0.25, "sd": 0.1}}},
+                        }
+                    },
                 }
-            },
+            }
         },
     )
     text = summary.render_summary(summary.load_results(tmp_path))
     assert "| aam_resnet18 | 30 | 0.5 | — | — | 3 | 0.75 | 1.5 | 0.75 | resnet18 1.5 / 1.5 |" in text
     assert "| aam_resnet18 latency <= 1.25x resnet18 | 1.5 / 1.5 | no / no |" in text
-    assert "## small_lesions" in text and "| aam_resnet18 | 0.8 (0.7-0.9) | — | 0.25 (0.05-0.60) |" in text
+    assert "## small_lesions" in text and "| aam_resnet18 | 2 | 0.800 ± 0.050 | 0.81 (0.7-0.9) | 0.25 ± 0.10 |" in text

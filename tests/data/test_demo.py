@@ -82,7 +82,7 @@ def test_hounsfield_units_of_air_lung_and_lesions(cohort, label):
     if label == "negative":
         assert not rendered.lesion_mask.any()
         assert rendered.lung_mask.sum() > 500
-        assert -900 < np.median(hu[rendered.lung_mask]) < -780  # aerated lung, vessels included
+        assert -900 < np.median(hu[rendered.lung_mask]) < -750  # aerated lung, vessels and nodules included
     else:
         # ground glass (-430 .. -300 HU, soft rims) and consolidation: well above aerated lung (~-850), below soft
         # tissue
@@ -381,14 +381,16 @@ def test_hard_demo_is_smaller_and_fainter_on_the_same_patients(tmp_path):
             assert difficult.lesion_voxels == 0
             continue
         rendered, rendered_easy = difficult.render(), easy.render()
-        # a hard positive carries 3-12 % of its lung in lesions (the default demo: 11-53 %), and less than the same
+        # a hard positive carries 2-12 % of its lung in lesions, and less than the same
         # patient's default scan
         assert 0.02 < rendered.lesion_mask.sum() / rendered.lung_mask.sum() < 0.12
         assert difficult.lesion_volume_ml < easy.lesion_volume_ml
-        # fainter: ground glass only (no consolidation), below the default's density on the same patient
+        # fainter: ground glass only (no consolidation), below the default's density on the same patient; a lesion
+        # anywhere in the lung has vessels running through it (solid voxels), so the upper quartile, not the top
+        # percentiles, says "no consolidation"
         hard_hu = np.median(rendered.hu[rendered.lesion_mask])
         assert hard_hu < np.median(rendered_easy.hu[rendered_easy.lesion_mask])
-        assert -600 < hard_hu < -300 and np.percentile(rendered.hu[rendered.lesion_mask], 95) < -150
+        assert -600 < hard_hu < -300 and np.percentile(rendered.hu[rendered.lesion_mask], 75) < -250
         assert difficult.severity == "hard" and 4 <= difficult.n_lesions <= 7
 
 
