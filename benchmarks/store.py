@@ -91,7 +91,9 @@ def cohort_fingerprint(truth_dir: str | os.PathLike, datalist: str | os.PathLike
             text = path.read_text(encoding="utf-8")
             if name == "generator.json":
                 record = json.loads(text)
-                record = {k: v for k, v in record.items() if "dir" not in k and "path" not in k and k not in ("out", "cohort")}
+                record = {
+                    k: v for k, v in record.items() if "dir" not in k and "path" not in k and k not in ("out", "cohort")
+                }
                 text = json.dumps(record, sort_keys=True)
             digest.update(name.encode() + b"\0" + text.encode() + b"\0")
     record = json.loads(Path(datalist).read_text(encoding="utf-8"))

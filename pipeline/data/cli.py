@@ -68,8 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--difficulty",
         default="default",
-        help="default (the learnable demo) or hard (4-7 smaller, fainter ground-glass opacities per positive, "
-        "3-10 %% of the lung)",
+        help="default (the learnable demo) or hard (4-7 smaller, fainter ground-glass opacities per positive anywhere in the lungs, "
+        "2-13 %% of the lung)",
     )
     demo.add_argument(
         "--lesion-size-range",
