@@ -83,7 +83,7 @@ DEMO_RECIPE: dict[str, Any] = {
 DEMO_COHORT: dict[str, Any] = {"cases": 120, "size": 64, "seed": 0}
 _PSEUDONYM_KEY = "aamct-demo-models-key-" + "0" * 32  # fixed, so case ids (and splits) are the same on every machine
 #: the code that decides a cohort's files, and a trained run's weights
-_GENERATOR_CODE = ("pipeline/data/demo.py",)
+_GENERATOR_CODE = ("pipeline/data/demo",)
 _TRAINING_CODE = ("pipeline/networks", "pipeline/training", "pipeline/transforms.py", "bundle/configs/train.json")
 
 
