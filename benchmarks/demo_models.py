@@ -29,7 +29,7 @@ datalist's sha256 and a sha256 of the code that decides the weights (``pipeline/
 ``pipeline/transforms.py``, ``bundle/configs/train.json``), so a changed network or recipe is trained again rather
 than served stale. Anything else in the run folder is removed and the run trained again. A cohort is reused when
 its ``generator.json`` matches the requested settings and ``cohort.json`` records the same generator code
-(``pipeline/data/demo.py``). Concurrent callers (two benchmarks, two helpers) are serialised by a lock file per
+(``pipeline/data/demo/``). Concurrent callers (two benchmarks, two helpers) are serialised by a lock file per
 cohort and per run, so a model is trained once.
 """
 
