@@ -5,9 +5,10 @@ Modules: :mod:`~pipeline.evaluation.roc`, :mod:`~pipeline.evaluation.operating_p
 :mod:`~pipeline.evaluation.calibration`, :mod:`~pipeline.evaluation.crossval`, :mod:`~pipeline.evaluation.plots`,
 :mod:`~pipeline.evaluation.report`, :mod:`~pipeline.evaluation.checks`; the MONAI handlers in
 :mod:`~pipeline.evaluation.handlers`, the support of ``bundle/configs/evaluate.json`` in
-:mod:`~pipeline.evaluation.bundle` and ``aamct crossval`` in :mod:`~pipeline.evaluation.crossval_runner`. The
-names below are imported lazily, so that ``aamct --help`` (which imports this package's ``cli``) does not pay for
-torch, MONAI and matplotlib.
+:mod:`~pipeline.evaluation.bundle` and the cross-validation report in :mod:`~pipeline.evaluation.crossval_report`
+(the fold runs it reports on are training's, :mod:`pipeline.training.crossval`). The names below are imported
+lazily, so that ``aamct --help`` (which imports this package's ``cli``) does not pay for torch, MONAI and
+matplotlib.
 """
 
 from __future__ import annotations

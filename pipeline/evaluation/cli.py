@@ -1,4 +1,10 @@
-"""``aamct stats auc``, ``aamct stats ttest`` and ``aamct report``."""
+"""``aamct stats auc``, ``aamct stats ttest``, ``aamct report`` and ``aamct crossval``.
+
+``aamct crossval`` composes two stages: training's fold runner (:mod:`pipeline.training.crossval`, which trains and
+evaluates every network on every fold through the bundle) and evaluation's report of the pooled out-of-fold
+predictions (:mod:`pipeline.evaluation.crossval_report`). Training ranks below evaluation in the data flow, so the
+runner is handed the report writer here instead of importing it.
+"""
 
 from __future__ import annotations
 
@@ -116,9 +122,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_ci_options(report)
     report.set_defaults(func=_cmd_report)
 
-    from pipeline.evaluation.crossval_runner import register as register_crossval
+    from pipeline.training.crossval import add_crossval_arguments
 
-    register_crossval(sub)
+    crossval = sub.add_parser(
+        "crossval",
+        help="k-fold cross-validation of the AAM-ResNet against baselines through the bundle (resumable)",
+        description="Train every network on every fold through `python -m monai.bundle run training`, evaluate the "
+        "held-out fold through evaluate.json, pool the out-of-fold predictions and write the cross-validation "
+        "report: per-fold metrics, mean ± sd, cross-validated mean ROC, paired and Nadeau-Bengio corrected t-tests "
+        "and pooled DeLong of each baseline against the reference. Finished folds are skipped on a re-run.",
+    )
+    add_crossval_arguments(crossval)
+    crossval.set_defaults(func=_cmd_crossval)
 
 
 def _cmd_auc(args: argparse.Namespace) -> int:
@@ -294,4 +309,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print(f"report: {paths['html']}")
+    return 0
+
+
+def _cmd_crossval(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.crossval_report import write_crossval_report
+    from pipeline.training.crossval import describe_fold, run_crossval, settings_from_args
+
+    result = run_crossval(
+        settings_from_args(args),
+        write_report=write_crossval_report,
+        on_fold=lambda record: print(describe_fold(record), flush=True),
+    )
+    data = json.loads(result.report_paths["json"].read_text(encoding="utf-8"))
+    for network, report in data["per_network"].items():
+        cv = report.get("cross_validation") or {}
+        auc = next((row for row in cv.get("summary", []) if row["metric"] == "auc"), None)
+        if auc and auc["mean"] is not None:
+            sd = "undefined" if auc["sd"] is None else f"{auc['sd']:.3f}"
+            print(f"{network:<16} AUC {auc['mean']:.3f} ± {sd} over {auc['n_folds_defined']} folds")
+    for key, comparison in data["comparisons"].items():
+        if "reason" in comparison:
+            print(f"{key}: not compared: {comparison['reason']}")
+            continue
+        nb = comparison["tests"]["nadeau_bengio"]
+        delong = comparison.get("pooled_delong")
+        nb_text = "undefined" if nb["p_two_sided"] is None else f"{nb['p_two_sided']:.4g}"
+        delong_text = "undefined" if not delong else f"{delong['p_value']:.4g}"
+        print(f"{key}: Nadeau-Bengio p = {nb_text}, pooled DeLong p = {delong_text}")
+    print(f"report: {result.report_paths['html']}")
     return 0

@@ -11,6 +11,8 @@ The training loop itself is MONAI's (``SupervisedTrainer`` / ``SupervisedEvaluat
 * :mod:`pipeline.training.checkpoints`: atomic best / last checkpoints that can be resumed.
 * :mod:`pipeline.training.handlers`: the per-epoch summary line and history, and a resumable early-stop handler.
 * :mod:`pipeline.training.distillation`, :mod:`pipeline.training.cascade`: knowledge distillation.
+* :mod:`pipeline.training.crossval`: the runs of ``aamct crossval`` (every network on every fold through the
+  bundle, resumable) and their pooled out-of-fold predictions; the report over them is evaluation's, handed in.
 
 Submodules are imported explicitly (``pipeline.training.preflight``); nothing is imported here, so loading one
 does not pull in the others.

@@ -1,4 +1,8 @@
-"""``aamct crossval``: real bundle training and evaluation of two tiny networks on two folds, then a resumed re-run."""
+"""``aamct crossval``: real bundle training and evaluation of two tiny networks on two folds, then a resumed re-run.
+
+The fold runner is :mod:`pipeline.training.crossval`; the report it is handed is evaluation's
+:func:`~pipeline.evaluation.crossval_report.write_crossval_report`, as ``aamct crossval`` composes them.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +17,16 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.evaluation.crossval_runner import (
+from pipeline.evaluation.crossval_report import write_crossval_report
+from pipeline.evaluation.roc import delong_test
+from pipeline.training.crossval import (
     CrossValSettings,
     _run_step,
     _test_train_ratio,
     bundle_command,
     run_crossval,
 )
-from pipeline.evaluation.roc import delong_test
-
-from .conftest import BUNDLE_OVERRIDES, write_cohort
+from tests.evaluation.conftest import BUNDLE_OVERRIDES, write_cohort
 
 NETWORKS = ("aam_student_small", "unet_encoder")
 
@@ -41,7 +45,7 @@ def crossval_run(tmp_path_factory):
         launcher="inprocess",
         n_resamples=100,
     )
-    result = run_crossval(settings)
+    result = run_crossval(settings, write_report=write_crossval_report)
     return {"settings": settings, "result": result, "cohort": cohort}
 
 
@@ -104,10 +108,10 @@ def test_a_rerun_skips_finished_folds_and_redoes_only_what_is_missing(crossval_r
     checkpoints = {
         (n, k): (settings.run_dir(n, k) / "models" / "model.pt").stat().st_mtime_ns for n in NETWORKS for k in (0, 1)
     }
-    again = run_crossval(settings)
+    again = run_crossval(settings, write_report=write_crossval_report)
     assert not any(r.trained or r.evaluated for r in again.runs)
     (settings.run_dir(NETWORKS[1], 1) / "eval_val" / "predictions.csv").unlink()
-    third = run_crossval(settings)
+    third = run_crossval(settings, write_report=write_crossval_report)
     assert [(r.network, r.fold) for r in third.runs if r.evaluated] == [(NETWORKS[1], 1)]
     assert not any(r.trained for r in third.runs)
     for (network, fold), mtime in checkpoints.items():
