@@ -320,6 +320,26 @@ def _run_unit(
     return store.load(key, *parts) or {"key": key, **record}
 
 
+def tertile_aucs(table, edges: tuple[float, float]) -> dict[str, float | None]:
+    """Per tertile, the AUC of that tertile's positives against every negative: small-lesion detection without a
+    threshold, so networks working at different operating points (one calling more cases positive) compare fairly."""
+    labels = table["label"].to_numpy()
+    scores = table["probability"].to_numpy()
+    volumes = table["lesion_volume_ml"].to_numpy()
+    lower, upper = edges
+    members = {
+        TERTILES[0]: volumes <= lower,
+        TERTILES[1]: (volumes > lower) & (volumes <= upper),
+        TERTILES[2]: volumes > upper,
+    }
+    out: dict[str, float | None] = {}
+    for name, inside in members.items():
+        keep = (labels == 0) | ((labels == 1) & inside)
+        chosen = labels[keep]
+        out[name] = roc_auc(chosen, scores[keep]) if 0 < chosen.sum() < chosen.size else None
+    return out
+
+
 def aggregate(records: Sequence[Mapping[str, Any]], networks: Sequence[str]) -> dict[str, Any]:
     """One difficulty's table from its per-seed records (:func:`_run_unit`'s files).
 
@@ -363,6 +383,8 @@ def aggregate(records: Sequence[Mapping[str, Any]], networks: Sequence[str]) -> 
         probability = np.mean([table["probability"].to_numpy() for table in tables], axis=0)
         averaged[name] = probability
         mean_table = first.assign(probability=probability)
+        seed_tertile_aucs = [tertile_aucs(table, edges) for table in tables]
+        averaged_tertile_aucs = tertile_aucs(mean_table, edges)
         pooled = pd.concat(tables, ignore_index=True)
         pooled_detection = detection_by_tertile(pooled, edges)
         try:
@@ -389,6 +411,8 @@ def aggregate(records: Sequence[Mapping[str, Any]], networks: Sequence[str]) -> 
                     "volume_ml": per_seed[0]["tertiles"][tertile]["volume_ml"],
                     "per_seed": _spread([d["tertiles"][tertile]["sensitivity"]["value"] for d in per_seed]),
                     "pooled": pooled_detection["tertiles"][tertile]["sensitivity"],
+                    "auc_vs_negatives": _spread([a[tertile] for a in seed_tertile_aucs]),
+                    "seed_averaged_auc_vs_negatives": averaged_tertile_aucs[tertile],
                 }
                 for tertile in TERTILES
             },
@@ -402,6 +426,12 @@ def aggregate(records: Sequence[Mapping[str, Any]], networks: Sequence[str]) -> 
         comparisons.append(row)
     majority_positive = labels.mean() > 0.5
     positives, negatives = int(labels.sum()), int((1 - labels).sum())
+    called = "positive" if majority_positive else "negative"
+    what = (
+        f"every case called {called} (the majority class)"
+        if positives != negatives
+        else (f"every case called {called} (the classes tie, {positives}/{labels.size})")
+    )
     return {
         "n_test": int(labels.size),
         "n_test_positive": positives,
@@ -409,7 +439,7 @@ def aggregate(records: Sequence[Mapping[str, Any]], networks: Sequence[str]) -> 
         "networks": rows,
         "delong": comparisons,
         "trivial": {
-            "what": f"every case called {'positive' if majority_positive else 'negative'} (the majority class)",
+            "what": what,
             "auc": 0.5,
             "sensitivity": 1.0 if majority_positive else 0.0,
             "specificity": 0.0 if majority_positive else 1.0,
@@ -481,6 +511,21 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                 f"| trivial: {trivial['what']} | — | 0.500 | 0.500 | {trivial['sensitivity']:.2f} | — | — | — | "
                 f"{trivial['specificity']:.2f} | — |"
             )
+        lines += [
+            "",
+            "Threshold-free small-lesion detection: AUC of each tertile's positives against all negatives (mean ± sd "
+            "over seeds; seed-averaged probability). A constant score gets 0.500.",
+            "",
+            "| network | " + " | ".join(TERTILES) + " |",
+            "| --- |" + " --- |" * len(TERTILES),
+        ]
+        for name, row in block.get("networks", {}).items():
+            cells = [
+                f"{_fmt_spread(row['tertiles'][t].get('auc_vs_negatives'))}; "
+                f"{_fmt(row['tertiles'][t].get('seed_averaged_auc_vs_negatives'))}"
+                for t in TERTILES
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         comparisons = block.get("delong", [])
         if comparisons:
             lines += [

@@ -14,19 +14,27 @@ from benchmarks.store import REPO_ROOT, ResultStore, cohort_fingerprint, network
 
 
 def test_network_fingerprint_follows_the_function_not_the_call():
-    base = network_fingerprint("aam_student_small")
-    assert network_fingerprint("aam_student_small") == base  # deterministic
-    assert network_fingerprint("aam_student_small", {"width": 0.125}) != base  # another network
-    assert network_fingerprint("resnet18", {"widen_factor": 0.25}) != base
+    roi = (32, 32, 32)  # small, to keep the test quick; the benchmarks use the demo window
+    base = network_fingerprint("aam_student_small", roi=roi)
+    assert network_fingerprint("aam_student_small", roi=roi) == base  # deterministic
+    assert network_fingerprint("aam_student_small", {"width": 0.125}, roi=roi) != base  # another network
+    assert network_fingerprint("resnet18", {"widen_factor": 0.25}, roi=roi) != base
 
 
 def test_cohort_fingerprint_ignores_where_the_cohort_lies_but_not_what_it_holds(tmp_path):
     one = demo_cohort("hard", cases=24, size=32, seed=3, workdir=tmp_path / "a")
     two = demo_cohort("hard", cases=24, size=32, seed=3, workdir=tmp_path / "b")
-    other = demo_cohort("hard", cases=24, size=32, seed=4, workdir=tmp_path / "c")
     assert str(tmp_path / "a") in one.datalist.read_text()  # the datalist does hold machine paths ...
     assert cohort_fingerprint(one.truth_dir, one.datalist) == cohort_fingerprint(two.truth_dir, two.datalist)
-    assert cohort_fingerprint(one.truth_dir, one.datalist) != cohort_fingerprint(other.truth_dir, other.datalist)
+    # ... but another lesion volume (what a changed generator writes) is another cohort
+    truth = two.truth_dir / "truth.csv"
+    rows = truth.read_text().splitlines()
+    positive = next(i for i, row in enumerate(rows) if ",positive," in row)
+    fields = rows[positive].split(",")
+    fields[6] = str(float(fields[6]) + 1.0)  # lesion_volume_ml
+    rows[positive] = ",".join(fields)
+    truth.write_text("\n".join(rows) + "\n")
+    assert cohort_fingerprint(one.truth_dir, one.datalist) != cohort_fingerprint(two.truth_dir, two.datalist)
 
 
 def test_store_serves_a_unit_only_under_its_own_key_and_writes_no_machine_paths(tmp_path):
@@ -87,3 +95,20 @@ def test_network_option_strings_parse():
     assert small.parse_network("densenet121").options == {}
     with pytest.raises(SystemExit, match="not key=value"):
         small.parse_network("resnet18:widen")
+
+
+def test_tertile_auc_scores_each_third_against_every_negative():
+    import pandas as pd
+
+    # negatives score 0.1..0.4; the small positives 0.2 and 0.3 (half the pairs won), the large ones 0.9
+    table = pd.DataFrame(
+        {
+            "label": [0, 0, 0, 0, 1, 1, 1, 1, 1, 1],
+            "probability": [0.1, 0.2, 0.3, 0.4, 0.25, 0.05, 0.6, 0.6, 0.9, 0.95],
+            "lesion_volume_ml": [0, 0, 0, 0, 1.0, 1.5, 3.0, 3.5, 8.0, 9.0],
+        }
+    )
+    aucs = small.tertile_aucs(table, (2.0, 5.0))
+    # smallest third: 0.25 beats 0.1 and 0.2 (2 of 4), 0.05 beats none -> 2/8
+    assert aucs[small.TERTILES[0]] == pytest.approx(2 / 8)
+    assert aucs[small.TERTILES[1]] == pytest.approx(1.0) and aucs[small.TERTILES[2]] == pytest.approx(1.0)
