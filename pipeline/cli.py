@@ -33,7 +33,6 @@ STAGE_CLI_MODULES: tuple[str, ...] = (
     "pipeline.evaluation.cli",
     "pipeline.inference.cli",
     "pipeline.sharing.cli",
-    "pipeline.bench.cli",
 )
 
 

@@ -5,7 +5,7 @@ function bodies, ``if TYPE_CHECKING`` blocks alike), resolved to the ``pipeline`
 mapped to their stage's rank in the data flow (see ``/work/helpers/COMMON.md`` and ``ARCHITECTURE.md``)::
 
     errors / io / overrides / _lazy  ->  contracts  ->  data  ->  transforms  ->  networks  ->  training
-        ->  inference  ->  evaluation  ->  sharing  ->  bench / cli
+        ->  inference  ->  evaluation  ->  sharing  ->  cli
 
 An import of a higher-ranked stage is a back-edge. Where a lower stage needs behaviour of a higher one, the bundle
 config or the CLI composes them (a callable is injected), and shared file formats live in ``pipeline.contracts``.
@@ -51,7 +51,6 @@ _STAGE_OF_COMPONENT = {
     "inference": "inference",
     "evaluation": "evaluation",
     "sharing": "sharing",
-    "bench": "entry",
     "cli": "entry",
     "__main__": "entry",
 }
@@ -152,6 +151,25 @@ def upward_imports(root: Path) -> list[UpwardImport]:
 def test_no_module_imports_a_higher_stage():
     problems = upward_imports(REPO_ROOT)
     assert not problems, "imports against the data flow:\n" + "\n".join(map(str, problems))
+
+
+def test_the_package_never_imports_the_checkout_s_benchmarks_or_tests():
+    # the installed package holds only ``pipeline``: ``benchmarks/`` and ``tests/`` sit above it, in the checkout
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [
+                f"{path.relative_to(REPO_ROOT)}:{node.lineno}: {name}"
+                for name in names
+                if name.split(".")[0] in ("benchmarks", "tests")
+            ]
+    assert not found, "the package imports checkout-only code:\n" + "\n".join(found)
 
 
 def test_every_top_level_name_of_the_package_has_a_stage():

@@ -32,7 +32,7 @@ def test_documents_quote_the_localisation_results(document, results):
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
 def test_documents_quote_the_network_comparison(document):
-    from pipeline.bench.medmnist import headline
+    from benchmarks.medmnist import headline
 
     record = json.loads((RESULTS / "medmnist_adrenalmnist3d_aam_resnet18.json").read_text())
     sentence = headline(record)

@@ -23,6 +23,10 @@ Reported per model: per-seed test AUC with its DeLong CI (:func:`pipeline.evalua
 on ``val`` (Youden's J, the evaluate config's frozen operating point); mean ± sd over seeds; and the paired DeLong
 test (:func:`pipeline.evaluation.roc.delong_test`) of the AAM-ResNet and the student against each baseline on the
 seed-averaged test probabilities. Own code here is only the orchestration: MONAI has no MedMNIST runner.
+
+The command is :mod:`benchmarks.bench_medmnist` (``python -m benchmarks.bench_medmnist`` from a checkout, and an
+entry of ``make bench``); like every benchmark it measures the checkout (its bundle configs, its results folder), so
+it lives here and not in the installed ``pipeline`` package.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NPZ = REPO_ROOT.parent / "shared" / "data" / "medmnist" / "adrenalmnist3d.npz"
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BUNDLE_DIR = REPO_ROOT / "bundle"

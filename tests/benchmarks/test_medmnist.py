@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from pipeline.bench import medmnist
-from pipeline.bench.cli import add_medmnist_arguments, settings_from_args
+from benchmarks import medmnist
+from benchmarks.bench_medmnist import add_medmnist_arguments, settings_from_args
 from pipeline.contracts.datalist import select
 from pipeline.errors import UserError
 from pipeline.evaluation.roc import delong_test, roc_auc
