@@ -22,7 +22,7 @@ Each raw map is read back and finished three ways by :func:`pipeline.inference.m
 ``CasePredictor`` writes with ``heatmap_values=relative``): ``raw`` (as computed; the map the project wrote before),
 ``body`` (positive evidence, 0 outside the body, scaled to its maximum) and ``lungs`` (the same inside
 :func:`pipeline.inference.maps.lung_mask`). Each is scored with the case's lesion and lung masks
-(``aamct demo-data --masks``, same grid, checked) by :mod:`pipeline.evaluation.localisation`: pointing game (peak within ``--margin-mm`` of a lesion) with a
+(``aamct demo-data --masks``, same grid, checked) by :mod:`pipeline.inference.localisation`: pointing game (peak within ``--margin-mm`` of a lesion) with a
 Wilson interval, share of the in-lung map mass inside lesions (beside the lesions' own share of the lung, what a flat
 map would score), and voxel AUROC of map vs lesion inside the lung. Results: ``localisation.json`` (per variant,
 per case) and ``localisation.md`` (the summary table) beside it. The machine load is recorded; nothing here is
@@ -125,7 +125,7 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
 
     from pipeline.contracts import settings_for
     from pipeline.data.reader import read_volume
-    from pipeline.evaluation.localisation import load_on_same_grid, score_case, summarise_localisation
+    from pipeline.inference.localisation import load_on_same_grid, score_case, summarise_localisation
     from pipeline.inference import CasePredictor, DenseClassificationInferer
     from pipeline.inference.bundle import load_weights
     from pipeline.inference.maps import finish_map

@@ -758,7 +758,7 @@ def write_report(
         report: the :class:`EvaluationReport`.
         out_dir: output folder (created).
         title: HTML title.
-        gallery: the cohort's heatmap gallery (:mod:`pipeline.evaluation.gallery`), linked (relative) from the top.
+        gallery: the cohort's heatmap gallery (:mod:`pipeline.inference.gallery`), linked (relative) from the top.
 
     Returns:
         ``{"html", "json", "csv", "per_site", "misclassified", ...}`` paths.

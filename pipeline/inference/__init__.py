@@ -3,6 +3,10 @@
 * :mod:`~pipeline.inference.sliding`: :class:`DenseClassificationInferer`, MONAI's sliding window run on the
   network's dense class-activation map; the stitched map gives the case score (its spatial mean) and the heatmap.
 * :mod:`~pipeline.inference.heatmap`: the heatmap mapped back onto the source image's own grid, NIfTI and PNG montage.
+* :mod:`~pipeline.inference.maps`: the map kinds (occlusion, CAM, Grad-CAM, attention) and :class:`MapMaker`.
+* :mod:`~pipeline.inference.localisation`: does a map point at the lesion (pointing game, energy, voxel AUROC, the
+  position baselines), scored against lesion masks.
+* :mod:`~pipeline.inference.gallery`: ``gallery.html``, every case's map overlay of a scored cohort.
 * :mod:`~pipeline.inference.case`: :class:`CasePredictor`, load -> preprocess -> infer -> heatmap for one case.
 * :mod:`~pipeline.inference.cohort`: :class:`CohortRunner`, the resumable, shardable batch job and its tables.
 * :mod:`~pipeline.inference.bundle`: bundle folder / zip, its inference config, weights and class names.

@@ -294,7 +294,7 @@ class CohortRunner:
         write_report: ``write_report(report, folder, title=..., gallery=...)``
             (:func:`pipeline.evaluation.report.write_report`).
         write_gallery: ``write_gallery(output_dir)`` writing ``gallery.html`` from ``predictions.csv``
-            (:func:`pipeline.evaluation.gallery.write_gallery`), called after every merge when heatmaps are
+            (:func:`pipeline.inference.gallery.write_gallery`), called after every merge when heatmaps are
             written; the report links it. Injected like the report. ``None``: no gallery.
         dicom_outputs: ``dicom_outputs(image=..., heatmap=..., case_id=..., probability=..., threshold=...)`` writing
             a scored DICOM case's Parametric Map and SR (:class:`pipeline.inference.dicom_outputs.DicomOutputWriter`,

@@ -31,7 +31,7 @@ scaled (:func:`finish_map`).
 What the values are is written into the NIfTI header (``descrip`` and ``intent_name``, see :func:`map_description`).
 The maps are evidence displays, not segmentations: they say where the network's evidence for a positive call lies,
 at the resolution of the layer they come from, and are scored against lesion masks in
-:mod:`pipeline.evaluation.localisation` (``benchmarks/bench_localisation.py``).
+:mod:`pipeline.inference.localisation` (``benchmarks/bench_localisation.py``).
 
 MONAI has no body or lung mask for CT; :func:`body_mask` is written here with scipy (threshold, largest component,
 per-slice hole filling).

@@ -7,7 +7,8 @@ demo generator's, ``aamct demo-data --masks``, or any lesion / lung segmentation
   map's maximum lies inside the lesion mask dilated by ``margin_mm`` (a Euclidean distance on the voxel spacing,
   :func:`scipy.ndimage.distance_transform_edt`). A map with no positive value (nothing highlighted) is a miss; ties
   for the maximum are broken by the first voxel in C order. The cohort figure is the hit rate with a Wilson interval
-  (:func:`pipeline.evaluation.operating_point.proportion_with_ci`).
+  (statsmodels' ``proportion_confint``, as :func:`pipeline.evaluation.operating_point.proportion_with_ci` gives it;
+  map scoring sits beside the maps, below evaluation in the data flow, so it asks statsmodels itself).
 * **energy inside lesions**: the share of the map's (non-negative) mass inside the lung that lies in lesions: 1 when
   every highlighted lung voxel is lesion, the lesion share of the lung for a flat map. Reported beside the lesions'
   own share of the lung (the flat-map baseline).
@@ -34,9 +35,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
+from statsmodels.stats.proportion import proportion_confint
 
 from pipeline.errors import UserError
-from pipeline.evaluation.operating_point import proportion_with_ci
 
 __all__ = [
     "DEFAULT_MARGIN_MM",
@@ -46,6 +47,7 @@ __all__ = [
     "position_baselines",
     "lesion_energy_fraction",
     "pointing_game_hit",
+    "hit_rate_with_ci",
     "score_case",
     "summarise_localisation",
     "voxel_auroc",
@@ -181,13 +183,13 @@ def summarise_localisation(
         median, n; ``lesion_share_of_lung``: mean; ``cases``: the per-case figures).
     """
     hits = sum(score.hit for score in scores)
-    estimate = proportion_with_ci(hits, len(scores), confidence=confidence, what="pointing-game hit rate")
+    rate, ci = hit_rate_with_ci(hits, len(scores), confidence=confidence)
     return {
         "margin_mm": margin_mm,
         "n_cases": len(scores),
         "pointing_game": {
-            "rate": estimate.value,
-            "ci": list(estimate.ci) if estimate.ci else None,
+            "rate": rate,
+            "ci": ci,
             "ci_method": "wilson",
             "hits": hits,
             "n": len(scores),
@@ -230,6 +232,14 @@ def load_on_same_grid(*paths: str | os.PathLike, atol: float = 1e-3) -> tuple[li
             )
         arrays.append(data)
     return arrays, affine
+
+
+def hit_rate_with_ci(hits: int, n: int, *, confidence: float = 0.95) -> tuple[float | None, list[float] | None]:
+    """A hit rate with its Wilson interval; ``(None, None)`` for no cases."""
+    if n == 0:
+        return None, None
+    lower, upper = proportion_confint(hits, n, alpha=1.0 - confidence, method="wilson")
+    return hits / n, [float(lower), float(upper)]
 
 
 def _same_shape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,14 +290,13 @@ class PositionBaselines:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: each baseline as ``{"rate", "ci", "hits", "n"}`` (Wilson CIs; the random point: rate only)."""
 
-        def rate(hits: Sequence[bool], what: str) -> dict[str, Any]:
-            estimate = proportion_with_ci(int(sum(hits)), len(hits), what=what)
-            ci = list(estimate.ci) if estimate.ci else None
-            return {"rate": estimate.value, "ci": ci, "hits": int(sum(hits)), "n": len(hits)}
+        def rate(hits: Sequence[bool]) -> dict[str, Any]:
+            value, ci = hit_rate_with_ci(int(sum(hits)), len(hits))
+            return {"rate": value, "ci": ci, "hits": int(sum(hits)), "n": len(hits)}
 
         return {
-            "position_prior_peak": rate(self.hits_peak, "position-prior hit rate"),
-            "position_prior_mean": rate(self.hits_mean, "mean-position hit rate"),
+            "position_prior_peak": rate(self.hits_peak),
+            "position_prior_mean": rate(self.hits_mean),
             "random_point_in_lung": {"rate": self.random_in_lung, "n": self.n_cases, "expected": True},
         }
 

@@ -8,7 +8,7 @@ import pytest
 from statsmodels.stats.proportion import proportion_confint
 
 from pipeline.errors import UserError
-from pipeline.evaluation.localisation import (
+from pipeline.inference.localisation import (
     lesion_energy_fraction,
     load_on_same_grid,
     pointing_game_hit,

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.evaluation.gallery import gallery_rows, write_gallery
+from pipeline.inference.gallery import gallery_rows, write_gallery
 from pipeline.evaluation.report import evaluate_predictions, write_report
 from pipeline.inference.cohort import CohortRunner
 from tests.inference.helpers import chest_like_volume, make_predictor, tiny_network, write_nifti
