@@ -2,12 +2,23 @@
 
 Stages (one sub-package each): ``data`` (ingestion, manifests, splits, demo cohort), ``transforms``,
 ``networks`` (AAM-ResNet-3D and baselines), ``training``, ``inference``, ``evaluation``, ``sharing``.
+
+``__version__`` is the one version of the project: the distribution's (pyproject.toml reads this assignment
+statically, ``[tool.setuptools.dynamic]``), so ``importlib.metadata.version("aamct")`` and ``aamct --version`` say
+it, and the bundle's (``bundle/configs/metadata.json`` "version" and its ``required_packages_version["aamct"]``
+hold the same string, which ``tests/test_version.py`` asserts). Why the literal lives here and the bundle copies it,
+not the other way round: ``bundle/`` is not part of the installed package, so a non-editable install could not read
+metadata.json at import time, and setuptools reads a literal assignment without importing anything. Release: change
+this line, the two fields of metadata.json (plus a changelog entry), and reinstall (``pip install --no-deps -e .``)
+so the installed distribution's metadata follows. An exported bundle's own version is a release of trained weights
+(:func:`pipeline.sharing.export_bundle` bumps it from the source bundle's) and records this package version under
+``required_packages_version["aamct"]``.
 """
 
 import logging as _logging
 import warnings as _warnings
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]
 
