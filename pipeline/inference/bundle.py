@@ -34,6 +34,7 @@ __all__ = [
     "load_inference_config",
     "load_weights",
     "read_class_names",
+    "read_state_dict",
     "resolve_bundle",
 ]
 
@@ -153,6 +154,39 @@ def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str
     return parser
 
 
+def read_state_dict(
+    checkpoint: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> Mapping[str, torch.Tensor]:
+    """The state dict of a checkpoint: a bare one (MONAI's layout) or one nested under ``model`` / ``network`` /
+    ``state_dict``, read with ``weights_only=True`` (a shared checkpoint cannot run code).
+
+    Args:
+        checkpoint: path of the weights.
+        map_location: where tensors are loaded.
+
+    Returns:
+        Parameter / buffer name -> tensor.
+
+    Raises:
+        UserError: if the file is missing or unreadable, or holds no state dict.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"{path}: model weights not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt / foreign file
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if isinstance(state, Mapping):
+        for key in ("model", "network", "state_dict"):
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise UserError(f"{path}: holds no state dict")
+    return state
+
+
 def load_weights(
     network: torch.nn.Module, checkpoint: str | os.PathLike, *, map_location: str | torch.device = "cpu"
 ) -> torch.nn.Module:
@@ -173,19 +207,7 @@ def load_weights(
         UserError: if the file is missing or unreadable, or does not match the network.
     """
     path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"{path}: model weights not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for a corrupt / foreign file
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})") from None
-    if isinstance(state, Mapping):
-        for key in ("model", "network", "state_dict"):
-            if isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping):
-        raise UserError(f"{path}: holds no state dict")
+    state = read_state_dict(path, map_location=map_location)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -3,7 +3,7 @@
 * :func:`export_bundle` -- ``aamct bundle export``: ``NAME_vVERSION.zip`` in MONAI's archive layout, ``model.pt``
   state dict, TorchScript classifier ``model.ts`` and dense map ``model_dense.ts`` (through MONAI ``ckpt_export``),
   model card and ``eval_metrics`` from the run's ``metrics.json``, portable config paths, ``large_files.yml``,
-  version bump + changelog, ``checksums.sha256``;
+  a new version for new weights only + changelog, ``checksums.sha256``;
 * :func:`verify_bundle` -- ``aamct bundle verify``: checksums, metadata schema (offline), weights-only loading,
   ``verify_net_in_out``, a listing of every ``$`` expression and ``_target_``;
 * :func:`inspect_bundle` -- ``aamct bundle inspect``: the model card summary.

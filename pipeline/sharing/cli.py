@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         help="write NAME.zip: MONAI bundle layout, TorchScript model, model card, checksums",
         description="Export a trained bundle as NAME.zip (NAME/configs, NAME/models/model.pt + model.ts, "
-        "NAME/docs/README.md model card, NAME/LICENSE, NAME/checksums.sha256) with a patch version bump and a "
-        "changelog entry. The source bundle is not modified.",
+        "NAME/docs/README.md model card, NAME/LICENSE, NAME/checksums.sha256) with a changelog entry. New weights "
+        "get a new version (the source's or the newest earlier NAME_v*.zip's in the output folder, bumped); the "
+        "same weights keep the version of their earlier export. The source bundle is not modified.",
     )
     export.add_argument("--bundle", type=Path, required=True, help="source bundle folder (configs/, LICENSE)")
     export.add_argument(
@@ -52,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--datalist", type=Path, help="training datalist JSON (data summary, PHI guard)")
     export.add_argument("--name", help="bundle name (default: the zip's stem)")
-    export.add_argument("--bump", choices=("patch", "minor", "major"), default="patch", help="version part to bump")
+    export.add_argument(
+        "--bump", choices=("patch", "minor", "major"), default="patch", help="version part to bump (for new weights)"
+    )
     export.add_argument("--message", help="changelog text for the new version")
     export.add_argument("--network-config", help="config under configs/ holding network_def (default: inference.json)")
     export.add_argument(

@@ -3,7 +3,8 @@
 The zip is named ``NAME_vVERSION.zip`` (the model zoo's convention, what ``monai.bundle download`` fetches) and
 holds MONAI's archive layout, every member under ``NAME/``::
 
-    NAME/configs/metadata.json              version bumped, changelog, model card, eval_metrics, operating point
+    NAME/configs/metadata.json              release version, changelog, weights digest, model card, eval_metrics,
+                                            operating point
     NAME/configs/inference.json ...         the source bundle's configs (they import ``pipeline``), with portable
                                             paths (bundle_root ".", no repository or absolute path)
     NAME/configs/inference_torchscript.json stock-MONAI inference on models/model_dense.ts (no ``pipeline`` anywhere)
@@ -25,6 +26,9 @@ MONAI's sliding window over the network's dense class-activation map and averagi
 ``inference_torchscript.json`` does the same with stock ``SlidingWindowInferer`` + a spatial mean + softmax and gets
 the same numbers for any volume size. The exporter checks that on a synthetic CT volume before writing the zip
 (``parity``), and that ``model.ts`` returns the shape the metadata states.
+
+The release version is new only for new weights (:mod:`pipeline.sharing.release`): exporting the same weights again
+keeps the version an earlier export in the output folder (or the source metadata) gave them.
 
 Before zipping, the staged bundle is searched for the cohort's patient identifiers (:mod:`pipeline.sharing.phi_guard`)
 and the metadata is validated against the repository's MONAI metadata schema; either failing stops the export.
@@ -53,7 +57,7 @@ from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.sharing.archive import BUNDLE_NAME_PATTERN, write_bundle_zip
 from pipeline.sharing.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums, sha256_of_file
 from pipeline.sharing.config_listing import code_references, load_config_file, references_to_package
-from pipeline.sharing.metadata import VersionPart, bump_version, metadata_problems, release_metadata
+from pipeline.sharing.metadata import VersionPart, metadata_problems, release_metadata
 from pipeline.sharing.model_card import (
     DENSE_MODEL_FILE,
     MODEL_CARD_KEY,
@@ -63,6 +67,13 @@ from pipeline.sharing.model_card import (
 )
 from pipeline.sharing.monai_logs import quiet_monai_bundle_logs
 from pipeline.sharing.phi_guard import collect_phi_values, datalist_images, find_phi
+from pipeline.sharing.release import (
+    SOURCE_VERSION_KEY,
+    WEIGHTS_DIGEST_KEY,
+    earlier_releases,
+    release_version,
+    state_dict_sha256,
+)
 
 __all__ = [
     "DENSE_MODEL_FILE",
@@ -130,6 +141,9 @@ class ExportResult:
         name: bundle name (top-level folder in the zip).
         version: the released version.
         previous_version: the source bundle's version.
+        weights_sha256: digest of the shipped weights (:func:`pipeline.sharing.release.state_dict_sha256`).
+        version_kept_from: the earlier release of the same weights whose version was kept (a zip name or
+            ``"the source metadata"``); ``None`` when the export released a new version.
         members: member paths relative to ``NAME/``.
         parity_max_abs_diff: largest eager-vs-TorchScript-config probability difference on the synthetic volume,
             or ``None`` when the check was skipped.
@@ -145,6 +159,8 @@ class ExportResult:
     parity_max_abs_diff: float | None
     phi_fields_checked: tuple[str, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    weights_sha256: str = ""
+    version_kept_from: str | None = None
 
     def summary(self) -> str:
         """Lines for the terminal."""
@@ -594,8 +610,10 @@ def export_bundle(
             frozen threshold.
         datalist: the training datalist JSON, for the card's data summary and the PHI guard.
         name: bundle name (default: the zip's stem).
-        bump: semantic-version part to increase.
-        change: changelog text for the new version (default: a description of this export).
+        bump: semantic-version part to increase when the weights are new (the same weights keep the version of
+            their earlier export, :mod:`pipeline.sharing.release`).
+        change: changelog text for the version (default: the earlier release's entry when the version is kept, else
+            a description of this export).
         network_config: config file under ``configs/`` holding ``net_id`` (default: first of
             :data:`EAGER_CONFIG_CANDIDATES` that has it).
         net_id: id of the network definition in that config.
@@ -621,15 +639,22 @@ def export_bundle(
             f"--bundle bundle --checkpoint {source / 'models' / 'model.pt'}"
         )
     source_meta = _read_json_object(configs / "metadata.json", "bundle metadata")
-    released_version = bump_version(str(source_meta.get("version")), bump) if "version" in source_meta else None
-    if released_version is None:
+    if "version" not in source_meta:
         raise UserError(f"{configs / 'metadata.json'}: missing required key 'version' (cannot bump the bundle version)")
-    bundle_name, out_zip = _out_zip(out, name, released_version)
+    source_version = str(source_meta["version"])
+    bundle_name, out_zip = _out_zip(out, name, source_version)  # the folder and name; the version follows below
     if not BUNDLE_NAME_PATTERN.match(bundle_name):
         raise UserError(f"{out}: bundle name {bundle_name!r} must be letters, digits, '_', '-' or '.'")
     checkpoint_path = Path(checkpoint) if checkpoint is not None else source / "models" / "model.pt"
     if not checkpoint_path.is_file():
         raise UserError(f"{checkpoint_path}: trained weights not found (train first, or pass --checkpoint)")
+    from pipeline.inference.bundle import load_weights, read_state_dict
+
+    weights_sha256 = state_dict_sha256(read_state_dict(checkpoint_path))
+    release = release_version(
+        source_meta, weights_sha256=weights_sha256, earlier=earlier_releases(out_zip.parent, bundle_name), part=bump
+    )
+    out_zip = out_zip.parent / zip_name(bundle_name, release.version)
     license_path = _find_license(source)
     run_summary: RunSummary | None = read_run_summary(report) if report is not None else None
     datalist_data = _read_json_object(Path(datalist), "datalist") if datalist is not None else None
@@ -646,6 +671,11 @@ def export_bundle(
         raise UserError(f"{ts_source}: {ts_imports[0].key_path} uses the pipeline package; recipients only have MONAI")
 
     notes: list[str] = []
+    if release.kept_from is not None:
+        notes.append(
+            f"weights unchanged since {release.kept_from} (sha256 {weights_sha256[:12]}): version {release.version} "
+            "kept"
+        )
     if run_summary is None:
         notes.append("no --report: the model card shows no measured performance and no frozen threshold")
     if data_summary is None:
@@ -667,12 +697,20 @@ def export_bundle(
         shutil.copyfile(license_path, root / "LICENSE")
 
         # metadata first: ckpt_export embeds it in the TorchScript files
-        weights_note = f"weights sha256 {sha256_of_file(checkpoint_path)[:12]}"
+        weights_note = f"weights sha256 {weights_sha256[:12]}"
         released = release_metadata(
             source_meta,
-            part=bump,
+            version=release.version,
             change=change
             or f"exported with aamct bundle export ({weights_note}; model.ts classifier, model_dense.ts dense map)",
+        )
+        if change is None and release.changelog_entry:
+            released["changelog"][release.version] = release.changelog_entry  # the same release, told the same
+        released[WEIGHTS_DIGEST_KEY] = weights_sha256
+        released[SOURCE_VERSION_KEY] = (
+            source_meta.get(SOURCE_VERSION_KEY, source_version)
+            if release.kept_from == "the source metadata"
+            else source_version
         )
         card = build_model_card(released, name=bundle_name, run_summary=run_summary, data_summary=data_summary)
         card["dense_model"] = DENSE_MODEL_FILE
@@ -706,8 +744,6 @@ def export_bundle(
             write_text_atomic(eager_staged, json.dumps(staged, indent=2) + "\n")
         eager = _eager_parser(eager_staged, meta_path, root)
         eager["device"] = "$torch.device('cpu')"
-        from pipeline.inference.bundle import load_weights
-
         network = load_weights(_parsed(eager, net_id, eager_staged), checkpoint_path).eval()
         state = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
         torch.save(state, root / "models" / "model.pt")
@@ -768,9 +804,11 @@ def export_bundle(
         zip_path=out_zip,
         name=bundle_name,
         version=released["version"],
-        previous_version=str(source_meta.get("version")),
+        previous_version=source_version,
         members=members,
         parity_max_abs_diff=parity,
         phi_fields_checked=phi_fields,
         notes=tuple(notes),
+        weights_sha256=weights_sha256,
+        version_kept_from=release.kept_from,
     )

@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline import __version__
 from pipeline.errors import UserError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "load_metadata_schema",
     "metadata_problems",
     "release_metadata",
+    "version_key",
 ]
 
 #: the MONAI bundle metadata schema, kept in the repository for offline validation
@@ -107,6 +109,19 @@ def _describe(error) -> str:
     return f"{where}: {message}" if where else message
 
 
+def version_key(version: str) -> tuple[int, int, int]:
+    """``(major, minor, patch)`` of a semantic version, for ordering (``0.3.10`` after ``0.3.9``; suffixes ignored).
+
+    Raises:
+        UserError: if ``version`` is not a semantic version.
+    """
+    match = _SEMVER.match(str(version).strip())
+    if match is None:
+        raise UserError(f"metadata.json: version {version!r} is not a semantic version MAJOR.MINOR.PATCH")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
 def bump_version(version: str, part: VersionPart = "patch") -> str:
     """The next semantic version (``0.1.3`` -> ``0.1.4`` for ``patch``; lower parts reset, suffixes dropped).
 
@@ -120,10 +135,7 @@ def bump_version(version: str, part: VersionPart = "patch") -> str:
     Raises:
         UserError: if ``version`` is not a semantic version or ``part`` is unknown.
     """
-    match = _SEMVER.match(str(version).strip())
-    if match is None:
-        raise UserError(f"metadata.json: version {version!r} is not a semantic version MAJOR.MINOR.PATCH")
-    major, minor, patch = (int(g) for g in match.groups())
+    major, minor, patch = version_key(version)
     if part == "major":
         return f"{major + 1}.0.0"
     if part == "minor":
@@ -145,18 +157,24 @@ def release_metadata(
     *,
     part: VersionPart = "patch",
     change: str,
+    version: str | None = None,
     today: _dt.date | None = None,
 ) -> dict[str, Any]:
     """A copy of the metadata for a release: version bumped, changelog entry on top, software versions of this run.
 
     The source metadata is not modified. ``monai_version`` / ``pytorch_version`` / ``numpy_version`` are set to the
-    versions the export runs with (the bundle spec defines them as the versions the bundle was generated on), and the
-    ``schema`` key is filled in when absent so that ``python -m monai.bundle verify_metadata`` can run.
+    versions the export runs with (the bundle spec defines them as the versions the bundle was generated on), the
+    package-version table (``required_packages_version``, or the older ``optional_packages_version`` where the source
+    uses that name) gets this package's ``aamct`` version (``pipeline.__version__``, the code the configs' ``_target_``
+    entries need), and the ``schema`` key is filled in when absent so that ``python -m monai.bundle verify_metadata``
+    can run.
 
     Args:
         metadata: the source bundle's metadata.
         part: version part to bump.
         change: what changed, one line (the date is prefixed).
+        version: the release's version (default: the source's with ``part`` bumped), e.g. the version of an earlier
+            release of the same weights.
         today: the release date (default: today, UTC).
 
     Returns:
@@ -168,16 +186,23 @@ def release_metadata(
     if "version" not in metadata:
         raise UserError("metadata.json: missing required key 'version' (cannot bump the bundle version)")
     released = json.loads(json.dumps(dict(metadata)))  # deep copy, JSON types only
-    new_version = bump_version(released["version"], part)
+    new_version = bump_version(released["version"], part) if version is None else str(version)
+    version_key(new_version)  # a given version must be semantic too
     date = (today or _dt.datetime.now(_dt.timezone.utc).date()).isoformat()
     changelog = released.get("changelog") or {}
     if not isinstance(changelog, Mapping):
         raise UserError("metadata.json: changelog must be an object mapping versions to descriptions")
     released["version"] = new_version
-    released["changelog"] = {new_version: f"{date}: {' '.join(change.split())}", **changelog}
+    earlier = {key: text for key, text in changelog.items() if key != new_version}
+    released["changelog"] = {new_version: f"{date}: {' '.join(change.split())}", **earlier}
     released.setdefault("schema", METADATA_SCHEMA_URL)
     for key, distribution in (("monai_version", "monai"), ("pytorch_version", "torch"), ("numpy_version", "numpy")):
         installed = _installed_version(distribution)
         if installed is not None:
             released[key] = installed
+    packages_key = (
+        "optional_packages_version" if "optional_packages_version" in released else "required_packages_version"
+    )
+    packages = released.get(packages_key)
+    released[packages_key] = {**(packages if isinstance(packages, Mapping) else {}), "aamct": __version__}
     return released

@@ -126,3 +126,23 @@ def test_release_bumps_and_logs_without_touching_the_source(metadata):
     assert set(metadata["changelog"]) < set(released["changelog"])
     assert released["pytorch_version"] == importlib.metadata.version("torch")
     assert metadata_problems(released) == []
+
+
+@pytest.mark.parametrize("packages_key", ["required_packages_version", "optional_packages_version"])
+def test_release_records_this_package_version(metadata, packages_key):
+    import pipeline
+
+    metadata.pop("required_packages_version", None)
+    metadata[packages_key] = {"aamct": "0.0.1", "nibabel": "5.0"}
+    released = release_metadata(metadata, change="x")
+    assert released[packages_key] == {"aamct": pipeline.__version__, "nibabel": "5.0"}
+    assert ("optional_packages_version" in released) == (packages_key == "optional_packages_version")
+
+
+def test_release_with_a_given_version_replaces_its_changelog_entry(metadata):
+    metadata["changelog"] = {"0.3.1": "old text", **metadata["changelog"]}
+    released = release_metadata(metadata, change="again", version="0.3.1", today=dt.date(2025, 1, 2))
+    assert released["version"] == "0.3.1"
+    assert list(released["changelog"]).count("0.3.1") == 1 and released["changelog"]["0.3.1"] == "2025-01-02: again"
+    with pytest.raises(UserError, match="semantic version"):
+        release_metadata(metadata, change="x", version="v1")
