@@ -3,7 +3,9 @@
 Checked on the real JPEG 2000 series of ../shared/data (skipped when absent) and on generated series whose headers
 carry PatientName / PatientID / BirthDate and whose slices are stored out of order with a flipped orientation. The
 map's values are looked up through the Parametric Map's own per-frame geometry (positions, orientation, spacing),
-not through the writer's mapping, and compared with the NIfTI heatmap at the same world point.
+not through the writer's mapping, turned into real-world values by the file's own Real World Value Mapping (16-bit
+stored values, ``value = stored * slope + intercept``), and compared with the NIfTI heatmap at the same world point
+(within half a quantisation step).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+import pipeline
 from pipeline.data.reader import read_volume
 from pipeline.errors import UserError
 from pipeline.inference.dicom_outputs import write_dicom_outputs
@@ -65,6 +68,14 @@ def _pm_value_at(pm: pydicom.Dataset, frames: np.ndarray, world_ras: np.ndarray)
     return float(frames[frame, row, column])
 
 
+def _real_world_frames(pm: pydicom.Dataset) -> tuple[np.ndarray, float]:
+    """``(frames as real-world values, slope)`` through the map's own Real World Value Mapping (float64)."""
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    slope, intercept = float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)
+    assert (int(mapping.RealWorldValueFirstValueMapped), int(mapping.RealWorldValueLastValueMapped)) == (0, 65535)
+    return pm.pixel_array.astype(np.float64) * slope + intercept, slope
+
+
 def _referenced_uids(dataset: pydicom.Dataset) -> set[str]:
     """Every ReferencedSOPInstanceUID anywhere in the dataset."""
     found = set()
@@ -109,12 +120,13 @@ def _check_outputs(series: Path, outputs, heatmap: np.ndarray, affine: np.ndarra
             "SeriesInstanceUID"
         )
     assert int(pm.NumberOfFrames) == len(source_uids)
-    frames = pm.pixel_array.astype(np.float32)
+    assert (pm.BitsAllocated, pm.BitsStored, pm.PixelRepresentation) == (16, 16, 0) and "FloatPixelData" not in pm
+    frames, slope = _real_world_frames(pm)
     rng = np.random.default_rng(7)
     voxels = [tuple(int(rng.integers(0, n)) for n in heatmap.shape) for _ in range(3)]
     for voxel in voxels:
         world = affine[:3, :3] @ np.asarray(voxel, dtype=float) + affine[:3, 3]
-        assert _pm_value_at(pm, frames, world) == pytest.approx(float(heatmap[voxel]), abs=1e-6), voxel
+        assert _pm_value_at(pm, frames, world) == pytest.approx(float(heatmap[voxel]), abs=slope / 2 + 1e-6), voxel
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
@@ -211,6 +223,50 @@ def test_sr_holds_the_score_threshold_and_decision(tmp_path):
         assert values["Probability of positive"] == pytest.approx(probability)
         assert values["Frozen operating threshold"] == pytest.approx(0.4)
         assert ("positive at operating point", meaning) in decisions
+
+
+def test_parametric_map_is_16_bit_and_reads_back_through_its_mapping(tmp_path):
+    """Every voxel of the NIfTI heatmap, read back from the file (pixel * slope + intercept, located through the
+    map's own geometry), within half a step; the 65536 levels span exactly the map's range; two bytes a pixel."""
+    series = _generated(tmp_path)
+    heatmap, affine = _nifti_heatmap(series, tmp_path / "case.nii.gz", dtype="float32")
+    outputs = write_dicom_outputs(
+        series, heatmap, affine, tmp_path / "dicom", case_id="case-q", probability=0.5, threshold=0.4
+    )
+    pm = pydicom.dcmread(outputs.parametric_map)
+    assert pm.BitsAllocated == 16 and pm.pixel_array.dtype == np.uint16
+    assert str(pm.SoftwareVersions) == pipeline.__version__
+    frames, slope = _real_world_frames(pm)
+    low, high = float(heatmap.min()), float(heatmap.max())
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert float(mapping.RealWorldValueIntercept) == pytest.approx(low, abs=1e-12)
+    assert slope == pytest.approx((high - low) / 65535, rel=1e-9)  # no level wasted: the step is as fine as it gets
+    errors = [
+        abs(_pm_value_at(pm, frames, affine[:3, :3] @ np.asarray(voxel, dtype=float) + affine[:3, 3]) - heatmap[voxel])
+        for voxel in np.ndindex(*heatmap.shape)
+    ]
+    assert max(errors) <= slope / 2 + 1e-7, max(errors)
+    pixels = int(pm.NumberOfFrames) * int(pm.Rows) * int(pm.Columns)
+    assert len(pm.PixelData) == 2 * pixels
+    # the whole stored range is used, and the default window shows the map's min..max
+    assert int(pm.pixel_array.min()) == 0 and int(pm.pixel_array.max()) == 65535
+    window = pm.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert (float(window.WindowCenter), float(window.WindowWidth)) == (32767.5, 65535.0)
+
+
+def test_a_constant_map_reads_back_exactly_and_a_nan_map_is_refused(tmp_path):
+    series = _generated(tmp_path)
+    volume, meta = read_volume(series)
+    constant = np.full(volume.shape, 0.25, dtype=np.float32)
+    outputs = write_dicom_outputs(
+        series, constant, meta["affine"], tmp_path / "c", case_id="c", probability=0.1, threshold=0.5
+    )
+    frames, _ = _real_world_frames(pydicom.dcmread(outputs.parametric_map))
+    assert np.array_equal(frames, np.full(frames.shape, 0.25))
+    broken = constant.copy()
+    broken[0, 0, 0] = np.nan
+    with pytest.raises(UserError, match="1 NaN or infinite values"):
+        write_dicom_outputs(series, broken, meta["affine"], tmp_path / "n", case_id="n", probability=0.1, threshold=0.5)
 
 
 def test_keep_patient_identity_copies_the_source_patient(tmp_path):
