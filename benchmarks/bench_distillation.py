@@ -49,9 +49,9 @@ from monai.data import CacheDataset, DataLoader, Dataset
 from monai.losses import FocalLoss
 from monai.transforms import Compose, RandFlipd, SpatialPadd
 
+from benchmarks.store import write_result_json
 from pipeline.evaluation.checks import UndefinedStatisticError
 from pipeline.evaluation.roc import auc_summary, delong_test
-from pipeline.io import write_json_atomic
 from pipeline.networks import build
 from pipeline.training.cascade import DistillationCascade, load_state_dict, predict_scores
 
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "load_average": list(os.getloadavg()),
                 **interleaved_latency(_networks(args), block["roi_size"]),
             }
-            write_json_atomic(args.out, results)
+            write_result_json(args.out, results)
         logger.info("wrote %s", args.out)
         return 0
     with tempfile.TemporaryDirectory(prefix="bench_distillation_") as scratch:
@@ -441,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
                 **block,
             }
-            write_json_atomic(args.out, results)  # after every dataset, so a long run keeps what it finished
+            write_result_json(args.out, results)  # after every dataset, so a long run keeps what it finished
     logger.info("wrote %s", args.out)
     return 0
 

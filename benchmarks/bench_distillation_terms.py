@@ -57,9 +57,15 @@ from benchmarks.demo_models import (  # noqa: E402
     demo_cohort,
     trained_demo_model,
 )
-from benchmarks.store import ResultStore, code_versions, cohort_fingerprint, network_fingerprint  # noqa: E402
+from benchmarks.store import (  # noqa: E402
+    ResultStore,
+    code_versions,
+    cohort_fingerprint,
+    network_fingerprint,
+    write_result_json,
+    write_result_text,
+)
 from pipeline.evaluation.roc import UndefinedStatisticError, delong_ci, delong_test_row, roc_auc  # noqa: E402
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 __all__ = ["CONFIGURATIONS", "STUDENT", "aggregate", "main", "render_markdown"]
 
@@ -357,8 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
-    write_json_atomic(output, result)
-    write_text_atomic(output.with_suffix(".md"), render_markdown(result))
+    write_result_json(output, result)
+    write_result_text(output.with_suffix(".md"), render_markdown(result))
     print(f"[distillation_terms] wrote {output.name} (+ .md)")
     return 0
 

@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import scipy
     import sklearn
 
-    from pipeline.io import write_json_atomic
+    from benchmarks.store import write_result_json
 
     results: dict[str, Any] = {
         "benchmark": "evaluation",
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for n_cases in args.sizes:
         results["sizes"].append(_one_size(n_cases, repeats=args.repeats, n_resamples=args.n_resamples, seed=args.seed))
     results["config"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
-    write_json_atomic(args.out, results)
+    write_result_json(args.out, results)
     print(f"results -> {args.out}")
     return results
 

@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import monai
     import torch
 
-    from pipeline.io import write_json_atomic
+    from benchmarks.store import write_result_json
     from tests.data.dicom_factory import write_ct_series
 
     settings = _settings(args)
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "taken on a machine shared with other jobs (see the load averages): indicative only; "
         "rerun on an idle machine for reference figures"
     )
-    write_json_atomic(args.output, results)
+    write_result_json(args.output, results)
     print(f"wrote {args.output}")
     return results
 

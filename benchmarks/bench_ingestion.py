@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import SimpleITK as sitk
     from pydicom.uid import JPEG2000Lossless
 
-    from pipeline.io import write_json_atomic
+    from benchmarks.store import write_result_json
     from tests.data.dicom_factory import write_ct_series
 
     results: dict[str, Any] = {
@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["read_real_jpeg2000"] = f"skipped: {REAL_SERIES} not found"
     results["goals"] = _goals(results)
     results["config"]["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
-    write_json_atomic(args.out, results)
+    write_result_json(args.out, results)
     print("goals:", results["goals"], flush=True)
     print(f"results -> {args.out}")
     return results

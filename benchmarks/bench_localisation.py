@@ -125,9 +125,9 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
 
     from pipeline.contracts import settings_for
     from pipeline.data.reader import read_volume
-    from pipeline.inference.localisation import load_on_same_grid, score_case, summarise_localisation
     from pipeline.inference import CasePredictor, DenseClassificationInferer
     from pipeline.inference.bundle import load_weights
+    from pipeline.inference.localisation import load_on_same_grid, score_case, summarise_localisation
     from pipeline.inference.maps import finish_map
     from pipeline.networks import attention_modules, build
     from pipeline.transforms import infer_transforms
@@ -276,10 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg()[0],
     }
-    from pipeline.io import write_json_atomic, write_text_atomic
+    from benchmarks.store import write_result_json, write_result_text
 
-    write_json_atomic(args.output, record)
-    write_text_atomic(args.output.with_suffix(".md"), render_table(record))
+    write_result_json(args.output, record)
+    write_result_text(args.output.with_suffix(".md"), render_table(record))
     print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
     return 0
 

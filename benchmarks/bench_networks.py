@@ -54,8 +54,8 @@ from monai.networks.nets import resnet50 as monai_resnet50
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.store import write_result_json
 from pipeline.inference.sliding import DEFAULT_CPU_FORM
-from pipeline.io import write_json_atomic
 from pipeline.networks import PAPER_FORM, attention_modules, available, build, network_spec, optimized_for_inference
 from pipeline.networks.baselines import monai_resnet
 
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["total_seconds"] = round(time.perf_counter() - started, 1)
-    path = write_json_atomic(args.output, result)
+    path = write_result_json(args.output, result)
     print(f"[networks] wrote {path} in {result['total_seconds']} s")
     for name, record in records.items():
         deployed = record.get("deployed", {}).get("median_s")

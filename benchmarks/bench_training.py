@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     import torch
 
+    from benchmarks.store import write_result_json
     from pipeline.errors import UserError
-    from pipeline.io import write_json_atomic
 
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="aamct-bench-training-") as scratch:
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "note": "volumes/s of one process's training loop; on a shared machine (see load averages) indicative only",
     }
-    write_json_atomic(args.output, result)
+    write_result_json(args.output, result)
     for run in runs:
         cold, cached = run["cold"], run["cached_median"]
         line = (

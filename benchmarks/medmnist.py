@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.store import write_result_json, write_result_text
 from pipeline.errors import UserError
-from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.io import write_json_atomic
 
 __all__ = [
     "REPO_ROOT",
@@ -1085,8 +1086,8 @@ def run_medmnist(settings: MedMNISTSettings) -> dict[str, Any]:
     )
     out_dir = Path(settings.results_dir)
     stem = results_stem(settings)
-    write_json_atomic(out_dir / f"{stem}.json", result)
-    write_text_atomic(out_dir / f"{stem}.md", render_markdown(result))
+    write_result_json(out_dir / f"{stem}.json", result)
+    write_result_text(out_dir / f"{stem}.md", render_markdown(result))
     return result
 
 

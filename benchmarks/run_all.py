@@ -37,6 +37,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import summary as summary_module  # noqa: E402  (after the path set-up above)
+from benchmarks.store import portable  # noqa: E402
 
 __all__ = ["BENCHMARKS", "BenchmarkSpec", "benchmark_command", "run_benchmark", "run_all", "main"]
 
@@ -282,7 +283,8 @@ def run_benchmark(command: Sequence[str], *, env: dict[str, str] | None = None) 
 
     Returns:
         ``{"command", "returncode", "status" ("ok" | "failed"), "wall_seconds", "load_average_start",
-        "load_average_end", "stderr_tail"}``.
+        "load_average_end", "stderr_tail"}``; the recorded command has portable paths
+        (:func:`benchmarks.store.portable`; an interpreter outside the repository is named, not located).
     """
     load_start = list(os.getloadavg())
     started = time.perf_counter()
@@ -292,8 +294,11 @@ def run_benchmark(command: Sequence[str], *, env: dict[str, str] | None = None) 
     except OSError as err:  # the interpreter itself could not start
         returncode, stderr = 127, str(err)
     sys.stderr.write(stderr)
+    interpreter, *rest = list(command) or [""]
+    if os.path.isabs(interpreter) and not Path(interpreter).is_relative_to(REPO_ROOT):
+        interpreter = Path(interpreter).name  # /usr/bin/python3 -> python3: where it lives says only whose machine
     return {
-        "command": shlex.join(command),
+        "command": portable(shlex.join([interpreter, *rest])),
         "returncode": returncode,
         "status": "ok" if returncode == 0 else "failed",
         "wall_seconds": round(time.perf_counter() - started, 3),

@@ -14,7 +14,8 @@ the same cohort does not). The fingerprint of the training code is recorded besi
 when their rows come from different versions of it (:func:`code_versions`), and ``--refresh-stale`` reruns those.
 
 Paths inside a record are relative to the repository root (:func:`portable`), so a results file says nothing about
-the machine that ran it.
+the machine that ran it; every writer of ``benchmarks/results/`` goes through :func:`write_result_json` /
+:func:`write_result_text`, and ``tests/benchmarks/test_results_portable.py`` holds the committed files to it.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import write_json_atomic
+from pipeline.io import write_json_atomic, write_text_atomic
 
 __all__ = [
     "RESULTS_ROOT",
@@ -37,24 +40,63 @@ __all__ = [
     "cohort_fingerprint",
     "network_fingerprint",
     "portable",
+    "write_result_json",
+    "write_result_text",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ROOT = REPO_ROOT / "benchmarks" / "results"
 
 
+def _machine_prefixes() -> list[tuple[str, str]]:
+    """``(absolute folder, what it is written as)``, longest first: the repository (relative to its root), the
+    folder above it (``../shared/data`` is where the project documents the shared data), the temporary folder."""
+    prefixes = {str(REPO_ROOT): "."}
+    if REPO_ROOT.parent != REPO_ROOT.parent.parent:  # never the filesystem root: it is a prefix of every path
+        prefixes.setdefault(str(REPO_ROOT.parent), "..")
+    temporary = Path(tempfile.gettempdir()).resolve()
+    if temporary != temporary.parent:
+        prefixes.setdefault(str(temporary), "$TMPDIR")
+    return sorted(prefixes.items(), key=lambda item: -len(item[0]))
+
+
+def _portable_text(text: str) -> str:
+    for prefix, replacement in _machine_prefixes():
+        # the folder itself or a path inside it, not a longer name (``/work/main2``) nor part of a URL
+        pattern = rf"(?<![\w.~:/\\-]){re.escape(prefix)}(/|(?=[\s\"'`),;:\]]|$))"
+
+        def relative(match: re.Match[str], replacement: str = replacement) -> str:
+            return "" if replacement == "." and match.group(1) else replacement + match.group(1)
+
+        text = re.sub(pattern, relative, text)
+    return text
+
+
 def portable(value: Any) -> Any:
-    """``value`` with every path (or string) under the repository root made relative to it (recursively)."""
-    root = str(REPO_ROOT) + os.sep
+    """``value`` with its machine paths made portable (recursively, in plain values and inside command strings).
+
+    Under the repository root: relative to it (``/repo/runs/x`` -> ``runs/x``, the root itself -> ``.``); under the
+    folder above it: ``../...`` (``../shared/data/...``); under the temporary folder: ``$TMPDIR/...``.
+    """
     if isinstance(value, Path):
         value = str(value)
     if isinstance(value, str):
-        return value.replace(root, "") if root in value else value
+        return _portable_text(value) if "/" in value or os.sep in value else value
     if isinstance(value, Mapping):
         return {key: portable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [portable(item) for item in value]
     return value
+
+
+def write_result_json(path: str | os.PathLike, record: Any) -> Path:
+    """Write a results file (JSON, atomically) with its paths made :func:`portable`."""
+    return write_json_atomic(path, portable(record))
+
+
+def write_result_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a results text file (a Markdown table, atomically) with its paths made :func:`portable`."""
+    return write_text_atomic(path, portable(text))
 
 
 def network_fingerprint(name: str, network_kwargs: Mapping[str, Any] | None = None, *, roi=(64, 64, 32)) -> str:

@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
+from benchmarks.store import write_result_json, write_result_text  # noqa: E402
 
 __all__ = ["SUMMARY_NAME", "KNOWN_BENCHMARKS", "load_results", "render_summary", "write_summary", "write_json_record"]
 
@@ -52,8 +52,8 @@ Json = Mapping[str, Any]
 
 
 def write_json_record(path: str | Path, record: Json) -> Path:
-    """Write ``record`` as JSON atomically (used by ``benchmarks.run_all`` for ``run_all.json``)."""
-    return write_json_atomic(path, record)
+    """Write ``record`` as JSON atomically, paths made portable (used by ``benchmarks.run_all`` for ``run_all.json``)."""
+    return write_result_json(path, record)
 
 
 def load_results(results_dir: str | Path) -> dict[str, Any]:
@@ -637,7 +637,7 @@ def write_summary(results_dir: str | Path = DEFAULT_RESULTS) -> Path:
     results = load_results(results_dir)
     run_log = results.pop(Path(RUN_LOG_NAME).stem, None)
     target = Path(results_dir) / SUMMARY_NAME
-    write_text_atomic(target, render_summary(results, run_log if isinstance(run_log, Mapping) else None))
+    write_result_text(target, render_summary(results, run_log if isinstance(run_log, Mapping) else None))
     return target
 
 
