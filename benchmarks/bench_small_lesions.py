@@ -41,10 +41,16 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.demo_models import DEFAULT_WORKDIR, DEMO_RECIPE, demo_cohort, trained_demo_model  # noqa: E402
-from benchmarks.store import ResultStore, code_versions, cohort_fingerprint, network_fingerprint  # noqa: E402
+from benchmarks.store import (  # noqa: E402
+    ResultStore,
+    code_versions,
+    cohort_fingerprint,
+    network_fingerprint,
+    write_result_json,
+    write_result_text,
+)
 from pipeline.evaluation.operating_point import proportion_with_ci  # noqa: E402
 from pipeline.evaluation.roc import UndefinedStatisticError, delong_ci, delong_test_row, roc_auc  # noqa: E402
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
 
 __all__ = [
     "DEFAULT_NETWORKS",
@@ -629,8 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
-    write_json_atomic(output, result)
-    write_text_atomic(output.with_suffix(".md"), render_markdown(result))
+    write_result_json(output, result)
+    write_result_text(output.with_suffix(".md"), render_markdown(result))
     print(f"[small_lesions] wrote {output.name} (+ .md)")
     return 0
 

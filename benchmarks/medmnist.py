@@ -1133,13 +1133,13 @@ def width_arguments(name: str, multiplier: float | None) -> dict[str, Any]:
 
     Args:
         name: registry name.
-        multiplier: the factor (AAM-ResNets: ``width`` times the entry's own; MONAI ResNets: ``widen_factor``).
+        multiplier: the factor (AAM-ResNets and DenseNet-121: ``width`` times the entry's own; MONAI ResNets: ``widen_factor``).
 
     Returns:
         The keyword arguments.
 
     Raises:
-        UserError: for a network without a width option (DenseNet-121, the U-Net encoder) or a non-positive factor.
+        UserError: for a network without a width option (the U-Net encoder) or a non-positive factor.
     """
     if multiplier is None:
         return {}

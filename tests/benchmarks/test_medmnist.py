@@ -302,12 +302,15 @@ def test_width_multiplier_scales_aam_resnets_and_monai_resnets_alike():
     assert medmnist.width_arguments("resnet18", 0.5) == {"widen_factor": 0.5}
     assert medmnist.width_arguments("resnet18", None) == {}
     with torch_meta():
-        for name in ("aam_resnet18", "resnet18"):
+        for name in ("aam_resnet18", "resnet18", "densenet121"):
             full = sum(p.numel() for p in build(name).parameters())
             half = sum(p.numel() for p in build(name, **medmnist.width_arguments(name, 0.5)).parameters())
             assert 0.2 * full < half < 0.3 * full  # parameters go with the square of the width
+    assert medmnist.width_arguments("densenet121", 0.25) == {"width": 0.25}
     with pytest.raises(UserError, match="no width option"):
-        medmnist.width_arguments("densenet121", 0.5)
+        medmnist.width_arguments("unet_encoder", 0.5)
+    with pytest.raises(UserError, match="must be positive"):
+        medmnist.width_arguments("resnet18", 0.0)
 
 
 def torch_meta():
