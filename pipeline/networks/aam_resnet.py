@@ -13,6 +13,17 @@ Total stride 32: any input of at least 32 voxels per axis works (odd sizes inclu
 linear and applied per location, ``class_activation(x)`` (per-location class logits at 1/32 resolution) averaged over
 space equals ``forward(x)``, so CAM heatmaps and sliding-window whole-volume inference come without Grad-CAM.
 
+A map with resolution, from the same forward pass (both off by default, so the registry's networks are unchanged):
+
+- ``output_stride=8`` (or one value per axis, e.g. ``(8, 8, 4)``): layers whose stride would take an axis past the
+  output stride keep stride 1 there and dilate their 3x3x3 convolutions instead (DeepLab's atrous ResNet, Chen et
+  al., "Rethinking Atrous Convolution", 2017; torchvision's ``replace_stride_with_dilation``: the first unit of such
+  a layer keeps the previous rate, the others double it), so the last feature map, and the class map on it, stay at
+  1/8 (the receptive field grows as before; the parameters are the same).
+- ``pooling="attention"``: gated attention pooling over the last map's locations instead of their mean
+  (attention-based multiple-instance learning, Ilse et al., ICML 2018; :mod:`pipeline.networks.pooling`); the class
+  map ``N a_k W h_k + b`` keeps the spatial-mean contract.
+
 The backbone's parameters are drawn in the same random order whatever the attention: every Adaptive Attention Module
 is built (and initialised) on a forked random stream that is then discarded, so ``AAMResNet(attention="none")`` and
 an attention variant built after the same ``torch.manual_seed`` share every backbone weight. With a pass-through
@@ -41,6 +52,7 @@ Variants that make the attention unable to hurt at initialisation (all options o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -56,8 +68,9 @@ from pipeline.networks.blocks import (
     ScaledResidualBasicBlock,
     ScaledResidualBottleneck,
 )
+from pipeline.networks.pooling import GatedAttentionPooling
 
-__all__ = ["AAMResNet", "ATTENTION_PLACEMENTS", "DEPTHS", "PAPER_FORM"]
+__all__ = ["AAMResNet", "ATTENTION_PLACEMENTS", "DEPTHS", "PAPER_FORM", "POOLINGS"]
 
 #: depth -> (residual unit, units per layer), as in He et al. 2016 / MONAI's resnet18/34/50
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -66,6 +79,8 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     50: ("bottleneck", (3, 4, 6, 3)),
 }
 ATTENTION_PLACEMENTS: tuple[str, ...] = ("block", "stage", "none")
+#: how the last feature map becomes the case's features: the mean over locations, or gated attention (MIL)
+POOLINGS: tuple[str, ...] = ("mean", "attention")
 #: the AAM-ResNet as the paper describes it (and as this project built it up to session 3): AAM with product fusion
 #: and the full dilated ASPP spatial branch at full resolution in every unit, gamma 0.5 scaling the whole branch
 PAPER_FORM: dict[str, object] = {
@@ -124,6 +139,12 @@ class AAMResNet(nn.Module):
         shortcut: ``"auto"`` (1x1x1 projection only where the shape changes, identity elsewhere) or ``"projection"``
             (1x1x1 projection on every shortcut).
         dropout_prob: dropout on the pooled features before the classifier (training only).
+        output_stride: total stride of the last feature map, one value or one per axis (``None``: the stem's stride
+            times 8, i.e. 32 with the default stem); a smaller value dilates the later layers instead of striding
+            them (see the module docstring). Each value must be the stem's stride times 1, 2, 4 or 8.
+        pooling: one of :data:`POOLINGS`: ``"mean"`` (global average pool) or ``"attention"`` (gated attention
+            pooling over the last map's locations, :class:`~pipeline.networks.pooling.GatedAttentionPooling`).
+        pooling_hidden: hidden width of the attention pooling.
         act: activation (MONAI ``get_act_layer`` name or ``(name, args)``).
         norm: normalisation (MONAI ``get_norm_layer`` name or ``(name, args)``).
 
@@ -157,6 +178,9 @@ class AAMResNet(nn.Module):
         zero_init_residual: bool = False,
         shortcut: str = "auto",
         dropout_prob: float = 0.0,
+        output_stride: int | Sequence[int] | None = None,
+        pooling: str = "mean",
+        pooling_hidden: int = 32,
         act: str | tuple = ("relu", {"inplace": True}),
         norm: str | tuple = "batch",
     ) -> None:
@@ -177,6 +201,8 @@ class AAMResNet(nn.Module):
             raise ValueError(f"gamma_placement must be one of {GAMMA_PLACEMENTS}, got {gamma_placement!r}")
         if shortcut not in SHORTCUT_MODES:
             raise ValueError(f"shortcut must be one of {SHORTCUT_MODES}, got {shortcut!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if width <= 0 or in_channels < 1 or num_classes < 1:
             raise ValueError(
                 f"width, in_channels and num_classes must be positive, got {width}, {in_channels}, {num_classes}"
@@ -188,6 +214,11 @@ class AAMResNet(nn.Module):
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must give 4 positive unit counts, got {layers}")
         unit = _UNITS[unit_name]
+        stage_strides = _stage_strides(
+            spatial_dims=spatial_dims,
+            stem_stride=stem_stride * (2 if stem_max_pool else 1),
+            output_stride=output_stride,
+        )
 
         self.depth = depth
         self.attention_placement = attention
@@ -213,8 +244,12 @@ class AAMResNet(nn.Module):
 
         channels = planes[0]
         stages: list[nn.Module] = []
+        dilation = (1,) * spatial_dims
         for index, (stage_planes, n_units) in enumerate(zip(planes, layers, strict=True)):
             units: list[nn.Module] = []
+            stride, entry_dilation = stage_strides[index], dilation
+            # an axis that keeps stride 1 where the plain ResNet strides dilates by 2 instead, from the second unit on
+            dilation = tuple(d * (2 // s) if index > 0 else d for d, s in zip(dilation, stride, strict=True))
             for position in range(n_units):
                 out_channels = stage_planes * unit.expansion
                 wants_attention = attention == "block" or (attention == "stage" and position == n_units - 1)
@@ -240,7 +275,8 @@ class AAMResNet(nn.Module):
                         channels,
                         stage_planes,
                         spatial_dims=spatial_dims,
-                        stride=2 if (index > 0 and position == 0) else 1,
+                        stride=_compact(stride) if position == 0 else 1,
+                        dilation=_compact(entry_dilation if position == 0 else dilation),
                         attention=aam,
                         gamma_init=gamma_init,
                         learn_gamma=learn_gamma,
@@ -254,7 +290,17 @@ class AAMResNet(nn.Module):
             stages.append(nn.Sequential(*units))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.feature_channels = channels
+        self.output_stride = tuple(
+            stem_stride * (2 if stem_max_pool else 1) * math.prod(axis) for axis in zip(*stage_strides, strict=True)
+        )
         self.global_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.attention_pooling = pooling == "attention"
+        # built on its own random stream, as the AAMs are: the backbone and classifier draw the same weights either way
+        self.mil_pool = (
+            _isolated_rng(GatedAttentionPooling, spatial_dims=spatial_dims, channels=channels, hidden=pooling_hidden)
+            if self.attention_pooling
+            else nn.Identity()
+        )
         self.dropout = nn.Dropout(p=float(dropout_prob))
         self.classifier = conv_type(channels, num_classes, kernel_size=1, bias=True)
         self._init_weights(conv_type, zero_init_residual=zero_init_residual)
@@ -265,7 +311,10 @@ class AAMResNet(nn.Module):
         # initialised themselves on their own random stream: skipping them keeps the backbone's draws in the same order
         # whatever the attention
         inside_attention = {
-            id(sub) for aam in self.modules() if isinstance(aam, AdaptiveAttention) for sub in aam.modules()
+            id(sub)
+            for aam in self.modules()
+            if isinstance(aam, (AdaptiveAttention, GatedAttentionPooling))
+            for sub in aam.modules()
         }
         for module in self.modules():
             if id(module) in inside_attention:
@@ -285,7 +334,8 @@ class AAMResNet(nn.Module):
 
     @torch.jit.export
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last-layer feature map ``(B, feature_channels, d, h, w)`` at 1/32 of the input size (rounded up)."""
+        """Last-layer feature map ``(B, feature_channels, d, h, w)`` at 1/``output_stride`` of the input size (rounded
+        up; 1/32 by default)."""
         x = self.stem(x)
         x = self.layer1(x)
         x = self.layer2(x)
@@ -300,11 +350,65 @@ class AAMResNet(nn.Module):
             x: input ``(B, in_channels, D, H, W)``, every spatial size at least 32.
 
         Returns:
-            The dense class-activation map (no dropout: use in eval mode for the equality with ``forward``).
+            The dense class-activation map (no dropout: use in eval mode for the equality with ``forward``). With
+            attention pooling it is ``N a_k W h_k + b`` (``N`` locations, weights ``a_k``), whose mean is the logits.
         """
-        return self.classifier(self.extract_features(x))
+        features = self.extract_features(x)
+        dense = self.classifier(features)
+        if not self.attention_pooling:
+            return dense
+        weights = self.mil_pool(features)
+        bias = self.classifier.bias
+        if bias is None:
+            return dense * (weights * float(weights[0, 0].numel()))
+        bias = bias.reshape([1, -1] + [1] * (features.dim() - 2))
+        return (dense - bias) * (weights * float(weights[0, 0].numel())) + bias
+
+    @torch.jit.export
+    def instance_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention pooling's weights ``(B, 1, d, h, w)`` (sum 1 per case); uniform ``1 / N`` for mean pooling."""
+        features = self.extract_features(x)
+        if self.attention_pooling:
+            return self.mil_pool(features)
+        ones = torch.ones_like(features[:, :1])
+        return ones / float(ones[0, 0].numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, num_classes)`` for ``x`` of shape ``(B, in_channels, D, H, W)``."""
-        pooled = self.dropout(self.global_pool(self.extract_features(x)))
-        return self.classifier(pooled).flatten(1)
+        features = self.extract_features(x)
+        if self.attention_pooling:
+            weights = self.mil_pool(features)
+            pooled = (features * weights).sum(dim=list(range(2, features.dim())), keepdim=True)
+        else:
+            pooled = self.global_pool(features)
+        return self.classifier(self.dropout(pooled)).flatten(1)
+
+
+def _stage_strides(
+    *, spatial_dims: int, stem_stride: int, output_stride: int | Sequence[int] | None
+) -> list[tuple[int, ...]]:
+    """The per-axis stride of layers 1-4: 2 at the start of layers 2-4 until an axis reaches ``output_stride``.
+
+    Raises:
+        ValueError: an output stride that is not the stem's stride times 1, 2, 4 or 8.
+    """
+    if output_stride is None:
+        targets = (stem_stride * 8,) * spatial_dims
+    else:
+        targets = tuple(ensure_tuple_rep(output_stride, spatial_dims))
+    allowed = tuple(stem_stride * 2**k for k in range(4))
+    if any(int(t) not in allowed for t in targets):
+        raise ValueError(
+            f"output_stride must be one of {allowed} per axis (the stem's stride times 2^k), got {targets}"
+        )
+    strides, reached = [(1,) * spatial_dims], [stem_stride] * spatial_dims
+    for _ in range(3):
+        stage = tuple(2 if reached[axis] * 2 <= int(targets[axis]) else 1 for axis in range(spatial_dims))
+        reached = [r * s for r, s in zip(reached, stage, strict=True)]
+        strides.append(stage)
+    return strides
+
+
+def _compact(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    """One int where every axis agrees (what the default network's units were always given)."""
+    return values[0] if len(set(values)) == 1 else values

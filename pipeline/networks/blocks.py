@@ -12,6 +12,10 @@ learnable per-channel scale, ``Ws`` is the shortcut, and ``R`` places ``gamma`` 
   CVPR 2019) is added through a scale initialised to zero. A unit without attention has no gamma in this placement
   (a fixed buffer of ones keeps the state-dict layout), so it is exactly the plain residual unit.
 
+Both units take a per-axis ``stride`` and a per-axis ``dilation`` of their 3x3x3 convolutions, so that a network can
+trade a stage's stride for dilation (DeepLab's atrous ResNet, Chen et al. 2017; torchvision's
+``replace_stride_with_dilation``) and keep its last feature map at a finer output stride.
+
 MONAI's :class:`monai.networks.nets.resnet.ResNetBlock` / ``ResNetBottleneck`` have neither the scale nor an
 attention slot, and their ``forward`` cannot be extended without copying it, so these units are written here; they
 follow MONAI's layer layout (same convolutions, norms and activation placement, ``Conv``/``get_norm_layer``/
@@ -19,6 +23,8 @@ follow MONAI's layer layout (same convolutions, norms and activation placement, 
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from monai.networks.layers.factories import Conv
@@ -41,7 +47,13 @@ GAMMA_PLACEMENTS: tuple[str, ...] = ("branch", "attention")
 
 
 def make_shortcut(
-    *, spatial_dims: int, in_channels: int, out_channels: int, stride: int, mode: str, norm: str | tuple
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    stride: int | Sequence[int],
+    mode: str,
+    norm: str | tuple,
 ) -> nn.Module:
     """The shortcut ``Ws`` of a residual unit.
 
@@ -49,7 +61,7 @@ def make_shortcut(
         spatial_dims: number of spatial dimensions.
         in_channels: channels entering the unit.
         out_channels: channels leaving the unit.
-        stride: stride of the unit.
+        stride: stride of the unit (one value or one per axis).
         mode: one of :data:`SHORTCUT_MODES`.
         norm: normalisation type for the projection (MONAI ``get_norm_layer`` name or ``(name, args)``).
 
@@ -61,13 +73,28 @@ def make_shortcut(
     """
     if mode not in SHORTCUT_MODES:
         raise ValueError(f"shortcut mode must be one of {SHORTCUT_MODES}, got {mode!r}")
-    if mode == "auto" and stride == 1 and in_channels == out_channels:
+    strided = any(int(v) != 1 for v in _per_axis(stride, spatial_dims))
+    if mode == "auto" and not strided and in_channels == out_channels:
         return nn.Identity()
     conv_type = Conv[Conv.CONV, spatial_dims]
     return nn.Sequential(
-        conv_type(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+        conv_type(in_channels, out_channels, kernel_size=1, stride=_conv_arg(stride, spatial_dims), bias=False),
         get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_channels),
     )
+
+
+def _per_axis(value: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
+    """``value`` as one positive int per spatial axis."""
+    values = (int(value),) * spatial_dims if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(values) != spatial_dims or min(values) < 1:
+        raise ValueError(f"expected one positive value or {spatial_dims}, got {value!r}")
+    return values
+
+
+def _conv_arg(value: int | Sequence[int], spatial_dims: int) -> int | tuple[int, ...]:
+    """A stride / dilation / padding argument: a plain int where every axis agrees (the state of the default units)."""
+    values = _per_axis(value, spatial_dims)
+    return values[0] if len(set(values)) == 1 else values
 
 
 def _set_channel_scale(module: nn.Module, channels: int, spatial_dims: int, init: float, learn: bool) -> None:
@@ -122,7 +149,8 @@ class ScaledResidualBasicBlock(_ScaledResidualUnit):
         in_channels: channels of the input.
         planes: channels of the output (``expansion`` is 1).
         spatial_dims: number of spatial dimensions.
-        stride: stride of the first convolution (and of the projection shortcut).
+        stride: stride of the first convolution (and of the projection shortcut), one value or one per axis.
+        dilation: dilation (and padding) of both 3x3x3 convolutions, one value or one per axis.
         attention: module applied to the residual branch before scaling; ``None`` for none. It must map
             ``(B, planes, ...)`` to the same shape.
         gamma_init: initial value of the per-channel scale ``gamma``.
@@ -143,7 +171,8 @@ class ScaledResidualBasicBlock(_ScaledResidualUnit):
         planes: int,
         *,
         spatial_dims: int = 3,
-        stride: int = 1,
+        stride: int | Sequence[int] = 1,
+        dilation: int | Sequence[int] = 1,
         attention: nn.Module | None = None,
         gamma_init: float = 0.5,
         learn_gamma: bool = True,
@@ -155,10 +184,13 @@ class ScaledResidualBasicBlock(_ScaledResidualUnit):
         super().__init__()
         conv_type = Conv[Conv.CONV, spatial_dims]
         out_channels = planes * self.expansion
-        self.conv1 = conv_type(in_channels, planes, kernel_size=3, padding=1, stride=stride, bias=False)
+        stride, dilation = _conv_arg(stride, spatial_dims), _conv_arg(dilation, spatial_dims)
+        self.conv1 = conv_type(
+            in_channels, planes, kernel_size=3, padding=dilation, stride=stride, dilation=dilation, bias=False
+        )
         self.bn1 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes)
         self.act = get_act_layer(name=act)
-        self.conv2 = conv_type(planes, out_channels, kernel_size=3, padding=1, bias=False)
+        self.conv2 = conv_type(planes, out_channels, kernel_size=3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_channels)
         self._setup_scaling(
             out_channels=out_channels,
@@ -193,7 +225,8 @@ class ScaledResidualBottleneck(_ScaledResidualUnit):
         in_channels: channels of the input.
         planes: width of the bottleneck; the output has ``4 * planes`` channels.
         spatial_dims: number of spatial dimensions.
-        stride: stride of the 3x3x3 convolution (and of the projection shortcut).
+        stride: stride of the 3x3x3 convolution (and of the projection shortcut), one value or one per axis.
+        dilation: dilation (and padding) of the 3x3x3 convolution, one value or one per axis.
         attention: module applied to the residual branch before scaling (``(B, 4 * planes, ...)`` in and out);
             ``None`` for none.
         gamma_init: initial value of the per-channel scale ``gamma``.
@@ -214,7 +247,8 @@ class ScaledResidualBottleneck(_ScaledResidualUnit):
         planes: int,
         *,
         spatial_dims: int = 3,
-        stride: int = 1,
+        stride: int | Sequence[int] = 1,
+        dilation: int | Sequence[int] = 1,
         attention: nn.Module | None = None,
         gamma_init: float = 0.5,
         learn_gamma: bool = True,
@@ -228,7 +262,10 @@ class ScaledResidualBottleneck(_ScaledResidualUnit):
         out_channels = planes * self.expansion
         self.conv1 = conv_type(in_channels, planes, kernel_size=1, bias=False)
         self.bn1 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes)
-        self.conv2 = conv_type(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        stride, dilation = _conv_arg(stride, spatial_dims), _conv_arg(dilation, spatial_dims)
+        self.conv2 = conv_type(
+            planes, planes, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=planes)
         self.conv3 = conv_type(planes, out_channels, kernel_size=1, bias=False)
         self.bn3 = get_norm_layer(name=norm, spatial_dims=spatial_dims, channels=out_channels)

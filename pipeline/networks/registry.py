@@ -131,6 +131,23 @@ _REGISTRY: dict[str, NetworkSpec] = {
         _aam(
             "aam_student_small", "AAM-ResNet-18 at width 0.25: the small student (<= 10% of R50)", depth=18, width=0.25
         ),
+        # the same network with a class map at 1/8 in-plane and 1/4 through-plane (40 mm cells on the demo's
+        # 5 x 5 x 10 mm grid): layers 3-4 dilate instead of striding, so one forward pass gives score and map
+        _aam(
+            "aam_student_small_os8",
+            "aam_student_small with output stride (8, 8, 4): dilated layers 3-4, a class map with resolution",
+            depth=18,
+            width=0.25,
+            output_stride=(8, 8, 4),
+        ),
+        _aam(
+            "aam_student_small_mil",
+            "aam_student_small_os8 with gated attention-MIL pooling (Ilse et al. 2018) instead of the mean",
+            depth=18,
+            width=0.25,
+            output_stride=(8, 8, 4),
+            pooling="attention",
+        ),
         NetworkSpec(
             "resnet50",
             _monai_resnet_factory(50),
