@@ -56,68 +56,120 @@ class MapVariant:
     """One map as the benchmark writes it.
 
     Attributes:
-        kind: ``cam`` / ``gradcam`` / ``gradcampp`` / ``attention``.
-        layer: Grad-CAM layer (``None``: not a Grad-CAM kind).
+        kind: one of :data:`pipeline.inference.maps.MAP_KINDS`.
+        layer: Grad-CAM layer, or LayerCAM's comma-separated layers (``None``: not such a kind).
         stage: attention stage.
         overlap: occlusion blocks' overlap (``None``: the default,
             :data:`pipeline.inference.maps.DEFAULT_OCCLUSION_OVERLAP`).
+        networks: the registry names it is scored for (``None``: every network); dense occlusion costs ~1,200
+            passes per window, so it is scored as the reference on the network it used to be the default of.
     """
 
     kind: str
     layer: str | None = None
     stage: str = "mean"
     overlap: float | None = None
+    networks: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
-        """A short label: ``gradcam@layer3``, ``attention@layer2``, ``occlusion``."""
+        """A short label: ``gradcam@layer3``, ``layercam@layer2,layer3,layer4``, ``attention@layer2``, ``cam``."""
         where = f"@{self.layer}" if self.layer else (f"@{self.stage}" if self.kind == "attention" else "")
         if self.overlap is not None:
             where = f"@overlap{self.overlap:.2f}"
         return f"{self.kind}{where}"
 
 
-#: the networks compared: (registry name, options); same depth (18), same width, with and without AAM
+#: the networks compared: (registry name, options). The demo's AAM-ResNet-18 at width 0.25 (class map at 1/32),
+#: the same network at output stride (8, 8, 4) (dilated layers 3-4) and with gated attention-MIL pooling on it, and
+#: MONAI's ResNet-18 at the same width without AAM.
 NETWORKS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("aam_student_small", {}),
+    ("aam_student_small_os8", {}),
+    ("aam_student_small_mil", {}),
     ("resnet18", {"widen_factor": 0.25}),
 )
+#: LayerCAM's fused layers (multi-layer fusion: layer2 at 1/8 adds resolution to layers 3-4)
+LAYERCAM_LAYERS = "layer2,layer3,layer4"
 VARIANTS: tuple[MapVariant, ...] = (
     MapVariant("cam"),
-    *(MapVariant("gradcam", layer=layer) for layer in ("layer4", "layer3", "layer2")),
-    MapVariant("gradcampp", layer="layer2"),
+    MapVariant("gradcam", layer="layer3"),
+    MapVariant("layercam", layer=LAYERCAM_LAYERS),
     MapVariant("attention", stage="mean"),
-    MapVariant("attention", stage="layer2"),
-    MapVariant("occlusion"),
-    MapVariant("occlusion", overlap=1.0 / 3.0),
+    MapVariant("occlusion_c2f"),
+    MapVariant("occlusion", networks=("aam_student_small",)),
 )
 #: how each raw map is finished before scoring (:func:`pipeline.inference.maps.finish_map`)
 FINISHES: tuple[str, ...] = ("raw", "body", "lungs")
+#: the finish the inference config writes (``heatmap_values=relative``, ``heatmap_region`` default) and the headline
+DEFAULT_FINISH = "body"
 
 
-def _positives(manifest: Path, split: str) -> list[tuple[str, Path]]:
-    """``(case_id, series folder)`` of the split's positive cases."""
+def default_variant_name() -> str:
+    """The variant label of the map the inference config writes by default (``DEFAULT_MAP_KIND``)."""
+    from pipeline.inference.maps import DEFAULT_MAP_KIND
+
+    for variant in VARIANTS:
+        if variant.kind == DEFAULT_MAP_KIND:
+            return variant.name
+    raise ValueError(f"bench_localisation: no variant of the default map kind {DEFAULT_MAP_KIND!r}")
+
+
+def _positives(manifest: Path, split: str | None) -> list[tuple[str, Path]]:
+    """``(case_id, series folder)`` of the split's positive cases (``split=None``: every positive case)."""
     import pandas as pd
 
     rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    chosen = rows[(rows["split"] == split) & (rows["label"] == "positive")]
+    chosen = rows[(rows["label"] == "positive") & ((rows["split"] == split) if split else True)]
     return [
         (row.case_id, (manifest.parent / row.image) if not Path(row.image).is_absolute() else Path(row.image))
         for row in chosen.itertuples()
     ]
 
 
-def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float, split: str = "test") -> list[dict]:
-    """Score every variant of one trained demo model on its split's positive cases.
+def position_baseline_record(cohort: Any, *, margin_mm: float, split: str | None = "test") -> dict[str, Any]:
+    """The maps that ignore the image, on the same positive cases and masks the maps are scored on.
+
+    :func:`pipeline.inference.localisation.position_baselines`: the leave-one-out lesion-frequency peak, the
+    leave-one-out mean lesion centroid, and a random point in the lung (exact expectation).
+    """
+    import pandas as pd
+
+    from pipeline.inference.localisation import load_on_same_grid, position_baselines
+
+    truth = {row["path"]: row for row in pd.read_csv(cohort.truth_dir / "truth.csv", dtype=str).to_dict("records")}
+    lesions, lungs, spacings = [], [], []
+    for _case_id, series in _positives(cohort.manifest, split):
+        row = truth[series.name]
+        (lesion, lung), affine = load_on_same_grid(
+            cohort.truth_dir / row["lesion_mask"], cohort.truth_dir / row["lung_mask"]
+        )
+        lesions.append(lesion)
+        lungs.append(lung)
+        spacings.append([float(v) for v in (affine[:3, :3] ** 2).sum(axis=0) ** 0.5])
+    return position_baselines(lesions, lungs, spacings, margin_mm=margin_mm).as_dict()
+
+
+def score_model(
+    model: Any,
+    variants: Sequence[MapVariant],
+    *,
+    margin_mm: float,
+    split: str | None = "test",
+    cohort: Any = None,
+) -> list[dict]:
+    """Score every variant of one trained demo model on a split's positive cases.
 
     Args:
         model: a :class:`benchmarks.demo_models.DemoModel`.
-        variants: the maps to score (``attention`` ones are skipped for a network without AAM).
+        variants: the maps to score (``attention`` ones are skipped for a network without AAM, and a variant
+            limited to other networks is skipped).
         margin_mm: the pointing game's margin.
-        split: the manifest split.
+        split: the manifest split (``None``: every positive case, for a cohort the model never saw).
+        cohort: the :class:`benchmarks.demo_models.DemoCohortFiles` to score (default: the model's own).
 
     Returns:
-        One result dict per variant scored.
+        One result dict per variant and finish scored, with the forward passes per window and the seconds per case.
     """
     import numpy as np
     import pandas as pd
@@ -132,16 +184,19 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
     from pipeline.networks import attention_modules, build
     from pipeline.transforms import infer_transforms
 
+    cohort = cohort or model.cohort
     settings = settings_for(model.checkpoint)
     network = load_weights(build(settings.network_name, options=dict(settings.network_kwargs)), model.checkpoint).eval()
     has_attention = bool(attention_modules(network))
-    cases = _positives(model.cohort.manifest, split)
-    truth = {row["path"]: row for row in pd.read_csv(model.truth_dir / "truth.csv", dtype=str).to_dict("records")}
+    cases = _positives(cohort.manifest, split)
+    truth = {row["path"]: row for row in pd.read_csv(cohort.truth_dir / "truth.csv", dtype=str).to_dict("records")}
     results = []
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     with tempfile.TemporaryDirectory(prefix="aamct-localisation-") as scratch:
         for variant in variants:
             if variant.kind == "attention" and not has_attention:
+                continue
+            if variant.networks is not None and settings.network_name not in variant.networks:
                 continue
             predictor = CasePredictor(
                 network=network,
@@ -159,14 +214,14 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
             )
             scores: dict[str, list] = {finish: [] for finish in FINISHES}
             probabilities, seconds = {}, []
-            folder = Path(scratch) / variant.name.replace("@", "-")
+            folder = Path(scratch) / variant.name.replace("@", "-").replace(",", "_")
             for case_id, series in cases:
                 row = truth[series.name]
                 prediction = predictor(series, case_id=case_id, heatmap_dir=folder)
                 probabilities[case_id] = float(prediction.probabilities[1])
                 seconds.append(prediction.stage_seconds.get("inference", 0.0) + prediction.stage_seconds["heatmap"])
                 (raw, lesion, lung), affine = load_on_same_grid(
-                    prediction.heatmap, model.truth_dir / row["lesion_mask"], model.truth_dir / row["lung_mask"]
+                    prediction.heatmap, cohort.truth_dir / row["lesion_mask"], cohort.truth_dir / row["lung_mask"]
                 )
                 hu, _ = read_volume(series)
                 spacing = [float(v) for v in (affine[:3, :3] ** 2).sum(axis=0) ** 0.5]
@@ -179,6 +234,8 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
                     scores[finish].append(
                         score_case(case_id, heat, lesion, lung, spacing_mm=spacing, margin_mm=margin_mm)
                     )
+            maker = predictor.map_maker
+            passes_per_window = maker.passes / maker.windows if maker.windows else None
             for finish in FINISHES:
                 summary = summarise_localisation(scores[finish], margin_mm=margin_mm)
                 for case in summary["cases"]:
@@ -190,8 +247,10 @@ def score_model(model: Any, variants: Sequence[MapVariant], *, margin_mm: float,
                         "layer": variant.layer,
                         "stage": variant.stage if variant.kind == "attention" else None,
                         "finish": finish,
-                        "description": predictor.map_maker.description,
+                        "description": maker.description,
                         "map_seconds_median": float(np.median(seconds)),
+                        "passes_per_window": passes_per_window,
+                        "windows_per_case": maker.windows / max(1, len(cases)),
                         **summary,
                     }
                 )
@@ -208,6 +267,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, help="override the demo recipe's epochs")
     parser.add_argument("--workdir", type=Path, default=None, help="cohorts and runs (default: runs/demo_models)")
     parser.add_argument(
+        "--networks", nargs="+", default=None, help=f"registry names among {', '.join(n for n, _ in NETWORKS)}"
+    )
+    parser.add_argument(
+        "--unseen-seeds",
+        type=int,
+        nargs="*",
+        default=[21],
+        help="generator seeds of fresh cohorts (never trained or tuned on) the default map is also scored on, "
+        "every positive case, with the demo network of each difficulty",
+    )
+    parser.add_argument("--unseen-cases", type=int, default=40, help="size of each unseen cohort")
+    parser.add_argument(
         "--quick", action="store_true", help="smoke run: 24 cases, 2 epochs, the first difficulty only, 4 maps"
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -216,23 +287,36 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train or reuse the models, score every map, write the JSON and the Markdown table."""
-    from benchmarks.demo_models import DEFAULT_WORKDIR, trained_demo_model
+    from benchmarks.demo_models import DEFAULT_WORKDIR, DEMO_NETWORK, demo_cohort, trained_demo_model
 
     args = _parser().parse_args(argv)
     variants = VARIANTS
+    networks = [(n, kw) for n, kw in NETWORKS if args.networks is None or n in args.networks]
     if args.quick:
         args.cases, args.epochs, args.difficulties = 24, args.epochs or 2, args.difficulties[:1]
+        args.unseen_seeds = []
         variants = (
             MapVariant("cam"),
-            MapVariant("gradcam", layer="layer3"),
+            MapVariant("layercam", layer=LAYERCAM_LAYERS),
             MapVariant("attention"),
-            MapVariant("occlusion"),
+            MapVariant("occlusion_c2f"),
         )
     workdir = args.workdir or (DEFAULT_WORKDIR if not args.quick else DEFAULT_WORKDIR / "quick")
     started, load_start = time.time(), os.getloadavg()[0]
-    models, results = [], []
+    models, results, baselines, unseen = [], [], {}, []
+    default_name = default_variant_name()
+
+    def report(result: dict[str, Any], prefix: str = "  ") -> None:
+        game = result["pointing_game"]
+        print(
+            f"{prefix}{result['variant']:>34}: pointing game {game['hits']}/{game['n']}, "
+            f"energy {result['energy_in_lesion']['mean']}, AUROC {result['voxel_auroc']['mean']}, "
+            f"{result['passes_per_window']} passes/window, {result['map_seconds_median']:.2f} s/case",
+            flush=True,
+        )
+
     for difficulty in args.difficulties:
-        for network, kwargs in NETWORKS:
+        for network, kwargs in networks:
             model = trained_demo_model(
                 network,
                 difficulty,
@@ -241,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 recipe={"epochs": args.epochs} if args.epochs else None,
                 workdir=workdir,
             )
+            if difficulty not in baselines:
+                baselines[difficulty] = position_baseline_record(model.cohort, margin_mm=args.margin_mm)
+                print(f"{difficulty}: baselines {baselines[difficulty]}", flush=True)
             models.append(
                 {
                     "difficulty": difficulty,
@@ -257,12 +344,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{difficulty} / {network}: test AUC {model.test_auc}; scoring maps", flush=True)
             for result in score_model(model, variants, margin_mm=args.margin_mm):
                 results.append({"difficulty": difficulty, "network": network, **result})
-                game = result["pointing_game"]
-                print(
-                    f"  {result['variant']:>22}: pointing game {game['hits']}/{game['n']}, "
-                    f"energy {result['energy_in_lesion']['mean']}, AUROC {result['voxel_auroc']['mean']}",
-                    flush=True,
-                )
+                report(result)
+            if network != DEMO_NETWORK:
+                continue
+            # every map but the dense occlusion (~1,200 passes per window): the default is chosen among them
+            chosen = [v for v in variants if v.networks is None]
+            for seed in args.unseen_seeds:
+                cohort = demo_cohort(difficulty, cases=args.unseen_cases, seed=seed, workdir=workdir)
+                entry = {
+                    "difficulty": difficulty,
+                    "network": network,
+                    "cohort_seed": seed,
+                    "cases": args.unseen_cases,
+                    "baselines": position_baseline_record(cohort, margin_mm=args.margin_mm, split=None),
+                    "results": score_model(model, chosen, margin_mm=args.margin_mm, split=None, cohort=cohort),
+                }
+                unseen.append(entry)
+                for result in entry["results"]:
+                    report(result, prefix=f"  unseen seed {seed}: ")
     record = {
         "benchmark": "localisation",
         "command": " ".join(["python -m benchmarks.bench_localisation", *map(shlex.quote, argv or sys.argv[1:])]),
@@ -270,8 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "split": "test",
         "cases": args.cases,
         "quick": args.quick,
+        "default_map": default_name,
         "models": models,
+        "baselines": baselines,
         "results": results,
+        "unseen_cohorts": unseen,
         "wall_seconds": round(time.time() - started, 1),
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg()[0],
@@ -284,37 +386,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def headline(record: dict[str, Any], *, difficulty: str = "default", finish: str = "body") -> str:
+def _game(result: dict[str, Any]) -> str:
+    game = result["pointing_game"]
+    return f"{game['hits']}/{game['n']}"
+
+
+def headline(record: dict[str, Any], *, difficulty: str = "default", finish: str = DEFAULT_FINISH) -> str:
     """The benchmark in one paragraph, for README.md and the bundle docs (tests check they quote it verbatim).
 
-    Per network: the default map's (``occlusion`` as the inference config writes it, finished ``finish``) pointing
-    game with its Wilson CI, in-lung energy inside lesions against a flat map's, voxel AUROC and time per case; then
-    the dense CAM's and the best other kind's pointing game.
+    The default map (``record["default_map"]``, finished ``finish``) per network: pointing game with its Wilson CI,
+    in-lung energy inside lesions against a flat map's, voxel AUROC, forward passes per window and seconds per case;
+    then the baselines that ignore the image (position prior, random point in the lung) and, where scored, the
+    default map on the unseen cohorts.
     """
+    default = record.get("default_map", "occlusion")
     rows = [r for r in record["results"] if r["difficulty"] == difficulty]
     aucs = {m["network"]: m["test_auc"] for m in record["models"] if m["difficulty"] == difficulty}
     parts = []
     for network in dict.fromkeys(r["network"] for r in rows):
-        mine = [r for r in rows if r["network"] == network]
-        default = next(r for r in mine if r["variant"] == f"occlusion ({finish})")
-        cam = next(r for r in mine if r["variant"] == f"cam ({finish})")
-        others = [r for r in mine if r["kind"] not in ("occlusion", "cam")]
-        best = max(others, key=lambda r: (r["pointing_game"]["hits"], r["voxel_auroc"]["mean"] or 0.0))
-        game, ci = default["pointing_game"], default["pointing_game"]["ci"]
+        mine = {r["variant"]: r for r in rows if r["network"] == network}
+        row = mine.get(f"{default} ({finish})")
+        if row is None:
+            continue
+        game, ci = row["pointing_game"], row["pointing_game"]["ci"]
+        passes = row.get("passes_per_window")
         parts.append(
-            f"{network} (test AUC {aucs[network]:.3f}): the default map (occlusion, {finish}) peaks within "
-            f"{record['margin_mm']:g} mm of a lesion in {game['hits']}/{game['n']} test positives "
+            f"{network} (test AUC {aucs[network]:.3f}): {game['hits']}/{game['n']} test positives "
             f"(95 % CI {ci[0]:.2f}-{ci[1]:.2f}), in-lung energy inside lesions "
-            f"{default['energy_in_lesion']['mean']:.3f} (flat map {default['lesion_share_of_lung']['mean']:.3f}), "
-            f"voxel AUROC {default['voxel_auroc']['mean']:.3f}, {default['map_seconds_median']:.1f} s per case; "
-            f"the dense CAM {cam['pointing_game']['hits']}/{cam['pointing_game']['n']}, the best other kind "
-            f"({best['variant']}) {best['pointing_game']['hits']}/{best['pointing_game']['n']}"
+            f"{row['energy_in_lesion']['mean']:.3f} (flat map {row['lesion_share_of_lung']['mean']:.3f}), "
+            f"voxel AUROC {row['voxel_auroc']['mean']:.3f}, "
+            + (f"{passes:.0f} forward passes per window, " if passes else "")
+            + f"{row['map_seconds_median']:.1f} s per case"
         )
-    return f"On the {difficulty} demo, " + "; ".join(parts) + "."
+    text = (
+        f"On the {difficulty} demo, the default map ({default}, {finish}) peaks within {record['margin_mm']:g} mm of "
+        "a lesion for " + "; ".join(parts)
+    )
+    base = record.get("baselines", {}).get(difficulty)
+    if base:
+        prior, rand = base["position_prior_peak"], base["random_point_in_lung"]
+        text += (
+            f". Maps that ignore the image: the position prior (leave-one-out lesion-frequency peak) "
+            f"{prior['hits']}/{prior['n']}, a random point in the lung {rand['rate']:.2f}"
+        )
+    for entry in record.get("unseen_cohorts", []):
+        if entry["difficulty"] != difficulty:
+            continue
+        for result in entry["results"]:
+            if result["variant"] == f"{default} ({finish})":
+                prior = entry["baselines"]["position_prior_peak"]
+                text += (
+                    f". On an unseen {entry['cases']}-case cohort (seed {entry['cohort_seed']}), {entry['network']}'s "
+                    f"default map {_game(result)} positives (position prior {prior['hits']}/{prior['n']})"
+                )
+    return text + "."
 
 
 def render_table(record: dict[str, Any]) -> str:
-    """The summary table: one row per difficulty, network and map variant."""
+    """The summary table: one row per difficulty, network and map variant, the baselines below each difficulty."""
 
     def number(value: Any, digits: int = 3) -> str:
         return "–" if value is None else f"{value:.{digits}f}"
@@ -325,22 +454,54 @@ def render_table(record: dict[str, Any]) -> str:
         "",
         f"Command: `{record['command']}`. Test split, positive cases; pointing game = map peak within "
         f"{record['margin_mm']:g} mm of a lesion voxel (Wilson 95 % CI); energy = share of the in-lung map mass "
-        "inside lesions (flat map = lesion share of the lung); AUROC = map vs lesion mask, voxels inside the lung.",
+        "inside lesions (flat map = lesion share of the lung); AUROC = map vs lesion mask, voxels inside the lung; "
+        "passes = forward passes per 64 x 64 x 32 window (the score's own included); s/case = inference + map, "
+        f"median. Default map: `{record.get('default_map', 'occlusion')}`.",
         "",
         "| demo | network (test AUC) | map (finish) | pointing game | 95 % CI | energy in lesions | lesion share | "
-        "voxel AUROC | map s/case |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "voxel AUROC | passes | s/case |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in record["results"]:
-        model = aucs.get((row["difficulty"], row["network"]), {})
+
+    def row_line(row: dict[str, Any], demo: str, network: str) -> str:
         game = row["pointing_game"]
         ci = game["ci"]
-        lines.append(
-            f"| {row['difficulty']} | {row['network']} ({number(model.get('test_auc'))}) | {row['variant']} | "
+        return (
+            f"| {demo} | {network} | {row['variant']} | "
             f"{game['hits']}/{game['n']} = {number(game['rate'], 2)} | "
             f"{'–' if not ci else f'{ci[0]:.2f}–{ci[1]:.2f}'} | {number(row['energy_in_lesion']['mean'])} | "
             f"{number(row['lesion_share_of_lung']['mean'])} | {number(row['voxel_auroc']['mean'])} | "
-            f"{number(row.get('map_seconds_median'), 2)} |"
+            f"{number(row.get('passes_per_window'), 0)} | {number(row.get('map_seconds_median'), 2)} |"
+        )
+
+    for difficulty in dict.fromkeys(r["difficulty"] for r in record["results"]):
+        for row in (r for r in record["results"] if r["difficulty"] == difficulty):
+            model = aucs.get((row["difficulty"], row["network"]), {})
+            lines.append(row_line(row, difficulty, f"{row['network']} ({number(model.get('test_auc'))})"))
+        base = record.get("baselines", {}).get(difficulty)
+        if base:
+            for label, key in (
+                ("position prior: LOO lesion-frequency peak", "position_prior_peak"),
+                ("position prior: LOO mean centroid", "position_prior_mean"),
+            ):
+                entry = base[key]
+                lines.append(
+                    f"| {difficulty} | baseline | {label} | {entry['hits']}/{entry['n']} = {number(entry['rate'], 2)} "
+                    f"| {entry['ci'][0]:.2f}–{entry['ci'][1]:.2f} | – | – | – | 0 | – |"
+                )
+            rand = base["random_point_in_lung"]
+            lines.append(
+                f"| {difficulty} | baseline | random point in the lung (expected) | {number(rand['rate'], 2)} "
+                "| – | – | – | – | 0 | – |"
+            )
+    for entry in record.get("unseen_cohorts", []):
+        demo = f"{entry['difficulty']}, unseen seed {entry['cohort_seed']} (all {entry['cases']} cases' positives)"
+        for row in entry["results"]:
+            lines.append(row_line(row, demo, entry["network"]))
+        prior = entry["baselines"]["position_prior_peak"]
+        lines.append(
+            f"| {demo} | baseline | position prior: LOO lesion-frequency peak | {prior['hits']}/{prior['n']} = "
+            f"{number(prior['rate'], 2)} | {prior['ci'][0]:.2f}–{prior['ci'][1]:.2f} | – | – | – | 0 | – |"
         )
     if not record.get("quick"):
         for difficulty in dict.fromkeys(r["difficulty"] for r in record["results"]):

@@ -254,6 +254,7 @@ class CasePredictor:
                     prepared_shape=prepared_shape,
                     source_affine=source_affine,
                     source_shape=source_shape,
+                    origin=self.map_maker.origin,
                 )
                 if self.heatmap_values == "relative":
                     heatmap = finish_map(

@@ -78,11 +78,15 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heatmap-dtype", choices=("uint8", "float32"), help="heatmap storage (default uint8, scaled)")
     parser.add_argument(
         "--heatmap",
-        choices=("cam", "gradcam", "gradcampp", "attention", "occlusion"),
-        help="map kind: the dense CAM, Grad-CAM / Grad-CAM++ at the network's registry layer, the AAM's spatial "
-        "attention (AAM-ResNets) or occlusion sensitivity (default: the bundle's heatmap_kind)",
+        choices=("cam", "gradcam", "gradcampp", "layercam", "attention", "occlusion", "occlusion_c2f"),
+        help="map kind: the dense CAM, Grad-CAM / Grad-CAM++ at the network's registry layer, LayerCAM (one or more "
+        "comma-separated --gradcam-layer), the AAM's spatial attention (AAM-ResNets), occlusion sensitivity, or "
+        "occlusion coarse to fine (default: the bundle's heatmap_kind)",
     )
-    parser.add_argument("--gradcam-layer", help="Grad-CAM layer by module name (default: the registry's, e.g. layer4)")
+    parser.add_argument(
+        "--gradcam-layer",
+        help="Grad-CAM layer by module name, or LayerCAM's comma-separated layers (default: the registry's, e.g. layer4)",
+    )
     parser.add_argument("--attention-stage", help="attention map of one stage (e.g. layer1) or mean (default)")
     parser.add_argument(
         "--heatmap-values",

@@ -42,17 +42,24 @@ LUNG_WINDOW_HU: tuple[float, float] = (-1350.0, 150.0)
 
 
 def map_affine(
-    grid_affine: np.ndarray | torch.Tensor, grid_shape: Sequence[int], map_shape: Sequence[int]
+    grid_affine: np.ndarray | torch.Tensor,
+    grid_shape: Sequence[int],
+    map_shape: Sequence[int],
+    *,
+    origin: float | None = None,
 ) -> np.ndarray:
     """Affine of a coarse map that covers the same field of view as a finer grid.
 
-    Each map voxel covers ``grid_shape / map_shape`` grid voxels, and voxel *centres* are aligned the way
-    ``torch.nn.functional.interpolate(..., align_corners=False)`` aligns them (a network's strided output).
+    Each map voxel covers ``f = grid_shape / map_shape`` grid voxels. Map voxel ``j`` is centred on grid voxel
+    ``f * j + origin``: ``origin=None`` is ``(f - 1) / 2``, the way ``torch.nn.functional.interpolate(...,
+    align_corners=False)`` aligns centres; a network whose strided convolutions are padded symmetrically (the
+    ResNets) centres them at ``f * j`` (``origin=0``, :func:`pipeline.inference.maps.map_origin`).
 
     Args:
         grid_affine: ``4x4`` voxel-to-world affine of the fine grid.
         grid_shape: spatial shape of the fine grid.
         map_shape: spatial shape of the coarse map.
+        origin: grid position of map voxel 0's centre (``None``: the interpolation convention).
 
     Returns:
         ``4x4`` float64 voxel-to-world affine of the map.
@@ -60,7 +67,7 @@ def map_affine(
     grid_affine = _affine64(grid_affine)
     factors = np.asarray(grid_shape, dtype=np.float64) / np.asarray(map_shape, dtype=np.float64)
     map_to_grid = np.diag([*factors, 1.0])
-    map_to_grid[:3, 3] = (factors - 1.0) / 2.0
+    map_to_grid[:3, 3] = (factors - 1.0) / 2.0 if origin is None else np.where(factors > 1.0, float(origin), 0.0)
     return grid_affine @ map_to_grid
 
 

@@ -1,11 +1,12 @@
-"""Heatmap kinds: the dense CAM, Grad-CAM, Grad-CAM++ and the AAM's spatial attention, over whole volumes.
+"""Heatmap kinds: the dense CAM, Grad-CAM, LayerCAM, the AAM's spatial attention and occlusion, over whole volumes.
 
-``--heatmap cam|gradcam|gradcampp|attention|occlusion`` (``aamct evaluate-cohort``, the inference bundle's
-``heatmap_kind``):
+``--heatmap cam|gradcam|gradcampp|layercam|attention|occlusion|occlusion_c2f`` (``aamct evaluate-cohort``, the
+inference bundle's ``heatmap_kind``):
 
 * ``cam``: the network's own dense class-activation map (:mod:`pipeline.inference.sliding`), as positive-class
   log-odds per location; its spatial mean is the case log-odds. At the last stage's resolution (1/32 of the
-  preprocessed grid for the ResNets).
+  preprocessed grid for the default ResNets, 1/8 in-plane for ``aam_student_small_os8``), upsampled to the window
+  with each cell centred where the network centres it (:func:`map_origin`, :func:`aligned_upsample`).
 * ``gradcam`` / ``gradcampp``: MONAI's :class:`~monai.visualize.GradCAM` / :class:`~monai.visualize.GradCAMpp`
   (``compute_map``: ReLU of the gradient-weighted sum of a layer's activations) for the case log-odds of the positive
   class (``logit[positive] - logsumexp(logit[others])``; for two classes ``logit1 - logit0``), at the layer the
@@ -13,11 +14,20 @@
 * ``attention``: the AAM's spatial attention ``a_s`` (a sigmoid map, not class-specific) of one stage, averaged over
   the stage's units, or the mean over all stages (each upsampled to the finest one first), read through
   ``store_attention`` / ``last_spatial_attention`` (:mod:`pipeline.networks.attention`). AAM-ResNets only.
+* ``layercam``: LayerCAM (Jiang et al., IEEE TIP 2021): ``ReLU(sum_c ReLU(dS/dA_c) * A_c)`` of each named layer (the
+  positive-class log-odds ``S``, a comma-separated ``target_layer``, e.g. ``layer1,layer2,layer3,layer4``), each
+  upsampled to the window and scaled to its maximum, averaged over the layers: multi-layer fusion, the shallow layers
+  adding resolution. One forward and one backward pass per window; MONAI has no LayerCAM, hence written here.
 * ``occlusion``: MONAI's :class:`~monai.visualize.OcclusionSensitivity`: how much the case log-odds of the positive
   class drop when a block of the network input (3/16 of the window per axis by default, 12 x 12 x 6 voxels of the
   64 x 64 x 32 window, moved in steps of half a block: :data:`DEFAULT_OCCLUSION_OVERLAP`) is replaced by the window's lowest value (air: 0 after the
   HU window). A perturbation map: it shows what the network's score depends on, at the block's resolution, for any
   network, at the price of one forward pass per block position (about 1,200 for a 64 x 64 x 32 window).
+* ``occlusion_c2f``: the same measurement coarse to fine (:func:`coarse_to_fine_occlusion`): blocks of 1/4 of the
+  window side by side (64 passes), then, around the ``occlusion_refine`` coarse blocks with the largest drop, the
+  default occlusion's 3/16 blocks in half-block steps; the map is the coarse drop plus the fine drop where refined.
+  All occluded copies of a window run in batches through the deployed CPU form (oneDNN at batch > 1); about 200
+  passes for a 64 x 64 x 32 window (``MapMaker.passes`` counts them).
 
 Whole volumes: the sliding window runs :class:`MapMaker` on each window. It returns two outputs, the dense class map
 (for the case score, exactly as ``cam`` scores) and the window's map of the chosen kind, each at its own resolution,
@@ -71,16 +81,19 @@ __all__ = [
     "MAP_VALUES",
     "MapPrediction",
     "body_mask",
+    "aligned_upsample",
+    "coarse_to_fine_occlusion",
     "finish_map",
     "lung_mask",
     "map_description",
+    "map_origin",
     "map_on_source_grid",
     "predict_with_map",
     "written_map_description",
 ]
 
 #: the map kinds, in the order the benchmark reports them
-MAP_KINDS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "attention", "occlusion")
+MAP_KINDS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "layercam", "attention", "occlusion", "occlusion_c2f")
 #: the default kind: the one that localised best on the demo (benchmarks/results/localisation.md, demo's test
 #: positives, AAM-ResNet-18 at width 0.25: pointing game 17/18 for occlusion in half-block steps, 13/18 in 2/3-block
 #: steps, 0/18 for the dense CAM, at most 2/18 for Grad-CAM, Grad-CAM++ and the attention maps)
@@ -88,6 +101,9 @@ DEFAULT_MAP_KIND = "occlusion"
 #: overlap of neighbouring occlusion blocks: 0.5 (half-block steps) found 17/18 lesions vs 13/18 for 1/3 (ResNet-18:
 #: 14/18 vs 10/18), at 2.6x the forward passes (benchmarks/results/localisation.md)
 DEFAULT_OCCLUSION_OVERLAP = 0.5
+#: coarse-to-fine occlusion: the coarse blocks' share of the window per axis, and how many coarse peaks are refined
+C2F_COARSE_FRACTION = 0.25
+DEFAULT_OCCLUSION_REFINE = 3
 #: where a finished map keeps its values: everywhere, inside the body, or inside the body's low-density (lung) region
 MAP_RESTRICTIONS: tuple[str, ...] = ("none", "body", "lungs")
 #: what a written map holds: ``relative`` (:func:`finish_map`: 0..1 inside the body) or ``raw`` (the kind's own units)
@@ -115,8 +131,10 @@ class _CaseLogOdds(nn.Module):
         self.positive_index = positive_index
         self.dense = as_dense_predictor(model)
         self.last_class_map = torch.empty(0)
+        self.images = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += int(x.shape[0])
         class_map = self.dense(x)
         self.last_class_map = class_map.detach()
         logits = class_map.flatten(start_dim=2).mean(dim=2)
@@ -137,7 +155,9 @@ class MapMaker:
         occlusion_size: the occluded block in input voxels (``None``: 3/16 of the window per axis).
         occlusion_overlap: overlap of neighbouring block positions (:data:`DEFAULT_OCCLUSION_OVERLAP`, 0.5: steps of
             half a block).
-        occlusion_batch: block positions per forward pass.
+        occlusion_batch: block positions per forward pass (``occlusion``: MONAI's ``n_batch``; ``occlusion_c2f``:
+            occluded copies per batch of the scoring form).
+        occlusion_refine: coarse blocks refined by ``occlusion_c2f``.
         occlusion_value: what an occluded block is filled with, in network-input units (0.0: air, the HU window's
             low end).
         scoring_network: a module returning the dense class map, used instead of ``network`` wherever no hook or
@@ -159,6 +179,7 @@ class MapMaker:
         occlusion_size: Sequence[int] | None = None,
         occlusion_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
         occlusion_batch: int = 16,
+        occlusion_refine: int = DEFAULT_OCCLUSION_REFINE,
         occlusion_value: float = 0.0,
         scoring_network: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
@@ -172,14 +193,29 @@ class MapMaker:
         self.occlusion_size = None if occlusion_size is None else tuple(int(v) for v in occlusion_size)
         self.occlusion_overlap = float(occlusion_overlap)
         self.occlusion_batch = int(occlusion_batch)
+        self.occlusion_refine = int(occlusion_refine)
         self.occlusion_value = float(occlusion_value)
+        #: windows mapped (counted by every call); see :attr:`passes`
+        self.windows = 0
+        #: where the network's strided maps are centred (:func:`map_origin`), for the CAM kinds' upsampling
+        self.origin = map_origin(network)
         # the attention kind reads what the eager modules store during the pass: a compiled form stores nothing
         eager_only = scoring_network is None or kind == "attention"
         self.dense = as_dense_predictor(network) if eager_only else scoring_network
         self._cam_class: type | None = None
         self._scorer: _CaseLogOdds | None = None
         self._attention: list[nn.Module] = []
-        if kind in _GRADIENT_KINDS:
+        self._layers: list[str] = []
+        if kind == "layercam":
+            names = {name for name, _ in network.named_modules() if name}
+            self._layers = [name.strip() for name in (target_layer or "").split(",") if name.strip()]
+            unknown = [name for name in self._layers if name not in names]
+            if not self._layers or unknown:
+                raise UserError(
+                    f"--heatmap layercam: the network has no layer {','.join(unknown) or target_layer!r} "
+                    f"(give one or more, comma-separated, e.g. {','.join(sorted(n for n in names if '.' not in n))})"
+                )
+        elif kind in _GRADIENT_KINDS:
             names = {name for name, _ in network.named_modules() if name}
             if not target_layer or target_layer not in names:
                 raise UserError(
@@ -192,9 +228,16 @@ class MapMaker:
             self._cam_class = _CAM_CLASSES[kind]
         elif kind == "attention":
             self._attention = _stage_attention_modules(network, attention_stage)
-        elif kind == "occlusion":
+        elif kind in ("occlusion", "occlusion_c2f"):
             scored = network if scoring_network is None else scoring_network
             self._scorer = _CaseLogOdds(scored, positive_index).train(network.training)
+
+    @property
+    def passes(self) -> int:
+        """Forward passes (images through the network) spent so far: one per window for the score (Grad-CAM's and
+        LayerCAM's backward pass not counted), plus every occluded copy."""
+        occluded = self._scorer.images if self.kind in ("occlusion", "occlusion_c2f") and self._scorer else 0
+        return self.windows + occluded
 
     @property
     def description(self) -> str:
@@ -205,21 +248,33 @@ class MapMaker:
             attention_stage=self.attention_stage,
             occlusion_size=self.occlusion_size,
             occlusion_overlap=self.occlusion_overlap,
+            occlusion_refine=self.occlusion_refine,
         )
 
     def __call__(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(class_map (B, C, d, h, w), map (B, 1, d', h', w'))`` of one batch of windows, both detached."""
+        self.windows += int(window.shape[0])
         if self.kind == "cam":
             class_map = self.dense(window)
-            return class_map, positive_evidence(class_map, positive_index=self.positive_index)
+            evidence = positive_evidence(class_map, positive_index=self.positive_index)
+            return class_map, aligned_upsample(evidence, window.shape[2:], origin=self.origin)
         if self.kind == "attention":
             return self._attention_map(window)
         if self.kind == "occlusion":
             return self._occlusion_map(window)
+        if self.kind == "occlusion_c2f":
+            return self._coarse_to_fine_map(window)
+        if self.kind == "layercam":
+            return self._layercam_map(window)
         assert self._cam_class is not None and self._scorer is not None
         # gradients are needed inside the window only; the input itself needs none, but asking for them keeps the
         # graph alive when the loaded weights are frozen (requires_grad False)
-        with torch.enable_grad(), _monai_cam(self._cam_class, self._scorer, f"model.{self.target_layer}") as cam:
+        with (
+            torch.enable_grad(),
+            _monai_cam(
+                self._cam_class, self._scorer, f"model.{self.target_layer}", upsampler=_aligned_upsampler(self.origin)
+            ) as cam,
+        ):
             raw = cam.compute_map(window.detach().clone().requires_grad_(True), class_idx=0)
         self.network.zero_grad(set_to_none=True)
         return self._scorer.last_class_map, raw.detach()
@@ -253,6 +308,54 @@ class MapMaker:
                 drops.append(base[index].view(1, 1, *[1] * (window.ndim - 2)) - occluded.as_tensor()[:, :1])
         return class_map, torch.cat(drops).float()
 
+    def _coarse_to_fine_map(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._scorer is not None
+        fine = self.occlusion_size or tuple(max(1, round(s * 3 / 16)) for s in window.shape[2:])
+        with torch.no_grad():
+            class_map = self.dense(window)
+            logits = class_map.flatten(start_dim=2).mean(dim=2)
+            base = positive_evidence(logits[:, :, None], positive_index=self.positive_index)[:, 0, 0]
+            maps = []
+            for index in range(window.shape[0]):
+                heat, passes = coarse_to_fine_occlusion(
+                    self._scorer,
+                    window[index : index + 1],
+                    base=float(base[index]),
+                    fine_size=fine,
+                    fine_overlap=self.occlusion_overlap,
+                    refine=self.occlusion_refine,
+                    batch=self.occlusion_batch,
+                    value=self.occlusion_value,
+                )
+                maps.append(heat)
+        return class_map, torch.cat(maps).float()
+
+    def _layercam_map(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        activations: list[torch.Tensor] = []
+        handles = [
+            self.network.get_submodule(name).register_forward_hook(lambda _m, _i, out: activations.append(out))
+            for name in self._layers
+        ]
+        try:
+            with torch.enable_grad():
+                dense = as_dense_predictor(self.network)
+                class_map = dense(window.detach().clone().requires_grad_(True))
+                logits = class_map.flatten(start_dim=2).mean(dim=2)
+                score = positive_evidence(logits[:, :, None], positive_index=self.positive_index).sum()
+                gradients = torch.autograd.grad(score, activations)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.network.zero_grad(set_to_none=True)
+        size = tuple(window.shape[2:])
+        fused = torch.zeros((window.shape[0], 1, *size), dtype=torch.float32, device=window.device)
+        for activation, gradient in zip(activations, gradients, strict=True):
+            layer_map = F.relu((F.relu(gradient) * activation).sum(dim=1, keepdim=True)).detach().float()
+            layer_map = aligned_upsample(layer_map, size, origin=self.origin)
+            peak = layer_map.flatten(start_dim=1).amax(dim=1).clamp_min(1e-12).view(-1, 1, *[1] * len(size))
+            fused += layer_map / peak
+        return class_map.detach(), fused / len(activations)
+
     def _attention_map(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for module in self._attention:
             module.store_attention = True
@@ -271,6 +374,173 @@ class MapMaker:
         return class_map, torch.stack(resized).mean(dim=0)
 
 
+def map_origin(network: nn.Module) -> float | None:
+    """Where cell 0 of ``network``'s strided maps is centred, in input voxels (``None``: ``(f - 1) / 2``).
+
+    A convolution with symmetric padding (``padding = dilation * (kernel - 1) / 2``) and stride ``s`` centres its
+    output ``i`` on input ``s * i``, and so does a 3x3x3 max-pool with padding 1: every ResNet here (the AAM-ResNets
+    and MONAI's ResNets: 7x7x7 stem, max-pool, strided 3x3x3 or 1x1x1 convolutions) centres cell ``j`` of a map at
+    stride ``f`` on input voxel ``f * j``, at every layer. ``F.interpolate(align_corners=False)`` (MONAI's CAM
+    upsampler, and MONAI's sliding-window placement of a coarse output) assumes ``f * j + (f - 1) / 2`` instead,
+    which moved every map of these networks by half a cell (3.5 voxels at stride 8, 17 mm on the demo's 5 mm grid).
+    A network may state its own ``map_origin`` attribute; networks without one (DenseNet's 2x2 average pools, the
+    U-Net encoder's 2x2 max-pools, which do centre at ``f * j + (f - 1) / 2`` or close to it) keep the interpolation's
+    convention. Written here: MONAI's upsamplers have no origin.
+    """
+    stated = getattr(network, "map_origin", None)
+    if stated is not None:
+        return float(stated)
+    from monai.networks.nets import ResNet
+
+    from pipeline.networks.aam_resnet import AAMResNet
+
+    return 0.0 if isinstance(network, (AAMResNet, ResNet)) else None
+
+
+def aligned_upsample(values: torch.Tensor, size: Sequence[int], *, origin: float | None = 0.0) -> torch.Tensor:
+    """Linear upsampling of a strided map ``(B, C, *cells)`` to ``size``, cell ``j`` centred on ``f * j + origin``.
+
+    ``origin=None`` is ``F.interpolate(..., align_corners=False)`` (cell centres at ``f * j + (f - 1) / 2``). Beyond
+    the first and last cell centres the values are held (the map's borders extended).
+
+    Args:
+        values: the map.
+        size: the input's spatial size.
+        origin: input position of cell 0's centre (:func:`map_origin`).
+
+    Returns:
+        ``(B, C, *size)`` float map.
+    """
+    values = values.float()
+    size = tuple(int(n) for n in size)
+    if origin is None:
+        mode = ("linear", "bilinear", "trilinear")[len(size) - 1]
+        return F.interpolate(values, size=size, mode=mode, align_corners=False)
+    out = values
+    for axis, target in enumerate(size):
+        cells = out.shape[2 + axis]
+        factor = target / cells
+        # input voxel x lies at cell coordinate (x - origin) / factor: linear weights between its two neighbours
+        coordinate = ((torch.arange(target, dtype=torch.float32, device=values.device) - origin) / factor).clamp(
+            0, cells - 1
+        )
+        low = coordinate.floor().long()
+        high = (low + 1).clamp(max=cells - 1)
+        weight = (coordinate - low.float()).view([1] * (2 + axis) + [target] + [1] * (len(size) - axis - 1))
+        out = out.index_select(2 + axis, low) * (1 - weight) + out.index_select(2 + axis, high) * weight
+    return out
+
+
+def _aligned_upsampler(origin: float | None) -> Callable[[Sequence[int]], Callable[[torch.Tensor], torch.Tensor]]:
+    """MONAI's ``upsampler`` interface (``upsampler(spatial_size)(map)``) over :func:`aligned_upsample`."""
+
+    def make(spatial_size: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda values: aligned_upsample(values, spatial_size, origin=origin)
+
+    return make
+
+
+def _starts(length: int, block: int, step: int, low: int = 0, high: int | None = None) -> list[int]:
+    """Block starts along one axis: from ``low`` in ``step`` until a block covers ``high``, clipped to the axis."""
+    high = length if high is None else high
+    block = min(block, length)
+    last = max(0, length - block)
+    starts, start = [], max(0, low)
+    while True:
+        starts.append(min(start, last))
+        if start + block >= high or start >= last:
+            break
+        start += step
+    return sorted(set(starts))
+
+
+def coarse_to_fine_occlusion(
+    scorer: Callable[[torch.Tensor], torch.Tensor],
+    window: torch.Tensor,
+    *,
+    base: float,
+    fine_size: Sequence[int],
+    fine_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
+    coarse_fraction: float = C2F_COARSE_FRACTION,
+    refine: int = DEFAULT_OCCLUSION_REFINE,
+    batch: int = 16,
+    value: float = 0.0,
+) -> tuple[torch.Tensor, int]:
+    """Occlusion sensitivity of one window, coarse blocks first, then fine blocks around the largest coarse drops.
+
+    1. Coarse: the window is tiled by blocks of ``coarse_fraction`` of its size per axis, side by side; each block is
+       replaced by ``value`` and the drop of the case log-odds (``base - scorer(occluded)``) is that block's value.
+    2. Fine: the ``refine`` coarse blocks with the largest drop, each grown by half a fine block on every side, are
+       covered by ``fine_size`` blocks in steps of ``1 - fine_overlap`` of a block (the dense occlusion's blocks);
+       each voxel gets the mean drop of the fine blocks covering it.
+
+    The map is the coarse drop plus the fine drop (0 where nothing was refined), so its peak lies where the fine
+    blocks found the most evidence inside the coarse blocks that held the most. Written here: MONAI's
+    :class:`~monai.visualize.OcclusionSensitivity` has a single, dense grid of blocks.
+
+    Args:
+        scorer: occluded copies ``(N, C, *spatial)`` -> case log-odds ``(N, 1)`` (batched).
+        window: ``(1, C, *spatial)``.
+        base: the window's own log-odds.
+        fine_size: fine block in voxels per axis.
+        fine_overlap: overlap of neighbouring fine blocks.
+        coarse_fraction: coarse block side as a share of the window's.
+        refine: coarse blocks refined.
+        batch: occluded copies per scorer call.
+        value: what an occluded block holds (0: air after the HU window).
+
+    Returns:
+        ``(map (1, 1, *spatial), forward passes)``.
+    """
+    shape = tuple(int(n) for n in window.shape[2:])
+    coarse = tuple(max(1, round(n * coarse_fraction)) for n in shape)
+    fine = tuple(min(max(1, int(b)), n) for b, n in zip(fine_size, shape, strict=True))
+    steps = tuple(max(1, int(round(b * (1 - fine_overlap)))) for b in fine)
+
+    def drops(boxes: list[tuple[slice, ...]]) -> torch.Tensor:
+        out = []
+        for first in range(0, len(boxes), batch):
+            chunk = boxes[first : first + batch]
+            copies = window.repeat(len(chunk), *[1] * (window.ndim - 1))
+            for number, box in enumerate(chunk):
+                copies[(number, slice(None), *box)] = value
+            out.append(base - scorer(copies).reshape(-1).float())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    coarse_boxes = [
+        tuple(slice(start, start + size) for start, size in zip(corner, coarse, strict=True))
+        for corner in np.ndindex(*[-(-n // b) for n, b in zip(shape, coarse, strict=True)])
+    ]
+    coarse_boxes = [
+        tuple(slice(sl.start * b, min(sl.start * b + b, n)) for sl, b, n in zip(box, coarse, shape, strict=True))
+        for box in coarse_boxes
+    ]
+    coarse_drops = drops(coarse_boxes)
+    heat = torch.zeros(shape, dtype=torch.float32)
+    for box, drop in zip(coarse_boxes, coarse_drops, strict=True):
+        heat[box] = drop
+    top = torch.argsort(coarse_drops, descending=True)[: max(0, refine)].tolist()
+    fine_boxes: set[tuple[tuple[int, int], ...]] = set()
+    for number in top:
+        region = coarse_boxes[number]
+        per_axis = [
+            _starts(n, b, st, low=sl.start - b // 2, high=min(n, sl.stop + b // 2))
+            for sl, b, st, n in zip(region, fine, steps, shape, strict=True)
+        ]
+        for corner in np.ndindex(*[len(axis) for axis in per_axis]):
+            fine_boxes.add(tuple((per_axis[a][i], per_axis[a][i] + fine[a]) for a, i in enumerate(corner)))
+    ordered = sorted(fine_boxes)
+    fine_drops = drops([tuple(slice(lo, hi) for lo, hi in box) for box in ordered])
+    total, count = torch.zeros(shape), torch.zeros(shape)
+    for box, drop in zip(ordered, fine_drops, strict=True):
+        where = tuple(slice(lo, hi) for lo, hi in box)
+        total[where] += drop
+        count[where] += 1
+    refined = count > 0
+    heat[refined] += total[refined] / count[refined]
+    return heat[None, None].to(window.device), len(coarse_boxes) + len(ordered)
+
+
 #: the hook tables of a module (torch.nn.Module's own attributes) a MONAI CAM class adds to
 _HOOK_TABLES = (
     "_forward_hooks",
@@ -281,7 +551,7 @@ _HOOK_TABLES = (
 
 
 @contextlib.contextmanager
-def _monai_cam(cam_class: type, scorer: nn.Module, layer: str) -> Iterator[Any]:
+def _monai_cam(cam_class: type, scorer: nn.Module, layer: str, *, upsampler: Callable | None = None) -> Iterator[Any]:
     """A MONAI Grad-CAM object whose hooks live only inside the ``with`` block.
 
     MONAI's ``ModelWithHooks`` registers a forward and a full backward hook on the target layer and keeps no handle to
@@ -293,7 +563,10 @@ def _monai_cam(cam_class: type, scorer: nn.Module, layer: str) -> Iterator[Any]:
     before = {table: set(getattr(module, table, {})) for table in _HOOK_TABLES}
     state = {key: module.__dict__[key] for key in ("inplace", "_is_full_backward_hook") if key in module.__dict__}
     try:
-        yield cam_class(nn_module=scorer, target_layers=layer)  # the scorer's names are "model.<layer>"
+        # the scorer's names are "model.<layer>"
+        yield cam_class(
+            nn_module=scorer, target_layers=layer, **({} if upsampler is None else {"upsampler": upsampler})
+        )
     finally:
         for table in _HOOK_TABLES:
             hooks = getattr(module, table, None)
@@ -379,6 +652,7 @@ def map_on_source_grid(
     prepared_shape: Sequence[int],
     source_affine: np.ndarray,
     source_shape: Sequence[int],
+    origin: float | None = None,
 ) -> np.ndarray:
     """A stitched map (on a grid covering the preprocessed volume) resampled onto the image as loaded.
 
@@ -388,13 +662,15 @@ def map_on_source_grid(
         prepared_shape: its spatial shape.
         source_affine: affine of the image as loaded.
         source_shape: its spatial shape.
+        origin: where a coarse map's cell 0 is centred on the preprocessed grid (:func:`map_origin` of the network;
+            ``None``: ``(f - 1) / 2``); no effect for a map at the preprocessed grid's own size.
 
     Returns:
         float32 ``source_shape`` array.
     """
     return resample_to_grid(
         heat,
-        source_affine=map_affine(prepared_affine, prepared_shape, tuple(heat.shape)),
+        source_affine=map_affine(prepared_affine, prepared_shape, tuple(heat.shape), origin=origin),
         target_affine=source_affine,
         target_shape=source_shape,
     )
@@ -434,6 +710,7 @@ def map_description(
     attention_stage: str = "mean",
     occlusion_size: Sequence[int] | None = None,
     occlusion_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
+    occlusion_refine: int = DEFAULT_OCCLUSION_REFINE,
 ) -> str:
     """What a raw map of ``kind`` holds, in a few words (the NIfTI ``descrip`` starts with it).
 
@@ -443,6 +720,7 @@ def map_description(
         attention_stage: the attention stage.
         occlusion_size: the occluded block (``None``: 3/16 of the window per axis).
         occlusion_overlap: the blocks' overlap (the step is ``1 - overlap`` of a block).
+        occlusion_refine: coarse blocks refined (``occlusion_c2f``).
 
     Returns:
         The description.
@@ -454,6 +732,11 @@ def map_description(
     if kind == "occlusion":
         block = "x".join(str(v) for v in occlusion_size) if occlusion_size else "3/16 window"
         return f"occlusion {block} step {1 - occlusion_overlap:.2g}: log-odds drop"
+    if kind == "occlusion_c2f":
+        block = "x".join(str(v) for v in occlusion_size) if occlusion_size else "3/16 window"
+        return f"occlusion 1/4 window, then {block} step {1 - occlusion_overlap:.2g} at {occlusion_refine} peaks"
+    if kind == "layercam":
+        return f"LayerCAM {target_layer} of positive log-odds"
     return f"AAM spatial attention {attention_stage}"
 
 

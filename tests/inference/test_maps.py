@@ -94,8 +94,11 @@ def test_every_kind_keeps_the_score_and_leaves_the_network_in_eval_mode(network)
         torch.testing.assert_close(mapped.prediction.logits, reference.logits, rtol=1e-5, atol=1e-6)
         assert mapped.heat.ndim == 5 and mapped.heat.shape[:2] == (1, 1) and torch.isfinite(mapped.heat).all()
         assert not any(p.grad is not None for p in network.parameters()), f"{kind} left gradients behind"
-    cam = predict_with_map(inferer, volume, MapMaker(network=network, kind="cam"))
-    torch.testing.assert_close(cam.heat, positive_evidence(reference.class_map))
+    # one window: the CAM is the window's positive evidence (a single 1x1x1 cell here) held over the whole window
+    window = volume[..., :32, :32, :32]
+    cam = predict_with_map(inferer, window, MapMaker(network=network, kind="cam"))
+    evidence = positive_evidence(inferer.predict(window, network).class_map)
+    torch.testing.assert_close(cam.heat, evidence.expand(1, 1, 32, 32, 32))
 
 
 def test_grad_cam_leaves_no_hook_behind_and_the_network_still_scripts():
@@ -206,6 +209,8 @@ def _check_written_kind(prediction, kind: str, *, png: bool = True) -> None:
         "gradcampp": "Grad-CAM++ layer4",
         "attention": "attention",
         "occlusion": "occlusion",
+        "occlusion_c2f": "occlusion 1/4 window, then",
+        "layercam": "LayerCAM layer4",
     }
     assert expected[kind] in description and "0-1" in description
     if png:
