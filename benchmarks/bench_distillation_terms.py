@@ -261,6 +261,48 @@ def _fmt_spread(spread: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{spread['mean']:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{spread['mean']:.{digits}f}"
 
 
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def headline(result: Mapping[str, Any]) -> str:
+    """The distillation comparison in one paragraph, for README.md and the bundle docs (a test checks they quote it):
+    the teacher, each configuration's test AUC over seeds, the paired tests against scratch and the teacher, and
+    whether any configuration beats scratch and comes within 0.01 of the teacher."""
+    table = result["table"]
+    teacher = table["teacher"]
+    configurations = table["configurations"]
+    first = next(iter(configurations.values()))
+    tests = {(t["a"], t["b"]): t for t in table["delong"]}
+    parts = []
+    for name, row in configurations.items():
+        text = f"{name} {row['test_auc']['mean']:.3f} ± {row['test_auc']['sd']:.3f}"
+        versus = tests.get((name, "scratch"))
+        if versus:
+            text += f" (vs scratch {versus['difference']:+.3f}, p {_p(versus['p_value'])})"
+        parts.append(text)
+    best = max(configurations, key=lambda name: configurations[name]["seed_averaged_auc"])
+    gap = tests.get((best, "teacher"))
+    beats = [
+        name
+        for name in configurations
+        if name != "scratch" and tests.get((name, "scratch"), {}).get("difference", 0) > 0
+    ]
+    close = [name for name in configurations if tests.get((name, "teacher"), {}).get("difference", -1) >= -0.01]
+    verdict = (
+        f"distillation pays here ({', '.join(close)} within 0.01 of the teacher)"
+        if close and any(name in beats for name in close)
+        else "no student comes within 0.01 of the teacher: distillation does not pay here"
+    )
+    return (
+        f"On the {result['difficulty']} demo ({table['n_test']} test cases, {len(result['seeds'])} seeds), the teacher "
+        f"{teacher['network']} scores test AUC {teacher['test_auc']['mean']:.3f} ± {teacher['test_auc']['sd']:.3f}; "
+        f"the student ({first['student_parameters']:,} parameters, {100 * first['share_of_resnet50']:.1f} % of "
+        f"ResNet-50's): " + "; ".join(parts) + f". Best: {best}, {gap['difference']:+.3f} vs the teacher "
+        f"(p {_p(gap['p_value'])}); {verdict}."
+    )
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """The table of :func:`main`'s JSON as Markdown."""
     block = result.get("table", {})

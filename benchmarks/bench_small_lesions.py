@@ -454,6 +454,53 @@ def aggregate(records: Sequence[Mapping[str, Any]], networks: Sequence[str]) -> 
     }
 
 
+def best_small_tertile_network(result: Mapping[str, Any], difficulty: str = "hard") -> str:
+    """The network with the highest smallest-tertile sensitivity (pooled over seeds; ties: the threshold-free
+    seed-averaged AUC of the smallest tertile against the negatives)."""
+    networks = result["difficulties"][difficulty]["networks"]
+
+    def key(name: str) -> tuple[float, float]:
+        smallest = networks[name]["tertiles"][TERTILES[0]]
+        return (smallest["pooled"]["value"] or 0.0, smallest.get("seed_averaged_auc_vs_negatives") or 0.0)
+
+    return max(networks, key=key)
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def headline(result: Mapping[str, Any], difficulty: str = "hard") -> str:
+    """The small-lesion comparison in one paragraph, for README.md and the bundle docs (a test checks they quote it).
+
+    Per network: the smallest tertile's sensitivity at each seed's frozen operating point, pooled over seeds with its
+    Wilson CI, its threshold-free AUC against the negatives (seed-averaged), the test AUC over seeds; then the paired
+    DeLong tests and the trivial baseline.
+    """
+    block = result["difficulties"][difficulty]
+    parts = []
+    for name, row in block["networks"].items():
+        smallest = row["tertiles"][TERTILES[0]]
+        pooled = smallest["pooled"]
+        parts.append(
+            f"{name} {pooled['numerator']}/{pooled['denominator']} = {pooled['value']:.2f} "
+            f"(95 % CI {pooled['ci'][0]:.2f}-{pooled['ci'][1]:.2f}; AUC vs negatives "
+            f"{smallest['seed_averaged_auc_vs_negatives']:.3f}; test AUC {row['test_auc']['mean']:.3f} ± "
+            f"{row['test_auc']['sd']:.3f})"
+        )
+    tests = "; ".join(
+        f"{t['a']} - {t['b']} {t['difference']:+.3f} (p {_p(t['p_value'])})" for t in block.get("delong", [])
+    )
+    seeds = max(len(row["seeds"]) for row in block["networks"].values())
+    return (
+        f"On the {difficulty} demo ({block['n_test']} test cases, {block['n_test_positive']} positive, {seeds} "
+        f"seeds per network), smallest-tertile sensitivity pooled over seeds: " + "; ".join(parts) + ". Paired "
+        f"DeLong on the seed-averaged probabilities: {tests}. Calling every case negative scores AUC "
+        f"{block['trivial']['auc']:.1f}, sensitivity {block['trivial']['sensitivity']:.0f}. Highest small-tertile "
+        f"sensitivity: {best_small_tertile_network(result, difficulty)}."
+    )
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """The tables of a result (:func:`main`'s JSON) as Markdown."""
     lines = [

@@ -49,9 +49,10 @@ DEFAULT_LIMITATIONS: tuple[str, ...] = (
     "prevalence and case mix, so re-check it on local data.",
     "Input must be a single chest CT volume (DICOM series or NIfTI) in Hounsfield units; other modalities, "
     "localisers and multi-phase series are not supported.",
-    "The heatmaps (`heatmap_kind` in configs/inference.json; occlusion sensitivity by default) show what the score "
-    "depends on, at the resolution of the occluded block or layer; they are not lesion segmentations, and their "
-    "localisation was measured on generated lesions only (docs/source_README.md, Heatmaps).",
+    "The heatmaps (`heatmap_kind` in configs/inference.json; `occlusion_c2f`, occlusion sensitivity coarse to fine, by "
+    "default) show what the score depends on, at the resolution of the occluded block or layer; they are not lesion "
+    "segmentations, and their localisation was measured on generated lesions only (docs/source_README.md, Heatmaps: "
+    "pointing game, cost per case and the position-prior baseline).",
 )
 
 
