@@ -422,6 +422,16 @@ def headline(record: dict[str, Any], *, difficulty: str = "default", finish: str
         f"On the {difficulty} demo, the default map ({default}, {finish}) peaks within {record['margin_mm']:g} mm of "
         "a lesion for " + "; ".join(parts)
     )
+    dense = [r for r in rows if r["kind"] == "occlusion" and r["finish"] == finish]
+    for row in dense:
+        text += (
+            f". The dense occlusion ({row['network']}): {_game(row)} at {row.get('passes_per_window') or 0:.0f} "
+            f"passes per window, {row['map_seconds_median']:.1f} s per case"
+        )
+    one_pass = [r for r in rows if r["kind"] not in ("occlusion", "occlusion_c2f") and r["finish"] == finish]
+    if one_pass:
+        best = max(one_pass, key=lambda r: (r["pointing_game"]["hits"], r["voxel_auroc"]["mean"] or 0.0))
+        text += f"; the best one-pass map ({best['network']}, {best['variant']}) {_game(best)}"
     base = record.get("baselines", {}).get(difficulty)
     if base:
         prior, rand = base["position_prior_peak"], base["random_point_in_lung"]
