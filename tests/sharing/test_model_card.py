@@ -131,3 +131,12 @@ def test_a_per_split_report_is_refused_with_the_file_to_pass_instead(tmp_path):
     path.write_text(json.dumps({"primary_split": "test", "splits": {"test": {"n": 3}}}))
     with pytest.raises(UserError, match="full report of one split"):
         read_run_summary(path)
+
+
+def test_model_card_names_the_default_heatmap_kind():
+    # the card's limitation line about the maps names the kind the inference config writes by default
+    from pipeline.inference.maps import DEFAULT_MAP_KIND
+    from pipeline.sharing.model_card import DEFAULT_LIMITATIONS
+
+    [line] = [text for text in DEFAULT_LIMITATIONS if "heatmap" in text.lower()]
+    assert f"`{DEFAULT_MAP_KIND}`" in line
