@@ -7,7 +7,7 @@ Run from the repository root (after ``benchmarks.demo_models`` trained the demo 
 1. ``aamct evaluate-cohort`` (in process, the console script's ``main``) on the demo cohort's test split with the
    demo network, once with ``--no-heatmaps`` and once with the default map (NIfTI + PNG montage + gallery), in that
    order, same cases; the ratio of the wall times is the maps' cost (issue goal: <= 3x).
-2. One 512 x 512 x 80 chest-like CT (0.7 x 0.7 x 5 mm, written as NIfTI) scored by :class:`CasePredictor` with the
+2. One demo DICOM series at 512 x 512 (``aamct demo-data --size 512``, 50-80 slices) scored by :class:`CasePredictor` with the
    default map and without: seconds per stage, median of ``--repeats`` after one warm-up (goal: score + map <= 4.3 s
    on the CPU, the seed's GPU anchor for a whole MRI segmentation).
 
@@ -58,15 +58,18 @@ def _clinical_case(model, folder: Path, repeats: int) -> dict:
     import torch
 
     from pipeline.contracts import settings_for
+    from pipeline.data.demo import write_demo_cohort
+    from pipeline.data.reader import read_volume
     from pipeline.inference import CasePredictor, DenseClassificationInferer
     from pipeline.inference.bundle import load_weights
     from pipeline.inference.maps import DEFAULT_MAP_KIND
     from pipeline.networks import build
     from pipeline.transforms import infer_transforms
-    from tests.inference.helpers import chest_like_volume, write_nifti
 
-    volume = chest_like_volume((512, 512, 80), blob_at=(150, 260, 40), blob_radius=20)
-    source = write_nifti(folder / "clinical.nii.gz", volume, np.diag([0.7, 0.7, 5.0, 1.0]))
+    # a positive demo case written at the clinical matrix: a DICOM series of 512 x 512 slices
+    write_demo_cohort(folder / "clinical", cases=2, size=512, seed=0)
+    source = sorted(p for p in (folder / "clinical").iterdir() if p.is_dir())[0]
+    shape = list(read_volume(source)[0].shape)
     settings = settings_for(model.checkpoint)
     network = load_weights(build(settings.network_name, options=dict(settings.network_kwargs)), model.checkpoint)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -96,8 +99,8 @@ def _clinical_case(model, folder: Path, repeats: int) -> dict:
             "windows": predictor.map_maker.windows if label == "score_and_map" else None,
         }
     out["map_kind"] = DEFAULT_MAP_KIND
-    out["shape"] = [512, 512, 80]
-    out["spacing_mm"] = [0.7, 0.7, 5.0]
+    out["shape"] = shape
+    out["series"] = "aamct demo-data --size 512 --cases 2 --seed 0, first series"
     return out
 
 
