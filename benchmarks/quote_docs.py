@@ -72,9 +72,7 @@ QUOTES: dict[str, Callable[[], str]] = {
 def fill(text: str, quotes: dict[str, str]) -> str:
     """``text`` with every marked paragraph replaced by its quote (wrapped at 116 columns)."""
     for name, quote in quotes.items():
-        pattern = re.compile(
-            rf"(<!-- results:{re.escape(name)} -->\n)(.*?)(<!-- /results:{re.escape(name)} -->)", re.S
-        )
+        pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n)(.*?)(<!-- /results:{re.escape(name)} -->)", re.S)
         body = "\n".join(textwrap.wrap(quote, width=116, break_on_hyphens=False)) + "\n"
         text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(3), text)
     return text

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.inference.gallery import gallery_rows, write_gallery
 from pipeline.evaluation.report import evaluate_predictions, write_report
 from pipeline.inference.cohort import CohortRunner
+from pipeline.inference.gallery import gallery_rows, write_gallery
 from tests.inference.helpers import chest_like_volume, make_predictor, tiny_network, write_nifti
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
