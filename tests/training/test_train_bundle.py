@@ -1,5 +1,9 @@
 """The bundle's training run, driven exactly as the README says: the stock ``python -m monai.bundle run training``
-CLI in a subprocess from the repository root, on a tiny generated DICOM cohort (demo generator -> manifest -> split).
+CLI from the repository root, on a tiny generated DICOM cohort (demo generator -> manifest -> split).
+
+The first training and the two-process (torchrun) one run the stock command in a subprocess; the resume and the
+missing-manifest error give the same command line to the same entry point in the test process
+(:func:`tests.bundle_process.run_bundle`), which saves the interpreter start-up of each.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bundle_process import run_bundle
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -46,6 +51,18 @@ def _bundle(*args: str, config: str = "bundle/configs/train.json", nproc: int | 
     command = [*launcher, "run", "training", "--config_file", config, "--bundle_root", "bundle", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1" if nproc else os.environ.get("OMP_NUM_THREADS", "2")}
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env=env)
+
+
+def _bundle_in_process(*args: str, config: str = "bundle/configs/train.json"):
+    """The command line of :func:`_bundle` (one process), run by ``monai.bundle.run`` in this process from the
+    repository root: each ``--key value`` pair read as python-fire reads it."""
+    from fire.parser import DefaultParseValue
+
+    assert len(args) % 2 == 0 and all(key.startswith("--") for key in args[::2]), args
+    overrides = {key[2:]: DefaultParseValue(value) for key, value in zip(args[::2], args[1::2], strict=True)}
+    return run_bundle(
+        "training", config_file=DefaultParseValue(config), cwd=REPO_ROOT, bundle_root="bundle", **overrides
+    )
 
 
 def _output(process) -> str:
@@ -86,7 +103,7 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(cohort, tmp_path_factory):
-    """One epoch through the README command."""
+    """One epoch through the README command (a subprocess: the stock command itself, as a user types it)."""
     output = tmp_path_factory.mktemp("run")
     process = _bundle("--datalist", str(cohort["datalist"]), "--output_dir", str(output), "--epochs", "1", *SMALL)
     return {"process": process, "output": output}
@@ -145,7 +162,7 @@ def test_resume_continues_at_the_next_epoch_with_the_optimizer_state(trained, co
     shutil.copytree(trained["output"], output)
     cached = sorted(p.name for p in (output / "cache").iterdir())
     # the resumed run also tracks itself with MONAI's MLFlowHandler (--tracking mlflow), offline, to a local store
-    process = _bundle(
+    process = _bundle_in_process(
         "--datalist",
         str(cohort["datalist"]),
         "--output_dir",
@@ -189,6 +206,7 @@ def _assert_mlflow_run(store: Path, *, epoch: int) -> None:
 
 
 def test_torchrun_two_cpu_processes_with_gloo(cohort, trained, tmp_path):
+    # stays a subprocess: torchrun starts two worker processes that talk over gloo, which no in-process call can be
     output = tmp_path / "ddp"
     process = _bundle(
         "--datalist",
@@ -219,7 +237,8 @@ def test_torchrun_two_cpu_processes_with_gloo(cohort, trained, tmp_path):
 
 
 def test_missing_manifest_is_one_line_for_the_user(tmp_path):
-    process = _bundle("--datalist", str(tmp_path / "nope.csv"), "--output_dir", str(tmp_path / "run"))
+    # in this process: the configs' own one-line hook (sys.excepthook) prints what the interpreter would at exit
+    process = _bundle_in_process("--datalist", str(tmp_path / "nope.csv"), "--output_dir", str(tmp_path / "run"))
     assert process.returncode != 0
     assert "Traceback" not in process.stderr
     assert process.stderr.strip().splitlines()[-1] == (
