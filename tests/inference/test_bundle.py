@@ -123,17 +123,19 @@ def test_unsafe_or_empty_bundles_are_refused(tmp_path):
 
 
 def _bundle_run(bundle, *overrides: str):
-    """``python -m monai.bundle run inference`` with the bundle's own config, as a recipient with aamct runs it."""
-    import os
-    import subprocess
-    import sys
+    """``python -m monai.bundle run inference`` with the bundle's own config, as a recipient with aamct runs it: the
+    same command line given to the same entry point in this process (:func:`tests.bundle_process.run_bundle`), each
+    ``--key value`` read as python-fire reads it; the one-line error hook is the one the config installs."""
+    from fire.parser import DefaultParseValue
 
-    from tests.conftest import REPO_ROOT
+    from tests.bundle_process import run_bundle
 
-    command = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file",
-               str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle), *overrides]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    pairs = dict(zip(overrides[::2], overrides[1::2], strict=True))
+    assert all(key.startswith("--") for key in pairs), overrides
+    values = {key[2:]: DefaultParseValue(value) for key, value in pairs.items()}
+    return run_bundle(
+        "inference", config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle), **values
+    )
 
 
 @pytest.mark.slow
