@@ -18,14 +18,13 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-__all__ = ["BundleRun", "isolated_process_state", "run_bundle"]
+__all__ = ["BundleRun", "isolated_process_state", "monai_bundle"]
 
 
 @dataclass(frozen=True)
@@ -70,31 +69,28 @@ def isolated_process_state(cwd: str | Path | None = None) -> Iterator[None]:
         os.environ.update(environ)
 
 
-def run_bundle(
-    run_id: str,
-    *,
-    config_file: str | Sequence[str],
-    cwd: str | Path | None = None,
-    **overrides: Any,
-) -> BundleRun:
-    """``python -m monai.bundle run RUN_ID --config_file ... --KEY VALUE ...`` in this process.
+def monai_bundle(*argv: str, cwd: str | Path | None = None) -> BundleRun:
+    """``python -m monai.bundle ARGV...`` in this process.
 
-    ``monai.bundle.run`` is what ``python -m monai.bundle run`` calls after python-fire has parsed the command line;
-    give the overrides as the values fire would read (numbers, lists, ``True``, strings). Relative paths resolve
-    against ``cwd`` (the folder the command would be typed in). The logging setup is the bundle's own
-    (``configs/logging.conf``, INFO to stdout) unless ``logging_file`` says otherwise.
+    The command line goes through python-fire over the functions ``monai/bundle/__main__.py`` offers, as in the
+    child process, so every ``--key value`` is read the same way; relative paths resolve against ``cwd`` (the folder
+    the command would be typed in). A bundle ``run`` sets up logging from the bundle's ``configs/logging.conf``
+    (INFO to stdout), as it would in a child.
 
     The exit is that of the interpreter: 0 after a normal end; for an uncaught exception, whatever
     ``sys.excepthook`` prints (the configs' one-line error hook, or Python's traceback) goes to ``stderr`` and the
-    status is 1; ``SystemExit`` gives its own status.
+    status is 1; ``SystemExit`` (python-fire's usage errors included) gives its own status.
     """
-    from monai.bundle import run
+    import fire
+    from monai.bundle import __main__ as entry
 
+    commands = {name: getattr(entry, name) for name in entry.__dict__ if not name.startswith("_")}
+    commands = {name: value for name, value in commands.items() if callable(value) and name != "annotations"}
     stdout, stderr = io.StringIO(), io.StringIO()
     returncode = 0
     with isolated_process_state(cwd), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            run(run_id, config_file=config_file, **overrides)
+            fire.Fire(commands, command=list(argv), name="monai.bundle")
         except SystemExit as done:
             code = done.code
             if code is None or isinstance(code, int):

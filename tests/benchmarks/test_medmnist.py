@@ -19,7 +19,7 @@ from benchmarks.bench_medmnist import add_medmnist_arguments, settings_from_args
 from pipeline.contracts.datalist import select
 from pipeline.errors import UserError
 from pipeline.evaluation.roc import delong_test, roc_auc
-from tests.bundle_process import run_bundle
+from tests.bundle_process import monai_bundle
 from tests.conftest import REPO_ROOT, shared_path
 
 SIZE = 28  # MedMNIST's own resolution
@@ -28,19 +28,18 @@ SIZE = 28  # MedMNIST's own resolution
 @pytest.fixture(autouse=True)
 def _bundle_runs_in_this_process(monkeypatch):
     """The benchmark's bundle runs (``python -m monai.bundle run`` in a child process, ``medmnist._run_bundle``) run
-    in the test process: the same configs and overrides, each override turned into the command-line text the child
-    gets (``medmnist._cli_value``) and read back as python-fire reads it, so what the orchestration passes is what a
-    child would see. The tests here are about the orchestration (reuse, resume, tables); the stock command itself is
+    in the test process: the child's own command line (``medmnist._cli_value`` for each override), read by python-fire
+    as in the child, so what the orchestration passes is what a child would see. The tests here are about the orchestration (reuse, resume, tables); the stock command itself is
     run in a subprocess by tests/training/test_train_bundle.py. Saves ~10 s of interpreter start-up per run."""
-    from fire.parser import DefaultParseValue
 
     def in_process(run_id, config_files, overrides):
         started = time.perf_counter()
-        config = [str(medmnist.CONFIGS / name) for name in config_files]
-        values = {key: DefaultParseValue(medmnist._cli_value(value)) for key, value in overrides.items()}
-        done = run_bundle(
-            run_id, config_file=config, meta_file=str(medmnist.CONFIGS / "metadata.json"), cwd=REPO_ROOT, **values
-        )
+        # the child's command line, built as medmnist._run_bundle builds it
+        config = str([str(medmnist.CONFIGS / name) for name in config_files])
+        argv = ["run", run_id, "--config_file", config, "--meta_file", str(medmnist.CONFIGS / "metadata.json")]
+        for key, value in overrides.items():
+            argv += [f"--{key}", medmnist._cli_value(value)]
+        done = monai_bundle(*argv, cwd=REPO_ROOT)
         sys.stderr.write(done.stderr)
         if done.returncode != 0:
             last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no error output")

@@ -124,18 +124,12 @@ def test_unsafe_or_empty_bundles_are_refused(tmp_path):
 
 def _bundle_run(bundle, *overrides: str):
     """``python -m monai.bundle run inference`` with the bundle's own config, as a recipient with aamct runs it: the
-    same command line given to the same entry point in this process (:func:`tests.bundle_process.run_bundle`), each
-    ``--key value`` read as python-fire reads it; the one-line error hook is the one the config installs."""
-    from fire.parser import DefaultParseValue
+    same command line given to the same entry point in this process (:func:`tests.bundle_process.monai_bundle`);
+    the one-line error hook is the one the config installs."""
+    from tests.bundle_process import monai_bundle
 
-    from tests.bundle_process import run_bundle
-
-    pairs = dict(zip(overrides[::2], overrides[1::2], strict=True))
-    assert all(key.startswith("--") for key in pairs), overrides
-    values = {key[2:]: DefaultParseValue(value) for key, value in pairs.items()}
-    return run_bundle(
-        "inference", config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle), **values
-    )
+    config = str(bundle / "configs" / "inference.json")
+    return monai_bundle("run", "inference", "--config_file", config, "--bundle_root", str(bundle), *overrides)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from pipeline.sharing.checksums import CHECKSUM_FILENAME, digests_of_tree, forma
 from pipeline.sharing.export import write_synthetic_ct
 from pipeline.sharing.metadata import METADATA_SCHEMA_PATH, bump_version
 from pipeline.sharing.verify import verify_bundle
+from tests.bundle_process import monai_bundle
 from tests.sharing.conftest import phi_values
 
 EXPECTED_MEMBERS = {
@@ -231,6 +232,7 @@ def _eager_probabilities(bundle_root: Path, images: list[Path]) -> dict[str, np.
 
 
 def test_torchscript_only_inference_without_the_package(unpacked, tmp_path):
+    # stays a subprocess: the point is an interpreter in which ``pipeline`` cannot be imported at all
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     images = [
@@ -419,7 +421,8 @@ def test_stock_ckpt_export_on_the_repository_bundle_reads_the_runs_record(export
         "--bundle_root", "bundle", "--checkpoint", str(run / "model.pt"), "--ckpt_file", str(run / "model.pt"),
         "--filepath", str(target), "--use_trace", "True", "--input_shape", json.dumps([1, 1, *record["roi_size"]]),
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    # the command line given to ``python -m monai.bundle``'s entry point in this process, from the repository root
+    done = monai_bundle(*command[3:], cwd=repo)
     assert done.returncode == 0, done.stderr[-3000:]
     scripted = torch.jit.load(str(target)).eval()
     from pipeline.networks import build

@@ -3,7 +3,7 @@ CLI from the repository root, on a tiny generated DICOM cohort (demo generator -
 
 The first training and the two-process (torchrun) one run the stock command in a subprocess; the resume and the
 missing-manifest error give the same command line to the same entry point in the test process
-(:func:`tests.bundle_process.run_bundle`), which saves the interpreter start-up of each.
+(:func:`tests.bundle_process.monai_bundle`), which saves the interpreter start-up of each.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bundle_process import run_bundle
+from tests.bundle_process import monai_bundle
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -54,15 +54,9 @@ def _bundle(*args: str, config: str = "bundle/configs/train.json", nproc: int | 
 
 
 def _bundle_in_process(*args: str, config: str = "bundle/configs/train.json"):
-    """The command line of :func:`_bundle` (one process), run by ``monai.bundle.run`` in this process from the
-    repository root: each ``--key value`` pair read as python-fire reads it."""
-    from fire.parser import DefaultParseValue
-
-    assert len(args) % 2 == 0 and all(key.startswith("--") for key in args[::2]), args
-    overrides = {key[2:]: DefaultParseValue(value) for key, value in zip(args[::2], args[1::2], strict=True)}
-    return run_bundle(
-        "training", config_file=DefaultParseValue(config), cwd=REPO_ROOT, bundle_root="bundle", **overrides
-    )
+    """The command line of :func:`_bundle` (one process) given to ``python -m monai.bundle``'s entry point in this
+    process, from the repository root (:func:`tests.bundle_process.monai_bundle`)."""
+    return monai_bundle("run", "training", "--config_file", config, "--bundle_root", "bundle", *args, cwd=REPO_ROOT)
 
 
 def _output(process) -> str:
