@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from pipeline.evaluation.operating_point import choose_threshold
 from pipeline.evaluation.roc import auc_summary
 from pipeline.networks import build
 from pipeline.transforms import eval_transforms
+from tests.bundle_process import monai_bundle
 
 from .conftest import BUNDLE_OVERRIDES
 
@@ -59,14 +58,13 @@ def _read(path: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def evaluated_run(tiny_cohort, tiny_checkpoint, tmp_path_factory):
-    """``python -m monai.bundle run evaluating`` in a subprocess, on a run folder holding only ``models/model.pt``."""
+    """``python -m monai.bundle run evaluating`` on a run folder holding only ``models/model.pt``: the stock command
+    line, given to its entry point in this process (:func:`tests.bundle_process.monai_bundle`), from the repository
+    root."""
     run_dir = tmp_path_factory.mktemp("evaluated_run")
     (run_dir / "models").mkdir()
     shutil.copy(tiny_checkpoint, run_dir / "models" / "model.pt")
     command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
         "run",
         "evaluating",
         "--config_file",
@@ -81,7 +79,7 @@ def evaluated_run(tiny_cohort, tiny_checkpoint, tmp_path_factory):
         str(run_dir),
         *_cli_args({**BUNDLE_OVERRIDES, **FAST}),
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    completed = monai_bundle(*command, cwd=REPO)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return {"dir": run_dir, "log": completed.stdout + completed.stderr}
 
