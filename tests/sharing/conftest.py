@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +91,15 @@ def _shrink_bundle(target: Path) -> Path:
 @pytest.fixture(scope="session")
 def phi_cohort(tmp_path_factory) -> PhiCohort:
     """Eight demo DICOM series whose patient fields hold distinctive values, manifest-built and split."""
+    return _write_phi_cohort(tmp_path_factory.mktemp("phi_cohort"))
+
+
+def _write_phi_cohort(base: Path) -> PhiCohort:
     from pipeline.data.demo import write_demo_cohort
     from pipeline.data.manifest import build_manifest
     from pipeline.data.splits import split_manifest
 
-    base = tmp_path_factory.mktemp("phi_cohort")
+    base.mkdir(parents=True, exist_ok=True)
     cohort = write_demo_cohort(base / "dicom", cases=8, size=32, seed=3)
     patients: dict[str, int] = {}
     for path in sorted((base / "dicom").rglob("*.dcm")):
@@ -167,12 +173,40 @@ def synthetic_report(path: Path, *, n: int = 60, seed: int = 0) -> Path:
     return update_run_summary(path, test_report, split="test", report_dir=path.parent / "eval_test")
 
 
+def _once_per_run(tmp_path_factory, name: str, build):
+    """``build(folder)`` once for the whole test run, shared by every xdist worker.
+
+    With xdist, each worker has its own session, so a session fixture is built again in every worker that runs a
+    module using it (here: test_export_verify.py and test_export_version.py, often on two workers). The first worker
+    builds it under the run's common temp folder (``pytest-N``, new for every run) while holding a file lock; the
+    others wait for it and read back what it returned. Without xdist it is just built.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock  # torch's own dependency
+
+    shared = tmp_path_factory.getbasetemp().parent
+    done = shared / f"{name}.pickle"
+    with FileLock(str(shared / f"{name}.lock")):
+        if done.is_file():
+            return pickle.loads(done.read_bytes())
+        folder = shared / name
+        folder.mkdir(exist_ok=True)
+        value = build(folder)
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
-def exported_bundle(tmp_path_factory, phi_cohort) -> ExportedBundle:
-    """The tiny bundle trained on the PHI cohort, exported once for the whole session."""
+def exported_bundle(tmp_path_factory) -> ExportedBundle:
+    """The tiny bundle trained on the PHI cohort, exported once for the whole test run (all workers)."""
+    return _once_per_run(tmp_path_factory, "exported_bundle", _export_tiny_bundle)
+
+
+def _export_tiny_bundle(base: Path) -> ExportedBundle:
     from pipeline.sharing.export import export_bundle
 
-    base = tmp_path_factory.mktemp("export")
+    phi_cohort = _write_phi_cohort(base / "phi_cohort")
     source = _shrink_bundle(base / "bundle")
     checkpoint = base / "run" / "models" / "model.pt"
     _train_one_epoch(phi_cohort.datalist, checkpoint)
