@@ -60,3 +60,21 @@ def test_a_failure_is_one_line_and_verbose_adds_the_traceback(monkeypatch, capsy
     assert cli.main(["-v", "boom"]) == status
     verbose = capsys.readouterr().err
     assert "Traceback (most recent call last)" in verbose and verbose.strip().splitlines()[-1].startswith(line)
+
+
+def test_the_installed_console_script_says_a_user_mistake_in_one_line(tmp_path):
+    # stays a subprocess: the point is the `aamct` console script pip installed (pyproject [project.scripts]), its
+    # exit status and what reaches the terminal; the other CLI tests call cli.main(argv) in the test process
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("aamct")
+    if not script.is_file():
+        pytest.skip(f"the aamct console script is not installed beside {sys.executable} (make setup installs it)")
+    usage = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: aamct")
+    missing = tmp_path / "nope.csv"
+    done = subprocess.run([str(script), "manifest", "split", str(missing)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"aamct: error: {missing}: manifest not found\n"

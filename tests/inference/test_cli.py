@@ -123,6 +123,7 @@ def _rows_in(table: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_process_resumes_with_only_the_missing_cases(tmp_path):
+    # stays a subprocess: the run is killed with SIGKILL part-way, which only a separate process can undergo
     bundle = _bundle(tmp_path / "bundle")
     n_cases = 8
     manifest = _manifest(tmp_path / "cohort", n_cases, labels=False)
@@ -261,6 +262,8 @@ def test_the_builder_accepts_the_good_inputs_and_rejects_every_bad_one(rejected_
 
 
 def test_evaluate_cohort_reports_every_rejected_case_with_the_builders_reason(rejected_cohort, tmp_path):
+    # stays a subprocess: the stock `python -m pipeline evaluate-cohort` as a user runs it, and what reaches its
+    # terminal (no traceback, no Python warning: pytest would catch those in-process before they reach stderr)
     out = tmp_path / "out"
     args = ["--bundle", str(rejected_cohort["bundle"]), "--manifest", str(rejected_cohort["manifest"])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
