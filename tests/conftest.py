@@ -15,6 +15,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("AAMCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Start the files holding slow tests (``@pytest.mark.slow``) first, the rest after them in their usual order.
+
+    ``make test`` hands whole files to the xdist workers in collection order (``--dist loadfile``); a long file
+    handed out last would run alone while the other workers sit idle. The order within a file is kept.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _limit_threads():
     """Keep the suite predictable on the 2-core CI machine."""

@@ -172,6 +172,7 @@ def tiny_run(tmp_path_factory):
     return settings, medmnist.run_medmnist(settings)
 
 
+@pytest.mark.slow
 def test_one_tiny_run_through_the_bundle(tiny_run):
     settings, result = tiny_run
     tmp_path = settings.work_dir.parent
@@ -202,6 +203,7 @@ def test_ablation_variants_differ_in_exactly_the_parameters_they_remove():
     assert params["without attention (gamma-scaled residual only)"] < stage_only < full
 
 
+@pytest.mark.slow
 def test_ablation_runs_its_variants_and_a_rerun_reuses_finished_runs(tmp_path, monkeypatch):
     npz = _write_npz(tmp_path / "tiny.npz", per_split=8)
     settings = medmnist.MedMNISTSettings(
@@ -410,6 +412,7 @@ def _one_tiny_run(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_run_that_died_after_training_is_evaluated_and_one_that_died_in_training_resumes(tmp_path, monkeypatch):
     settings = _one_tiny_run(tmp_path)
     first = medmnist.run_medmnist(settings)

@@ -231,6 +231,7 @@ def _eager_probabilities(bundle_root: Path, images: list[Path]) -> dict[str, np.
     return out
 
 
+@pytest.mark.slow
 def test_torchscript_only_inference_without_the_package(unpacked, tmp_path):
     # stays a subprocess: the point is an interpreter in which ``pipeline`` cannot be imported at all
     cohort = tmp_path / "cohort"
@@ -401,6 +402,7 @@ def test_large_files_yml_lists_the_weights_with_sha256_and_stock_monai_checks_th
         download_large_files(bundle_path=str(copy))
 
 
+@pytest.mark.slow
 def test_stock_ckpt_export_on_the_repository_bundle_reads_the_runs_record(exported_bundle, tmp_path):
     """``python -m monai.bundle ckpt_export`` on ``bundle/`` with a run's weights: the network and its input come from
     the run's ``models/run.json`` (no network name or width repeated on the command line)."""

@@ -19,6 +19,8 @@ from pipeline.sharing.export import export_bundle, zip_name
 from pipeline.sharing.metadata import bump_version
 from pipeline.sharing.release import SOURCE_VERSION_KEY, WEIGHTS_DIGEST_KEY
 
+pytestmark = pytest.mark.slow  # each test exports the tiny bundle again (a TorchScript trace per export)
+
 
 def _metadata(zip_path: Path, name: str) -> dict:
     with zipfile.ZipFile(zip_path) as archive:
