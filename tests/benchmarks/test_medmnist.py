@@ -28,25 +28,28 @@ SIZE = 28  # MedMNIST's own resolution
 @pytest.fixture(autouse=True)
 def _bundle_runs_in_this_process(monkeypatch):
     """The benchmark's bundle runs (``python -m monai.bundle run`` in a child process, ``medmnist._run_bundle``) run
-    in the test process: the child's own command line (``medmnist._cli_value`` for each override), read by python-fire
-    as in the child, so what the orchestration passes is what a child would see. The tests here are about the orchestration (reuse, resume, tables); the stock command itself is
-    run in a subprocess by tests/training/test_train_bundle.py. Saves ~10 s of interpreter start-up per run."""
+    in the test process: the child's own command line (``medmnist._cli_value`` for each override), read by
+    python-fire as in the child, so what the orchestration passes is what a child would see. The tests here are
+    about the orchestration (reuse, resume, tables); the stock command itself is run in a subprocess by
+    tests/training/test_train_bundle.py. Saves ~10 s of interpreter start-up per run."""
+    monkeypatch.setattr(medmnist, "_run_bundle", _run_bundle_in_process)
 
-    def in_process(run_id, config_files, overrides):
-        started = time.perf_counter()
-        # the child's command line, built as medmnist._run_bundle builds it
-        config = str([str(medmnist.CONFIGS / name) for name in config_files])
-        argv = ["run", run_id, "--config_file", config, "--meta_file", str(medmnist.CONFIGS / "metadata.json")]
-        for key, value in overrides.items():
-            argv += [f"--{key}", medmnist._cli_value(value)]
-        done = monai_bundle(*argv, cwd=REPO_ROOT)
-        sys.stderr.write(done.stderr)
-        if done.returncode != 0:
-            last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no error output")
-            raise UserError(f"{run_id} of {overrides.get('output_dir', '?')} exited {done.returncode}: {last}")
-        return time.perf_counter() - started
 
-    monkeypatch.setattr(medmnist, "_run_bundle", in_process)
+def _run_bundle_in_process(run_id, config_files, overrides):
+    """``medmnist._run_bundle`` with the child's command line given to ``python -m monai.bundle``'s entry point in
+    this process; returns its wall seconds, raises the same ``UserError`` on a non-zero exit."""
+    started = time.perf_counter()
+    # the child's command line, built as medmnist._run_bundle builds it
+    config = str([str(medmnist.CONFIGS / name) for name in config_files])
+    argv = ["run", run_id, "--config_file", config, "--meta_file", str(medmnist.CONFIGS / "metadata.json")]
+    for key, value in overrides.items():
+        argv += [f"--{key}", medmnist._cli_value(value)]
+    done = monai_bundle(*argv, cwd=REPO_ROOT)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no error output")
+        raise UserError(f"{run_id} of {overrides.get('output_dir', '?')} exited {done.returncode}: {last}")
+    return time.perf_counter() - started
 
 
 def _write_npz(path: Path, *, per_split: int = 8, seed: int = 0) -> Path:
@@ -169,7 +172,10 @@ def tiny_run(tmp_path_factory):
     """One finished 1-epoch unet_encoder run (the registry's smallest network), shared by the tests that only read it:
     ``(settings, result)``."""
     settings = _one_tiny_run(tmp_path_factory.mktemp("tiny_run"))
-    return settings, medmnist.run_medmnist(settings)
+    # set up before the function-scoped autouse fixture above: its bundle runs are put in this process here
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(medmnist, "_run_bundle", _run_bundle_in_process)
+        return settings, medmnist.run_medmnist(settings)
 
 
 @pytest.mark.slow
