@@ -32,6 +32,7 @@ timed, so the load does not change the figures.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -279,6 +280,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--unseen-cases", type=int, default=40, help="size of each unseen cohort")
     parser.add_argument(
+        "--variants", nargs="+", default=None, help="score only these map variants (names as in the table, e.g. cam)"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the rows of the variants scored in the existing --output (the other rows, models and "
+        "baselines stay); for a rerun of one map after a change to it",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke run: 24 cases, 2 epochs, the first difficulty only, 4 maps"
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -301,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             MapVariant("attention"),
             MapVariant("occlusion_c2f"),
         )
+    if args.variants:
+        variants = tuple(v for v in variants if v.name in args.variants)
+        if not variants:
+            raise SystemExit(f"bench_localisation: error: no variant named {' '.join(args.variants)}")
     workdir = args.workdir or (DEFAULT_WORKDIR if not args.quick else DEFAULT_WORKDIR / "quick")
     started, load_start = time.time(), os.getloadavg()[0]
     models, results, baselines, unseen = [], [], {}, []
@@ -380,10 +394,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     from benchmarks.store import write_result_json, write_result_text
 
+    if args.merge and args.output.is_file():
+        record = merged(json.loads(args.output.read_text()), record, {v.name for v in variants})
     write_result_json(args.output, record)
     write_result_text(args.output.with_suffix(".md"), render_table(record))
     print(f"wrote {args.output} and {args.output.with_suffix('.md')}")
     return 0
+
+
+def merged(old: dict[str, Any], new: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """``old`` with the rows of the variants ``names`` of the networks ``new`` scored replaced by ``new``'s (main
+    results and unseen cohorts)."""
+    networks = {(m["difficulty"], m["network"]) for m in new["models"]}
+
+    def scored(row: dict[str, Any], difficulty: str | None = None) -> bool:
+        where = (difficulty or row["difficulty"], row.get("network"))
+        return row["variant"].rsplit(" (", 1)[0] in names and (row.get("network") is None or where in networks)
+
+    out = dict(old)
+    out["results"] = [r for r in old["results"] if not scored(r)] + new["results"]
+    unseen = {(e["difficulty"], e["network"], e["cohort_seed"]): e for e in new.get("unseen_cohorts", [])}
+    out["unseen_cohorts"] = []
+    for entry in old.get("unseen_cohorts", []):
+        fresh = unseen.get((entry["difficulty"], entry["network"], entry["cohort_seed"]))
+        rows = [r for r in entry["results"] if not (fresh and scored(r, entry["difficulty"]))]
+        rows += fresh["results"] if fresh else []
+        out["unseen_cohorts"].append({**entry, "results": rows})
+    out["merged_runs"] = [*old.get("merged_runs", []), {"command": new["command"], "variants": sorted(names)}]
+    out["default_map"] = new["default_map"]
+    return out
 
 
 def _game(result: dict[str, Any]) -> str:

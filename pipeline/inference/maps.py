@@ -24,9 +24,9 @@ inference bundle's ``heatmap_kind``):
   HU window). A perturbation map: it shows what the network's score depends on, at the block's resolution, for any
   network, at the price of one forward pass per block position (about 1,200 for a 64 x 64 x 32 window).
 * ``occlusion_c2f``: the same measurement coarse to fine (:func:`coarse_to_fine_occlusion`): blocks of 1/4 of the
-  window side by side (64 passes), then, around the ``occlusion_refine`` coarse blocks with the largest drop, the
-  default occlusion's 3/16 blocks in half-block steps; the map is the coarse drop plus the fine drop where refined.
-  All occluded copies of a window run in batches through the deployed CPU form (oneDNN at batch > 1); about 200
+  window side by side (64 passes), then, around the ``occlusion_refine`` coarse block(s) with the largest drop (1 by
+  default), the default occlusion's 3/16 blocks in half-block steps; the map is the coarse drop plus the fine drop where refined.
+  All occluded copies of a window run in batches through the deployed CPU form (oneDNN at batch > 1); about 130
   passes for a 64 x 64 x 32 window (``MapMaker.passes`` counts them).
 
 Whole volumes: the sliding window runs :class:`MapMaker` on each window. It returns two outputs, the dense class map
@@ -95,8 +95,8 @@ __all__ = [
 #: the map kinds, in the order the benchmark reports them
 MAP_KINDS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "layercam", "attention", "occlusion", "occlusion_c2f")
 #: the default kind, chosen by benchmarks/results/localisation.md (test positives, the demo's AAM-ResNet-18 at width
-#: 0.25): coarse-to-fine occlusion found as many lesions as the dense occlusion on both difficulties (14/18 default,
-#: 4/18 hard) with 254 instead of 1,001 forward passes per window (0.7 vs 9.0 s per case); every one-pass map (CAM,
+#: 0.25): coarse-to-fine occlusion found as many lesions as the dense occlusion on both difficulties (14/18 default;
+#: hard 5/18 vs 4/18) with 129 instead of 1,001 forward passes per window; every one-pass map (CAM,
 #: Grad-CAM, LayerCAM, attention, also at output stride 8 and with attention-MIL pooling) found at most 2/18
 DEFAULT_MAP_KIND = "occlusion_c2f"
 #: overlap of neighbouring occlusion blocks: 0.5 (half-block steps) found 17/18 lesions vs 13/18 for 1/3 (ResNet-18:
@@ -104,7 +104,9 @@ DEFAULT_MAP_KIND = "occlusion_c2f"
 DEFAULT_OCCLUSION_OVERLAP = 0.5
 #: coarse-to-fine occlusion: the coarse blocks' share of the window per axis, and how many coarse peaks are refined
 C2F_COARSE_FRACTION = 0.25
-DEFAULT_OCCLUSION_REFINE = 3
+#: one refined coarse block: on the demo's AAM-ResNet-18 it found 14/18 (default) and 5/18 (hard) lesions at 129 passes
+#: per window, against 14/18 and 4/18 for three refined blocks at 254 passes (bench_localisation, occlusion_c2f)
+DEFAULT_OCCLUSION_REFINE = 1
 #: where a finished map keeps its values: everywhere, inside the body, or inside the body's low-density (lung) region
 MAP_RESTRICTIONS: tuple[str, ...] = ("none", "body", "lungs")
 #: what a written map holds: ``relative`` (:func:`finish_map`: 0..1 inside the body) or ``raw`` (the kind's own units)
