@@ -61,6 +61,7 @@ from benchmarks.store import (  # noqa: E402
     ResultStore,
     code_versions,
     cohort_fingerprint,
+    format_p,
     network_fingerprint,
     write_result_json,
     write_result_text,
@@ -261,10 +262,6 @@ def _fmt_spread(spread: Mapping[str, Any] | None, digits: int = 3) -> str:
     return f"{spread['mean']:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{spread['mean']:.{digits}f}"
 
 
-def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
 def headline(result: Mapping[str, Any]) -> str:
     """The distillation comparison in one paragraph, for README.md and the bundle docs (a test checks they quote it):
     the teacher, each configuration's test AUC over seeds, the paired tests against scratch and the teacher, and
@@ -279,7 +276,7 @@ def headline(result: Mapping[str, Any]) -> str:
         text = f"{name} {row['test_auc']['mean']:.3f} ± {row['test_auc']['sd']:.3f}"
         versus = tests.get((name, "scratch"))
         if versus:
-            text += f" (vs scratch {versus['difference']:+.3f}, p {_p(versus['p_value'])})"
+            text += f" (vs scratch {versus['difference']:+.3f}, p {format_p(versus['p_value'])})"
         parts.append(text)
     best = max(configurations, key=lambda name: configurations[name]["seed_averaged_auc"])
     gap = tests.get((best, "teacher"))
@@ -299,7 +296,7 @@ def headline(result: Mapping[str, Any]) -> str:
         f"{teacher['network']} scores test AUC {teacher['test_auc']['mean']:.3f} ± {teacher['test_auc']['sd']:.3f}; "
         f"the student ({first['student_parameters']:,} parameters, {100 * first['share_of_resnet50']:.1f} % of "
         f"ResNet-50's): " + "; ".join(parts) + f". Best: {best}, {gap['difference']:+.3f} vs the teacher "
-        f"(p {_p(gap['p_value'])}); {verdict}."
+        f"(p {format_p(gap['p_value'])}); {verdict}."
     )
 
 

@@ -45,6 +45,7 @@ from benchmarks.store import (  # noqa: E402
     ResultStore,
     code_versions,
     cohort_fingerprint,
+    format_p,
     network_fingerprint,
     write_result_json,
     write_result_text,
@@ -466,10 +467,6 @@ def best_small_tertile_network(result: Mapping[str, Any], difficulty: str = "har
     return max(networks, key=key)
 
 
-def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
 def headline(result: Mapping[str, Any], difficulty: str = "hard") -> str:
     """The small-lesion comparison in one paragraph, for README.md and the bundle docs (a test checks they quote it).
 
@@ -489,7 +486,7 @@ def headline(result: Mapping[str, Any], difficulty: str = "hard") -> str:
             f"{row['test_auc']['sd']:.3f})"
         )
     tests = "; ".join(
-        f"{t['a']} - {t['b']} {t['difference']:+.3f} (p {_p(t['p_value'])})" for t in block.get("delong", [])
+        f"{t['a']} - {t['b']} {t['difference']:+.3f} (p {format_p(t['p_value'])})" for t in block.get("delong", [])
     )
     seeds = max(len(row["seeds"]) for row in block["networks"].values())
     return (

@@ -34,6 +34,7 @@ from typing import Any
 from pipeline.io import write_json_atomic, write_text_atomic
 
 __all__ = [
+    "format_p",
     "RESULTS_ROOT",
     "ResultStore",
     "code_versions",
@@ -216,3 +217,8 @@ class ResultStore:
                     return
             time.sleep(1.5)
         print(f"[{self.benchmark}] note: could not commit {relative}; it is written, commit it by hand")
+
+
+def format_p(value: float) -> str:
+    """A p-value as the headlines print it: three decimals, ``< 0.001`` below that."""
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
