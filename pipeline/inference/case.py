@@ -80,6 +80,8 @@ class CasePrediction:
         montage: path of the PNG montage, if written.
         map_shape: spatial shape of the stitched class map.
         source_shape: spatial shape of the image as loaded (the heatmap's shape).
+        map_values: the finished map on the source grid (what the heatmap NIfTI stores, as float32), when
+            :meth:`CasePredictor.predict_loaded` was asked to keep it (``keep_map=True``).
     """
 
     probabilities: np.ndarray
@@ -89,6 +91,7 @@ class CasePrediction:
     montage: Path | None = None
     map_shape: tuple[int, ...] = ()
     source_shape: tuple[int, ...] = ()
+    map_values: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def split_loading(preprocessing: Callable) -> tuple[Callable, Callable]:
@@ -223,11 +226,44 @@ class CasePredictor:
 
         with _StageTimer("load", seconds):
             loaded = self.load({self.image_key: str(path)})
+        return self.predict_loaded(loaded, case_id=case_id, heatmap_dir=heatmap_dir, label=label, seconds=seconds)
+
+    def predict_loaded(
+        self,
+        loaded: Mapping,
+        *,
+        case_id: str,
+        heatmap_dir: str | os.PathLike | None = None,
+        label: str | None = None,
+        keep_map: bool = False,
+        seconds: dict[str, float] | None = None,
+    ) -> CasePrediction:
+        """The stages after loading, on a data dictionary :attr:`load` returned (possibly edited in memory).
+
+        Why: the lesion-insertion stress test scores copies of a loaded scan with a lesion pasted into its HU
+        volume; going through this method, a copy is scored exactly as the cohort job scores a file.
+
+        Args:
+            loaded: ``{image_key: MetaTensor}`` as :attr:`load` returns it (HU, acquired grid, RAS affine).
+            case_id: pseudonymous case id (file names, montage title).
+            heatmap_dir: folder of ``<case_id>.nii.gz`` / ``<case_id>.png``; ``None`` writes neither.
+            label: the case's reference label for the PNG caption.
+            keep_map: compute the finished map even when nothing is written, and return it as ``map_values``.
+            seconds: stage timings to add to (``load`` already timed by :meth:`__call__`).
+
+        Returns:
+            The :class:`CasePrediction`.
+
+        Raises:
+            CaseFailure: naming the failing stage.
+        """
+        seconds = {} if seconds is None else seconds
         source = loaded[self.image_key]
         source_affine, source_shape = _geometry(source)
         with _StageTimer("preprocess", seconds):
             prepared = self.preprocess(dict(loaded))[self.image_key]
-        wants_heatmap = heatmap_dir is not None and (self.write_heatmap or self.write_montage)
+        writes = heatmap_dir is not None and (self.write_heatmap or self.write_montage)
+        wants_heatmap = keep_map or writes
         with _StageTimer("inference", seconds):
             batch = torch.as_tensor(prepared)[None].to(self.input_device)
             heat = None
@@ -240,9 +276,8 @@ class CasePredictor:
             probabilities = prediction.probabilities[0].cpu().numpy()
             logits = prediction.logits[0].cpu().numpy()
 
-        heatmap_path = montage_path = None
+        heatmap_path = montage_path = heatmap = None
         if wants_heatmap:
-            heatmap_dir = Path(heatmap_dir)
             description, colorbar_label = self.map_text
             with _StageTimer("heatmap", seconds):
                 if heat is None:
@@ -264,22 +299,22 @@ class CasePredictor:
                         affine=source_affine,
                         restrict_to=self.heatmap_region,
                     )
-                if self.write_heatmap:
+                if writes and self.write_heatmap:
                     heatmap_path = write_heatmap_nifti(
-                        heatmap_dir / f"{case_id}.nii.gz",
+                        Path(heatmap_dir) / f"{case_id}.nii.gz",
                         heatmap,
                         source_affine,
                         dtype=self.heatmap_dtype,
                         description=description,
                         intent_name=self.map_maker.kind,
                     )
-            if self.write_montage:
+            if writes and self.write_montage:
                 with _StageTimer("montage", seconds):
                     caption = [case_id, f"p(class {self.positive_index}) = {probabilities[self.positive_index]:.3f}"]
                     if label:
                         caption.append(f"label {label}")
                     montage_path = write_overlay_png(
-                        heatmap_dir / f"{case_id}.png",
+                        Path(heatmap_dir) / f"{case_id}.png",
                         image=_spatial(source),
                         heatmap=heatmap,
                         affine=source_affine,
@@ -295,6 +330,7 @@ class CasePredictor:
             montage=montage_path,
             map_shape=tuple(prediction.class_map.shape[2:]),
             source_shape=tuple(source_shape),
+            map_values=np.asarray(heatmap, dtype=np.float32) if keep_map and heatmap is not None else None,
         )
 
 
