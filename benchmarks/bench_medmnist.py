@@ -55,6 +55,14 @@ def add_medmnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--models", nargs="*", default=list(DEFAULT_MODELS), help="registry names (none: only the --ablation runs)"
     )
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: %(default)s)")
+    parser.add_argument(
+        "--seed-list",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="exactly these seeds instead of 0..N-1 (e.g. one more seed of models measured before)",
+    )
     parser.add_argument("--epochs", type=int, default=8, help="maximum epochs per training (default: %(default)s)")
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -163,7 +171,7 @@ def settings_from_args(args: argparse.Namespace, *, command: str | None = None) 
         work_dir=args.work_dir or default_work_dir(args.npz, quick=args.quick),
         results_dir=args.results_dir,
         models=tuple(args.models),
-        seeds=tuple(range(seeds)),
+        seeds=tuple(args.seed_list) if args.seed_list and not args.quick else tuple(range(seeds)),
         epochs=epochs,
         early_stop_patience=args.patience,
         batch_size=args.batch_size,
