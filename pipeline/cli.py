@@ -31,6 +31,7 @@ __all__ = ["build_parser", "main"]
 STAGE_CLI_MODULES: tuple[str, ...] = (
     "pipeline.data.cli",
     "pipeline.evaluation.cli",
+    "pipeline.evaluation.stress",
     "pipeline.inference.cli",
     "pipeline.sharing.cli",
 )
