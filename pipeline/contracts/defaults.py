@@ -18,16 +18,26 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "BUNDLE_MAX_COMPRESSION_RATIO",
+    "BUNDLE_MAX_MEMBERS",
+    "BUNDLE_MAX_MODEL_BYTES",
+    "BUNDLE_MAX_TEXT_BYTES",
+    "BUNDLE_MAX_TOTAL_BYTES",
+    "BUNDLE_RATIO_FLOOR_BYTES",
     "CONFIG_DEFAULTS",
     "DEFAULT_BODY_THRESHOLD_HU",
     "DEFAULT_CLASS_NAMES",
     "DEFAULT_DISTILLATION_STAGES",
     "DEFAULT_HU_WINDOW",
     "DEFAULT_INFERENCE_NETWORK_NAME",
+    "DEFAULT_MAX_VOXELS",
     "DEFAULT_NETWORK_NAME",
     "DEFAULT_ROI_SIZE",
+    "DEFAULT_SCOPE_THRESHOLDS",
     "DEFAULT_SPACING",
     "DEFAULT_THRESHOLD",
+    "TORCHSCRIPT_MEMORY_LIMIT_BYTES",
+    "TORCHSCRIPT_TIME_LIMIT_S",
 ]
 
 #: the network trained by ``train.json``, by registry name: MONAI's DenseNet-121 at width 0.25, the network with the
@@ -55,6 +65,29 @@ DEFAULT_THRESHOLD: float = 0.5
 #: class names, index = integer label, when a bundle's metadata names none
 DEFAULT_CLASS_NAMES: tuple[str, ...] = ("negative", "positive")
 
+#: most voxels a scan may declare (NIfTI header dims, DICOM Rows x Columns x slices), checked before any voxel is
+#: decompressed: 2^28 = 268 M voxels (1 GiB as float32) holds a 512 x 512 x 1,024-slice thin-section chest CT; a
+#: header declaring more is refused by name (a 4.7 MB .nii.gz declaring 1024 x 1024 x 512 took 11.9 GB to load)
+DEFAULT_MAX_VOXELS: int = 1 << 28
+#: the scope check of every scan (pipeline.data.scope): is it a chest CT with lungs in view. Measured with
+#: benchmarks/bench_scope.py (benchmarks/results/scope.md), lungs on the check's coarse grid:
+SCOPE_MEASUREMENTS = None
+DEFAULT_SCOPE_THRESHOLDS: MappingProxyType[str, Any] = MappingProxyType(
+    {
+        "min_lung_ml": 1000.0,
+        "min_lung_extent_mm": 80.0,
+        "lung_hu": -400.0,
+        "gas_mean_hu": -975.0,
+        "min_piece_ml": 20.0,
+        "airway_max_area_mm2": 600.0,
+        "airway_midline_mm": 30.0,
+        "cut_fraction": 0.15,
+        "air_hu": (-1200.0, -800.0),
+        "tissue_hu": (-150.0, 200.0),
+        "coarse_voxel_mm": 4.0,
+    }
+)
+
 #: bundle-config key -> default value, as JSON holds it (lists, not tuples)
 CONFIG_DEFAULTS: MappingProxyType[str, Any] = MappingProxyType(
     {
@@ -64,5 +97,28 @@ CONFIG_DEFAULTS: MappingProxyType[str, Any] = MappingProxyType(
         "spacing": list(DEFAULT_SPACING),
         "hu_window": list(DEFAULT_HU_WINDOW),
         "body_threshold_hu": DEFAULT_BODY_THRESHOLD_HU,
+        "scope_thresholds": {k: list(v) if isinstance(v, tuple) else v for k, v in DEFAULT_SCOPE_THRESHOLDS.items()},
     }
 )
+
+# --- received-bundle gate (pipeline.trust): caps read from a bundle zip's central directory before inflating ---
+# Set from real exports: the tiny test export (aam_student_small, 32^3) is 16 members, 27.0 MB inflated from a
+# 24.5 MB zip: model.pt 8.48 MB (ratio 1.09), model.ts 9.22 MB (1.11), model_dense.ts 9.26 MB, metadata.json 14.7 kB,
+# the largest config 11 kB (ratio 3.8). The largest registry network, aam_resnet34, has a 255 MB state dict, so its
+# three model files take about 0.8 GB; the caps leave room for that and refuse anything far beyond it.
+#: most members a bundle zip may hold (an export has 16)
+BUNDLE_MAX_MEMBERS = 64
+#: largest inflated size of one member under models/ (aam_resnet34's weights are 255 MB)
+BUNDLE_MAX_MODEL_BYTES = 512 * 1024**2
+#: largest inflated size of any other member (configs, docs, LICENSE: an export's largest is 15 kB)
+BUNDLE_MAX_TEXT_BYTES = 4 * 1024**2
+#: largest inflated size of all members together
+BUNDLE_MAX_TOTAL_BYTES = 1536 * 1024**2
+#: largest inflated / stored size of a member above BUNDLE_RATIO_FLOOR_BYTES (model files: 1.1; zeros: ~1000)
+BUNDLE_MAX_COMPRESSION_RATIO = 20.0
+#: members below this inflated size are not ratio-checked (their size cap bounds them; text compresses ~4x)
+BUNDLE_RATIO_FLOOR_BYTES = 1024**2
+#: seconds a received TorchScript model may take to load and run the gate's probe inputs, in a child process
+TORCHSCRIPT_TIME_LIMIT_S = 120.0
+#: address space the child running a received TorchScript model may add to the parent's (RLIMIT_AS)
+TORCHSCRIPT_MEMORY_LIMIT_BYTES = 6 * 1024**3

@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-slices", type=int, default=None, help="fewest slices a series or volume may have (default 16)"
     )
     build.add_argument(
+        "--allow-out-of-scope",
+        action="store_true",
+        help="keep scans the scope check finds out of scope (not a chest CT with lungs in view) in the manifest, "
+        "with scope out_of_scope, instead of rejecting them",
+    )
+    build.add_argument(
         "--key-file",
         type=Path,
         help="secret key for pseudonymous ids (default: env AAMCT_PSEUDONYM_KEY or a per-user key file)",
@@ -108,6 +114,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         key_file=args.key_file,
         workers=args.workers,
         progress=not args.quiet,
+        allow_out_of_scope=args.allow_out_of_scope,
     )
     print(result.summary())
     return 0

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import stat
 import struct
 import threading
 import warnings
@@ -44,6 +45,8 @@ from pydicom.uid import (
     LegacyConvertedEnhancedCTImageStorage,
 )
 
+from pipeline.contracts.defaults import DEFAULT_MAX_VOXELS
+
 __all__ = [
     "DEFAULT_MIN_SLICES",
     "DICOMDIR_REASON",
@@ -64,6 +67,7 @@ __all__ = [
     "read_header",
     "scan_headers",
     "series_skip_reason",
+    "special_file_kind",
     "transfer_syntax_problem",
     "unreadable_file_reasons",
 ]
@@ -324,7 +328,7 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fp:
+        with _open_regular(path) as fp:
             size = os.fstat(fp.fileno()).st_size
             parsed = _parse_fast(fp)
             if parsed is None:
@@ -353,6 +357,46 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
         raise
     except Exception as err:
         raise HeaderError(f"unusable DICOM header: {type(err).__name__}: {_one_line(err)}") from None
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a non-regular file is (``"a FIFO (named pipe)"``...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), "not a regular file")
+
+
+def _open_regular(path: Path):
+    """Open a file for reading only if it is a regular file; never block on a FIFO or a device.
+
+    ``O_NONBLOCK`` makes opening a FIFO with no writer return at once (a plain ``open`` waits for ever), and the
+    type is checked on the opened descriptor, so a file swapped after a check cannot slip through.
+
+    Raises:
+        HeaderError: the path is a FIFO, a device, a socket or a folder (``kind`` ``"unreadable file"``: it blocks
+            the series of its folder, so the case becomes an error row naming it).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        kind = special_file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise HeaderError(f"not a regular file: {kind}; only regular files are read")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -991,6 +1035,8 @@ class SeriesCheck:
             the stack counts as tilted (half a pixel: below that, ignoring the shear moves no voxel by more than
             half its size).
         orientation_tolerance: largest difference between direction cosines that still counts as the same orientation.
+        max_voxels: most voxels (Rows x Columns x slices) a series may have, checked before any pixel is decoded
+            (default :data:`~pipeline.contracts.defaults.DEFAULT_MAX_VOXELS`).
     """
 
     def __init__(
@@ -1001,6 +1047,7 @@ class SeriesCheck:
         spacing_tolerance_fraction: float = 0.01,
         max_tilt_shift_pixels: float = 0.5,
         orientation_tolerance: float = 1e-4,
+        max_voxels: int = DEFAULT_MAX_VOXELS,
     ) -> None:
         if min_slices < 1:
             raise ValueError(f"min_slices must be at least 1, got {min_slices}")
@@ -1009,6 +1056,7 @@ class SeriesCheck:
         self.spacing_tolerance_fraction = float(spacing_tolerance_fraction)
         self.max_tilt_shift_pixels = float(max_tilt_shift_pixels)
         self.orientation_tolerance = float(orientation_tolerance)
+        self.max_voxels = int(max_voxels)
 
     def __repr__(self) -> str:
         return (
@@ -1025,6 +1073,7 @@ class SeriesCheck:
             spacing_tolerance_fraction=self.spacing_tolerance_fraction,
             max_tilt_shift_pixels=self.max_tilt_shift_pixels,
             orientation_tolerance=self.orientation_tolerance,
+            max_voxels=self.max_voxels,
         )
 
     def reason(self, slices: Sequence[SliceHeader]) -> str | None:
@@ -1057,6 +1106,12 @@ class SeriesCheck:
         n = len(slices)
         if n < self.min_slices:
             raise SeriesRejected(f"too few slices: {n} (minimum {self.min_slices})")
+        voxels = int(first.rows) * int(first.columns) * n  # type: ignore[arg-type]
+        if voxels > self.max_voxels:
+            raise SeriesRejected(
+                f"too large: {first.columns} x {first.rows} x {n} slices = {voxels:,} voxels, above the cap of "
+                f"{self.max_voxels:,} (read before any pixel is decoded)"
+            )
         positions = np.asarray([s.position for s in slices], dtype=float)
         along = positions @ normal
         order = np.argsort(along, kind="stable")

@@ -24,6 +24,13 @@ Contract (read by every stage; keep it stable):
   holds ``affine`` and ``original_affine`` (voxel -> RAS mm), ``spatial_shape``, ``spacing`` (mm along X, Y, Z),
   ``pixdim``, ``original_channel_dim`` (NaN), ``space`` (``RAS``), ``filename_or_obj`` (the path as given) and
   ``source`` (``dicom`` / ``nifti``); never PatientName, PatientID, BirthDate or any other header value.
+* **Scope**: every loaded scan is measured by :func:`pipeline.data.scope.assess_scope` (is it a chest CT with lungs
+  in view: lung volume, craniocaudal extent, lungs cut by an end slice, HU plausibility; a coarse grid, a few per
+  cent of a case's score time). An out-of-scope scan is refused with :class:`~pipeline.data.scope.ScanOutOfScope`
+  (a :class:`ScanRejected` whose reason names the measured values) unless ``allow_out_of_scope``; the measurement
+  is in the meta either way (``scope``, ``scope_reason``, ``scope_lung_ml``, ``scope_lung_extent_mm``,
+  ``scope_lung_cut``, ``scope_note``, ``scope_seconds``). ``aamct manifest build`` runs the same function
+  on the same loaded volume (:func:`scope_of_scan`).
 * :func:`check_scan` applies the same checks from the headers alone (no pixel decoded, no NIfTI voxel read) and
   returns the same reason, or None: the cheap pre-flight probe. What only the pixels show (NaN voxels, a codestream
   that does not decode) is found by the loader.
@@ -33,14 +40,16 @@ Usage::
     LoadScand(keys="image")                               # a bundle config: "_target_": "pipeline.data.loading.LoadScand"
     LoadScand(keys="image", min_slices=1, workers=1)      # toy volumes; one decoding thread per DataLoader worker
     LoadScan()("/data/case_001")                          # the array form
+    LoadScand(keys="image", allow_out_of_scope=True)      # score anyway; the meta says out_of_scope
     reason = check_scan("/data/case_001")                 # None, or the manifest builder's reason
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from monai.config import DtypeLike, KeysCollection
@@ -57,9 +66,19 @@ from pipeline.data.dicom import (
     scan_headers,
 )
 from pipeline.data.nifti import NiftiRejected, check_nifti_header
-from pipeline.data.reader import CTImageReader, ScanRejected, is_nifti_path, series_folder_reason
+from pipeline.data.reader import CTImageReader, ScanRejected, is_nifti_path, read_volume, series_folder_reason
+from pipeline.data.scope import ScanOutOfScope, ScopeResult, ScopeThresholds, assess_scope
 
-__all__ = ["DEFAULT_MIN_SLICES", "LoadScan", "LoadScand", "ScanRejected", "check_scan", "scan_rejection"]
+__all__ = [
+    "DEFAULT_MIN_SLICES",
+    "LoadScan",
+    "LoadScand",
+    "ScanOutOfScope",
+    "ScanRejected",
+    "check_scan",
+    "scan_rejection",
+    "scope_of_scan",
+]
 
 
 class LoadScan(LoadImage):
@@ -77,9 +96,13 @@ class LoadScan(LoadImage):
         image_only: return only the ``MetaTensor`` (else ``(image, meta)``).
         dtype: array dtype (float32 HU by default).
         ensure_channel_first: add the channel axis: (1, X, Y, Z).
+        allow_out_of_scope: load a scan the scope check finds out of scope (the meta says so) instead of refusing
+            it with :class:`~pipeline.data.scope.ScanOutOfScope`.
+        scope_thresholds: the scope check's thresholds (a bundle config's ``scope_thresholds``; default
+            :data:`~pipeline.contracts.defaults.DEFAULT_SCOPE_THRESHOLDS`).
 
     Raises:
-        ValueError: ``min_slices`` below 1.
+        ValueError: ``min_slices`` below 1, or an unknown scope threshold.
     """
 
     def __init__(
@@ -90,10 +113,17 @@ class LoadScan(LoadImage):
         image_only: bool = True,
         dtype: DtypeLike | None = np.float32,
         ensure_channel_first: bool = False,
+        allow_out_of_scope: bool = False,
+        scope_thresholds: Mapping[str, Any] | ScopeThresholds | None = None,
     ) -> None:
         # LoadImage.__init__ is not called: it would instantiate every MONAI reader (one warns when its plugin is
         # missing), all of them candidates for the fall-through this class exists to prevent
         self.reader = CTImageReader(workers=workers, min_slices=min_slices)
+        # "false" from a bundle command line is a string: read it as the user means it
+        if isinstance(allow_out_of_scope, str):
+            allow_out_of_scope = allow_out_of_scope.strip().lower() in ("1", "true", "yes", "on")
+        self.allow_out_of_scope = bool(allow_out_of_scope)
+        self.scope_thresholds = ScopeThresholds.from_mapping(scope_thresholds)
         self.readers: list[ImageReader] = [self.reader]
         self.auto_select = False
         self.image_only = image_only
@@ -121,12 +151,20 @@ class LoadScan(LoadImage):
         """Load ``filename`` (see the module docstring).
 
         Raises:
-            ScanRejected: the scan fails a check.
+            ScanRejected: the scan fails a check (:class:`~pipeline.data.scope.ScanOutOfScope`: out of scope).
             TypeError: another reader is passed.
         """
         if reader is not None and reader is not self.reader:
             raise TypeError(f"{type(self).__name__} reads with CTImageReader only; it does not take other readers")
-        return super().__call__(filename, reader=self.reader)
+        loaded = super().__call__(filename, reader=self.reader)
+        image, meta = (loaded, loaded.meta) if self.image_only else loaded
+        scope = assess_scope(image, meta.get("affine"), thresholds=self.scope_thresholds)
+        meta.update(scope.as_meta())
+        if not self.image_only and hasattr(image, "meta") and image.meta is not meta:
+            image.meta.update(scope.as_meta())
+        if not scope.in_scope and not self.allow_out_of_scope:
+            raise ScanOutOfScope(meta.get("filename_or_obj", filename), scope.reason, scope)
+        return loaded
 
 
 class LoadScand(LoadImaged):
@@ -139,6 +177,8 @@ class LoadScand(LoadImaged):
         image_only: store only the ``MetaTensor`` under the key (else also ``<key>_meta_dict``).
         dtype: array dtype (float32 HU by default).
         ensure_channel_first: add the channel axis: (1, X, Y, Z).
+        allow_out_of_scope: load out-of-scope scans too (see :class:`LoadScan`).
+        scope_thresholds: the scope check's thresholds (see :class:`LoadScan`).
         allow_missing_keys: do not raise for a missing key.
     """
 
@@ -151,6 +191,8 @@ class LoadScand(LoadImaged):
         image_only: bool = True,
         dtype: DtypeLike | None = np.float32,
         ensure_channel_first: bool = False,
+        allow_out_of_scope: bool = False,
+        scope_thresholds: Mapping[str, Any] | ScopeThresholds | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         # LoadImaged.__init__ is not called, for LoadScan's reason: it would build a LoadImage with every reader
@@ -161,6 +203,8 @@ class LoadScand(LoadImaged):
             image_only=image_only,
             dtype=dtype,
             ensure_channel_first=ensure_channel_first,
+            allow_out_of_scope=allow_out_of_scope,
+            scope_thresholds=scope_thresholds,
         )
         self.meta_keys = ensure_tuple_rep(None, len(self.keys))
         self.meta_key_postfix = ensure_tuple_rep("meta_dict", len(self.keys))
@@ -170,6 +214,11 @@ class LoadScand(LoadImaged):
     def min_slices(self) -> int:
         """Fewest slices accepted."""
         return self._loader.min_slices
+
+    @property
+    def allow_out_of_scope(self) -> bool:
+        """Out-of-scope scans are loaded (and marked) rather than refused."""
+        return self._loader.allow_out_of_scope
 
     def register(self, reader: ImageReader) -> None:
         """Refused, as :meth:`LoadScan.register`."""
@@ -209,6 +258,33 @@ def check_scan(path: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_SLICES)
     except SeriesRejected as err:
         return str(err)
     return None
+
+
+def scope_of_scan(
+    path: str | os.PathLike,
+    *,
+    min_slices: int = DEFAULT_MIN_SLICES,
+    thresholds: Mapping[str, Any] | ScopeThresholds | None = None,
+    modality: str = "",
+    image_type: tuple[str, ...] = (),
+) -> ScopeResult:
+    """Load a scan as the loader does and return its scope verdict (the manifest builder's scope columns).
+
+    Args:
+        path: a DICOM series folder, one DICOM file, or a NIfTI file.
+        min_slices: fewest slices accepted.
+        thresholds: the scope thresholds (default :data:`~pipeline.contracts.defaults.DEFAULT_SCOPE_THRESHOLDS`).
+        modality: the series' DICOM Modality (a note only).
+        image_type: its ImageType values (a note only).
+
+    Returns:
+        The :class:`~pipeline.data.scope.ScopeResult` the loader would find.
+
+    Raises:
+        ScanRejected: the scan cannot be read.
+    """
+    hu, meta = read_volume(path, min_slices=min_slices)
+    return assess_scope(hu, meta["affine"], thresholds=thresholds, modality=modality, image_type=image_type)
 
 
 def scan_rejection(error: BaseException) -> ScanRejected | None:

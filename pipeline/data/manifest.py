@@ -3,7 +3,11 @@
 Outputs (written atomically):
 
 * ``FILE.csv``, one row per accepted case: ``case_id, patient_id, image, label, site, split, fold, n_slices,
-  spacing_mm, source``. ``split`` and ``fold`` are empty (``aamct manifest split`` fills them). ``image`` is relative
+  spacing_mm, source, scope, lung_ml, lung_extent_mm, lung_cut, scope_note``. The scope columns come from the
+  loader's scope check (:func:`pipeline.data.scope.assess_scope`) on the decoded volume: every accepted series and
+  file is read once here, so the builder, the loader and every stage give one scan one verdict. A scan out of scope
+  (not a chest CT with lungs in view) is a rejection whose reason names the measured values, unless
+  ``allow_out_of_scope`` keeps it in the manifest with ``scope`` ``out_of_scope``. ``split`` and ``fold`` are empty (``aamct manifest split`` fills them). ``image`` is relative
   to the manifest's folder when the data lie inside it, absolute otherwise. Note that folder and file names are
   written as they are: an export whose folder names carry patient names must be renamed before it is shared.
 * ``FILE.rejections.csv``, one row per rejected series or file: ``path, series_uid, reason, n_files``. The files of
@@ -42,8 +46,10 @@ import pandas as pd
 from pipeline.contracts.manifest import MANIFEST_COLUMNS as CONTRACT_COLUMNS
 from pipeline.contracts.manifest import REJECTION_COLUMNS, rejections_path_for
 from pipeline.data.dicom import DEFAULT_MIN_SLICES, DicomSeries, Rejection, SeriesCheck, discover_series
-from pipeline.data.nifti import NiftiInfo, NiftiRejected, check_nifti
+from pipeline.data.nifti import NiftiInfo, NiftiRejected, file_sha256, read_checked_nifti
 from pipeline.data.pseudonym import Pseudonymizer, load_key
+from pipeline.data.reader import ScanRejected, read_series_geometry
+from pipeline.data.scope import SCOPE_COLUMNS, ScopeResult, ScopeThresholds, assess_scope
 from pipeline.errors import UserError
 from pipeline.io import write_csv_atomic
 
@@ -60,7 +66,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: what the builder writes: the manifest contract's columns (:mod:`pipeline.contracts.manifest`), then its own facts
-MANIFEST_COLUMNS: tuple[str, ...] = (*CONTRACT_COLUMNS, "n_slices", "spacing_mm", "source")
+MANIFEST_COLUMNS: tuple[str, ...] = (*CONTRACT_COLUMNS, "n_slices", "spacing_mm", "source", *SCOPE_COLUMNS)
 #: key columns of a labels CSV, most specific first
 LABEL_KEY_COLUMNS: tuple[str, ...] = ("path", "series_uid", "study_uid", "accession", "patient_id")
 
@@ -234,6 +240,7 @@ class _Case:
     label: str = ""
     site: str = ""
     label_patient_id: str = field(default="", repr=False)
+    scope: ScopeResult | None = None
 
 
 def build_manifest(
@@ -247,6 +254,8 @@ def build_manifest(
     key_file: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = False,
+    allow_out_of_scope: bool = False,
+    scope_thresholds: ScopeThresholds | None = None,
 ) -> ManifestBuildResult:
     """Discover, check, label and pseudonymise a cohort; write the manifest and its rejections.
 
@@ -261,6 +270,9 @@ def build_manifest(
         workers: header-reading threads (default: sequential, the fastest on local disks; threads can help on a
             network share) and NIfTI-checking threads (default: CPU count).
         progress: show a progress bar of the files read on stderr (only when stderr is a terminal).
+        allow_out_of_scope: keep scans the scope check finds out of scope (``scope`` column ``out_of_scope``)
+            instead of rejecting them.
+        scope_thresholds: the scope check's thresholds (default: the loader's).
 
     Returns:
         A :class:`ManifestBuildResult`.
@@ -299,11 +311,22 @@ def build_manifest(
             )
         n_files, n_series, n_studies = discovery.n_files, len(discovery.series), discovery.n_studies
         rejections.extend(discovery.rejections)
-        cases.extend(_dicom_case(s, root) for s in discovery.accepted)
+        dicom_cases = [_dicom_case(s, root) for s in discovery.accepted]
+        with _progress_bar(progress, "checking the scope of each series") as on_case:
+            kept, refused = _scope_dicom_cases(
+                dicom_cases, discovery.accepted, thresholds=scope_thresholds, allow=allow_out_of_scope, progress=on_case
+            )
+        cases.extend(kept)
+        rejections.extend(refused)
     if nifti_files:
         with _progress_bar(progress, "checking NIfTI files") as on_file:
             nifti_cases, nifti_rejections = _check_nifti_files(
-                nifti_files, min_slices=min_slices, workers=workers, progress=on_file
+                nifti_files,
+                min_slices=min_slices,
+                workers=workers,
+                progress=on_file,
+                thresholds=scope_thresholds,
+                allow_out_of_scope=allow_out_of_scope,
             )
         cases.extend(nifti_cases)
         rejections.extend(nifti_rejections)
@@ -418,7 +441,8 @@ def _stderr_is_terminal() -> bool:
 
 
 def _expand_glob(pattern: str) -> list[Path]:
-    matches = sorted({Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if Path(p).is_file()})
+    # every match but folders: a FIFO or device named like a volume becomes a rejection naming it (never opened)
+    matches = sorted({Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if not Path(p).is_dir()})
     if not matches:
         raise UserError(f"--nifti-glob {pattern!r} matches no files")
     return matches
@@ -456,20 +480,70 @@ def _dicom_case(series: DicomSeries, root: Path) -> _Case:
     )
 
 
-def _check_nifti_files(
-    files: Sequence[Path], *, min_slices: int, workers: int | None, progress: Callable[[int, int], None] | None = None
+def _scope_dicom_cases(
+    cases: list[_Case],
+    series: Sequence[DicomSeries],
+    *,
+    thresholds: ScopeThresholds | None,
+    allow: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[_Case], list[Rejection]]:
-    def check(path: Path) -> NiftiInfo | Rejection:
+    """Decode every accepted series once and run the loader's scope check on it (see the module docstring)."""
+    kept: list[_Case] = []
+    refused: list[Rejection] = []
+    for done, (case, found) in enumerate(zip(cases, series, strict=True), start=1):
+        first = found.slices[0]
         try:
-            return check_nifti(path, min_slices=min_slices)
+            hu, meta = read_series_geometry(found.geometry, found.folder)  # type: ignore[arg-type]
+            case.scope = assess_scope(
+                hu, meta["affine"], thresholds=thresholds, modality=first.modality, image_type=first.image_type
+            )
+        except ScanRejected as err:  # pixel data that do not decode: what the loader would say
+            refused.append(Rejection(case.image, case.series_uid, case.n_files, err.reason, "undecodable pixel data"))
+        else:
+            if case.scope.in_scope or allow:
+                kept.append(case)
+            else:
+                refused.append(Rejection(case.image, case.series_uid, case.n_files, case.scope.reason, "out of scope"))
+        finally:
+            if progress is not None:
+                progress(done, len(cases))
+    return kept, refused
+
+
+def _check_nifti_files(
+    files: Sequence[Path],
+    *,
+    min_slices: int,
+    workers: int | None,
+    progress: Callable[[int, int], None] | None = None,
+    thresholds: ScopeThresholds | None = None,
+    allow_out_of_scope: bool = False,
+) -> tuple[list[_Case], list[Rejection]]:
+    def check(path: Path) -> tuple[NiftiInfo, ScopeResult] | Rejection:
+        try:
+            header, data = read_checked_nifti(path, min_slices=min_slices)
         except NiftiRejected as err:
             reason = str(err)
             kind = reason.split(":")[0]
             return Rejection(path, "", 1, reason, kind)
+        scope = assess_scope(data, header.affine, thresholds=thresholds)
+        del data
+        if not scope.in_scope and not allow_out_of_scope:
+            return Rejection(path, "", 1, scope.reason, "out of scope")
+        info = NiftiInfo(
+            path=header.path,
+            shape=header.shape,
+            spacing=header.spacing,
+            affine=header.affine,
+            n_slices=header.n_slices,
+            sha256=file_sha256(header.path),
+        )
+        return info, scope
 
     # threads pay off here: decompressing .nii.gz (zlib) releases the GIL
     workers = workers or os.cpu_count() or 1
-    results: list[NiftiInfo | Rejection] = []
+    results: list[tuple[NiftiInfo, ScopeResult] | Rejection] = []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(files))), thread_name_prefix="nifti-check") as pool:
         for result in pool.map(check, files):
             results.append(result)
@@ -484,9 +558,11 @@ def _check_nifti_files(
             identity=("fingerprint", f"nifti:{info.sha256}"),
             n_files=1,
             match_paths=[(os.path.realpath(info.path), _RANK_EXACT)],
+            scope=scope,
         )
-        for info in results
-        if isinstance(info, NiftiInfo)
+        for result in results
+        if not isinstance(result, Rejection)
+        for info, scope in [result]
     ]
     return cases, [r for r in results if isinstance(r, Rejection)]
 
@@ -583,6 +659,7 @@ def _manifest_rows(
                 "n_slices": case.n_slices,
                 "spacing_mm": case.spacing_mm,
                 "source": case.source,
+                **(case.scope.columns(allowed=True) if case.scope is not None else {}),
             }
         )
     return rows, duplicates, n_fallback

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.contracts.defaults import DEFAULT_MAX_VOXELS
+from pipeline.data.dicom import special_file_kind
+
 __all__ = [
     "SANE_SPACING_MM",
     "NiftiHeader",
@@ -131,13 +134,21 @@ def check_nifti_header(
     *,
     min_slices: int = 1,
     spacing_range_mm: tuple[float, float] = SANE_SPACING_MM,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> NiftiHeader:
-    """The checks of :func:`check_nifti` that need only the header: shape, voxel type, orientation, affine, spacing.
+    """The checks of :func:`check_nifti` that need only the header: file type, shape and voxel count, voxel type,
+    orientation, affine, spacing.
+
+    Only a regular file is opened (a FIFO, device or socket is refused by name, never read: reading one can block
+    for ever), and the voxel count the header declares is capped before any voxel is decompressed (a 4.7 MB
+    ``.nii.gz`` can declare 1024 x 1024 x 512 voxels: 2 GiB as float32).
 
     Args:
         path: the ``.nii`` / ``.nii.gz`` file.
         min_slices: fewest slices along the axis closest to S-I.
         spacing_range_mm: accepted voxel size range in mm.
+        max_voxels: most voxels the header may declare (default
+            :data:`~pipeline.contracts.defaults.DEFAULT_MAX_VOXELS`).
 
     Returns:
         A :class:`NiftiHeader`.
@@ -149,6 +160,12 @@ def check_nifti_header(
 
     path = Path(path)
     try:
+        kind = special_file_kind(os.stat(path).st_mode)
+    except OSError as err:
+        raise NiftiRejected(f"unreadable file: {err.strerror or err}") from None
+    if kind is not None:
+        raise NiftiRejected(f"not a regular file: {kind}; only regular files are read")
+    try:
         image = nib.load(path)
     except Exception as err:
         raise NiftiRejected(f"unreadable NIfTI: {type(err).__name__}: {_one_line(err)}") from None
@@ -159,6 +176,12 @@ def check_nifti_header(
         raise NiftiRejected(f"not a 3D volume: shape {tuple(image.shape)} (3D, or 4D with one volume, expected)")
     if min(shape) < 1:
         raise NiftiRejected(f"empty volume: shape {shape}")
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > max_voxels:
+        raise NiftiRejected(
+            f"too large: the header declares {' x '.join(map(str, shape))} = {voxels:,} voxels, above the cap of "
+            f"{max_voxels:,} (refused before decompressing)"
+        )
     header = image.header
     stored = np.dtype(image.get_data_dtype())
     if stored.kind not in "iubf" or stored.fields is not None:

@@ -73,6 +73,7 @@ __all__ = [
     "default_decode_workers",
     "is_nifti_path",
     "read_dicom_series",
+    "read_series_geometry",
     "read_nifti",
     "read_volume",
     "series_folder_reason",
@@ -241,6 +242,30 @@ def read_dicom_series(
             raise ScanRejected(name, str(err)) from None
     volume = _read_pixels(geometry, name, workers=workers, use_processes=use_processes)  # type: ignore[arg-type]
     return volume.transpose(2, 1, 0), _dicom_meta(geometry, name)  # type: ignore[arg-type]
+
+
+def read_series_geometry(
+    geometry: SeriesGeometry, name: str | os.PathLike, *, workers: int | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a series already discovered and checked (its :class:`~pipeline.data.dicom.SeriesGeometry`).
+
+    The manifest builder holds every accepted series' geometry from discovery; this reads the pixels without
+    reading the headers a second time, into the same array and meta as :func:`read_dicom_series`.
+
+    Args:
+        geometry: the checked series.
+        name: the name used in reasons and ``filename_or_obj`` (the series folder).
+        workers: slice-decoding workers (default: see :func:`read_volume`).
+
+    Returns:
+        The (X, Y, Z) float32 HU array and its meta dict.
+
+    Raises:
+        ScanRejected: undecodable pixel data.
+    """
+    name = Path(name)
+    volume = _read_pixels(geometry, name, workers=workers, use_processes=False)
+    return volume.transpose(2, 1, 0), _dicom_meta(geometry, name)
 
 
 def default_decode_workers(transfer_syntaxes: Iterable[str]) -> int:

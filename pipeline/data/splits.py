@@ -443,6 +443,8 @@ def _datalist_entries(
             "patient_id": frame.at[row, "patient_id"],
             "site": frame.at[row, "site"],
         }
+        if "scope" in frame.columns and str(frame.at[row, "scope"]).strip():
+            entry["scope"] = str(frame.at[row, "scope"]).strip()  # the manifest builder's verdict, for pre-flight
         split = frame.at[row, "split"]
         if split == "train":
             entry["fold"] = int(frame.at[row, "fold"])

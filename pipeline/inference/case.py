@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from monai.transforms import Compose, LoadImage, LoadImaged
 
+from pipeline.data.scope import OUT_OF_SCOPE, ScanOutOfScope
 from pipeline.errors import UserError
 from pipeline.inference.heatmap import LUNG_WINDOW_HU, write_heatmap_nifti, write_overlay_png
 from pipeline.inference.maps import (
@@ -60,10 +62,22 @@ class CaseFailure(Exception):
         detail: what went wrong.
         stage_prefix: start the message with the stage's phrase (``unreadable image: ...``); ``False`` keeps
             ``detail`` as the whole message (a reason already worded for the user).
+        status: the row status: ``error``, or ``out_of_scope`` for a scan the loader's scope check refused.
+        scope: the scope columns (:meth:`pipeline.data.scope.ScopeResult.columns`) of a refused scan.
     """
 
-    def __init__(self, stage: str, detail: str, *, stage_prefix: bool = True) -> None:
+    def __init__(
+        self,
+        stage: str,
+        detail: str,
+        *,
+        stage_prefix: bool = True,
+        status: str = "error",
+        scope: Mapping[str, Any] | None = None,
+    ) -> None:
         self.stage = stage
+        self.status = status
+        self.scope = dict(scope or {})
         self.detail = " ".join(str(detail).split())
         super().__init__(f"{_STAGE_REASON.get(stage, stage)}: {self.detail}" if stage_prefix else self.detail)
 
@@ -80,6 +94,8 @@ class CasePrediction:
         montage: path of the PNG montage, if written.
         map_shape: spatial shape of the stitched class map.
         source_shape: spatial shape of the image as loaded (the heatmap's shape).
+        scope: the scope columns of the scan as loaded (``scope``, ``lung_ml``, ``lung_extent_mm``, ``lung_cut``,
+            ``scope_note``; :data:`pipeline.data.scope.SCOPE_COLUMNS`), empty when the loader measured none.
         map_values: the finished map on the source grid (what the heatmap NIfTI stores, as float32), when
             :meth:`CasePredictor.predict_loaded` was asked to keep it (``keep_map=True``).
     """
@@ -92,6 +108,7 @@ class CasePrediction:
     map_shape: tuple[int, ...] = ()
     source_shape: tuple[int, ...] = ()
     map_values: np.ndarray | None = field(default=None, repr=False, compare=False)
+    scope: dict[str, Any] = field(default_factory=dict)
 
 
 def split_loading(preprocessing: Callable) -> tuple[Callable, Callable]:
@@ -319,7 +336,7 @@ class CasePredictor:
                         heatmap=heatmap,
                         affine=source_affine,
                         window_hu=self.window_hu,
-                        title="   ".join([*caption, "status ok"]),
+                        title="   ".join([*caption, _status_caption(source)]),
                         colorbar_label=colorbar_label,
                     )
         return CasePrediction(
@@ -331,6 +348,7 @@ class CasePredictor:
             map_shape=tuple(prediction.class_map.shape[2:]),
             source_shape=tuple(source_shape),
             map_values=np.asarray(heatmap, dtype=np.float32) if keep_map and heatmap is not None else None,
+            scope=_scope_columns(source),
         )
 
 
@@ -349,6 +367,11 @@ class _StageTimer:
         if error is None or not isinstance(error, Exception) or isinstance(error, CaseFailure):
             return False  # success, or KeyboardInterrupt / SystemExit: let it through
         user_error = _user_error(error)
+        if isinstance(user_error, ScanOutOfScope):  # not a chest CT with lungs in view: a row, never a score
+            scope = user_error.scope.columns() if user_error.scope is not None else {}
+            raise CaseFailure(
+                self.name, str(user_error), stage_prefix=False, status=OUT_OF_SCOPE, scope=scope
+            ) from error
         if user_error is not None:  # already one line naming the file and the problem
             raise CaseFailure(self.name, str(user_error), stage_prefix=False) from error
         detail = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
@@ -364,6 +387,37 @@ def _user_error(error: BaseException) -> UserError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def _status_caption(image) -> str:
+    """The montage's status word: ``status ok``, or a mark on a scan scored although out of scope."""
+    meta: Mapping = getattr(image, "meta", {}) or {}
+    return "OUT OF SCOPE (scored anyway)" if meta.get("scope") == OUT_OF_SCOPE else "status ok"
+
+
+def _scope_columns(image) -> dict[str, Any]:
+    """The scope columns the loader put into a loaded image's meta (empty when it measured none)."""
+    meta: Mapping = getattr(image, "meta", {}) or {}
+    if "scope" not in meta:
+        return {}
+    return {
+        "scope": str(meta["scope"]),
+        "lung_ml": meta.get("scope_lung_ml"),
+        "lung_extent_mm": meta.get("scope_lung_extent_mm"),
+        "lung_cut": meta.get("scope_lung_cut", ""),
+        "scope_note": (
+            "; ".join(
+                part
+                for part in (
+                    f"scored although out of scope (--allow-out-of-scope): {meta.get('scope_reason', '')}"
+                    if meta["scope"] == OUT_OF_SCOPE
+                    else "",
+                    str(meta.get("scope_note", "")),
+                )
+                if part
+            )
+        ),
+    }
 
 
 def _spatial(image) -> np.ndarray:

@@ -69,6 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-out-of-scope",
+        action="store_true",
+        help="score scans the scope check finds out of scope (not a chest CT with lungs in view) instead of "
+        "refusing them; their rows say scope out_of_scope and scope_note says they were scored anyway",
+    )
     parser.add_argument("--threshold", type=_probability, help="operating threshold (default: the bundle's frozen one)")
     parser.add_argument("--device", help="torch device for the network windows, e.g. cpu or cuda:0 (default: auto)")
     parser.add_argument("--sw-batch-size", type=_positive_int, help="sliding windows per forward pass")
@@ -178,6 +184,8 @@ def _overrides(args: argparse.Namespace, *, output_dir: Path) -> dict[str, Any]:
         overrides["keep_patient_identity"] = bool(args.keep_patient_identity)
     if args.threshold is not None:
         overrides["frozen_threshold"] = f"$pipeline.contracts.FrozenThreshold({args.threshold!r}, 'command line')"
+    if getattr(args, "allow_out_of_scope", False):
+        overrides["allow_out_of_scope"] = True
     overrides.update(parse_set_overrides(args.set))
     return overrides
 
@@ -250,6 +258,7 @@ def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
     if shard.from_torchrun and shard.index != 0:
         return 0
     print(json.dumps(summary_dict(summary), indent=2))
+    print(summary.line)
     if summary.report_note:
         print(summary.report_note)
     return 0
@@ -270,6 +279,6 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     by_id = {case.case_id: case.image for case in cases}
     for row in frame.itertuples():
         ok = row.status == "ok"
-        score = f"{float(row.probability):.4f} -> {row.predicted_label}" if ok else f"error: {row.reason}"
+        score = f"{float(row.probability):.4f} -> {row.predicted_label}" if ok else f"{row.status}: {row.reason}"
         print(f"{row.case_id}  {by_id.get(row.case_id, '')}  {score}")
     return 0 if summary.n_error == 0 else 1

@@ -45,6 +45,7 @@ from pipeline.contracts.manifest import CARRIED_COLUMNS, ManifestCase, path_case
 from pipeline.data.dicom import DEFAULT_MIN_SLICES, SeriesCheck, discover_series
 from pipeline.data.loading import check_scan
 from pipeline.data.reader import is_nifti_path
+from pipeline.data.scope import IN_SCOPE, OUT_OF_SCOPE, SCOPE_COLUMNS
 from pipeline.errors import UserError
 from pipeline.inference.case import STAGES, CaseFailure
 from pipeline.io import write_csv_atomic, write_json_atomic
@@ -168,6 +169,10 @@ class CohortSummary:
         predictions: the merged ``predictions.csv`` (``None`` when this shard did not merge).
         report: the evaluation report folder, when written.
         report_note: why no report was written, when none was.
+        n_out_of_scope: cases refused by the scope check (status ``out_of_scope``: not a chest CT with lungs in
+            view), likewise.
+        n_in_scope: cases the scope check found in scope (scored or not), likewise.
+        n_scored_out_of_scope: cases scored although out of scope (``--allow-out-of-scope``), likewise.
     """
 
     n_cases: int
@@ -179,6 +184,19 @@ class CohortSummary:
     predictions: Path | None = None
     report: Path | None = None
     report_note: str = ""
+    n_out_of_scope: int = 0
+    n_in_scope: int = 0
+    n_scored_out_of_scope: int = 0
+
+    @property
+    def line(self) -> str:
+        """The one summary line: in-scope, out-of-scope and error cases, and how many were scored."""
+        allowed = f", {self.n_scored_out_of_scope} of them scored anyway" if self.n_scored_out_of_scope else ""
+        return (
+            f"{self.n_cases} cases: {self.n_in_scope} in scope, "
+            f"{self.n_out_of_scope + self.n_scored_out_of_scope} out of scope{allowed}, {self.n_error} errors; "
+            f"{self.n_ok} scored"
+        )
 
     @property
     def cases_per_minute(self) -> float:
@@ -240,7 +258,7 @@ def discover_cases(folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_S
         path
         for path in root.rglob("*")
         if is_nifti_path(path)
-        and path.is_file()
+        and not path.is_dir()  # a FIFO or device named like a volume: an error row naming it, never opened
         and not any(part.startswith(".") for part in path.relative_to(root).parts)
     )
     found: list[tuple[Path, str, str]] = []  # (image, identity beyond the path, rejection)
@@ -377,12 +395,7 @@ class CohortRunner:
             rows = self._rows(mine, {c.case_id: r for c in mine if (r := self._read_record(c.case_id)) is not None})
             logger.info("shard %s done; merge with `aamct evaluate-cohort --merge` once every shard has run", shard)
             return CohortSummary(
-                n_cases=len(cases),
-                n_ok=int((rows["status"] == "ok").sum()),
-                n_error=int((rows["status"] != "ok").sum()),
-                n_ran=ran,
-                n_skipped=skipped,
-                seconds=seconds,
+                n_cases=len(cases), n_ran=ran, n_skipped=skipped, seconds=seconds, **_status_counts(rows)
             )
         if shard.from_torchrun:
             _torchrun_barrier()
@@ -392,8 +405,7 @@ class CohortRunner:
         report, note = self.write_report(merged) if self.evaluate else (None, "evaluation not requested")
         return CohortSummary(
             n_cases=len(cases),
-            n_ok=int((merged["status"] == "ok").sum()),
-            n_error=int((merged["status"] != "ok").sum()),
+            **_status_counts(merged),
             n_ran=ran,
             n_skipped=skipped,
             seconds=seconds,
@@ -460,7 +472,9 @@ class CohortRunner:
             reason = (
                 str(failure) if isinstance(failure, CaseFailure) else f"failed: {type(failure).__name__}: {failure}"
             )
-            record.update(status="error", reason=" ".join(reason.split())[:500], probability=None, predicted_label="")
+            status = getattr(failure, "status", "error")  # out_of_scope: the loader's scope check refused the scan
+            record.update(status=status, reason=" ".join(reason.split())[:500], probability=None, predicted_label="")
+            record.update(getattr(failure, "scope", None) or {})
             logger.warning("%s: %s", case.case_id, record["reason"])
         else:
             probability = float(np.asarray(prediction.probabilities)[self.positive_index])
@@ -473,6 +487,7 @@ class CohortRunner:
                 montage=_relative(prediction.montage, self.output_dir),
             )
             record.update({f"seconds_{k}": round(v, 4) for k, v in prediction.stage_seconds.items()})
+            record.update(getattr(prediction, "scope", None) or {})
             if self.dicom_outputs is not None:
                 record.update(self._dicom(case, prediction, probability))
         record["threshold"] = self.threshold
@@ -539,6 +554,7 @@ class CohortRunner:
                 }
             row = {column: record.get(column) for column in PREDICTION_COLUMNS}
             row.update({column: getattr(case, column) for column in CARRIED_COLUMNS})
+            row.update({column: record.get(column) for column in SCOPE_COLUMNS})
             row.update({key: value for key, value in record.items() if key.startswith("seconds_")})
             row["heatmap"] = record.get("heatmap") or ""
             row["montage"] = record.get("montage") or ""
@@ -549,6 +565,7 @@ class CohortRunner:
         columns = [
             *PREDICTION_COLUMNS,
             *CARRIED_COLUMNS,
+            *SCOPE_COLUMNS,
             "heatmap",
             "montage",
             *dicom,
@@ -646,6 +663,19 @@ class CohortRunner:
         write_json_atomic(path, {**identity, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
 
+def _status_counts(rows: pd.DataFrame) -> dict[str, int]:
+    """The summary's case counts of a predictions table (status ok / out_of_scope / error, and the scope verdicts)."""
+    status = rows["status"].fillna("error")
+    scope = rows["scope"].fillna("") if "scope" in rows.columns else pd.Series("", index=rows.index)
+    return {
+        "n_ok": int((status == "ok").sum()),
+        "n_error": int(((status != "ok") & (status != OUT_OF_SCOPE)).sum()),
+        "n_out_of_scope": int((status == OUT_OF_SCOPE).sum()),
+        "n_in_scope": int((scope == IN_SCOPE).sum()),
+        "n_scored_out_of_scope": int(((status == "ok") & (scope == OUT_OF_SCOPE)).sum()),
+    }
+
+
 def _relative(path: Path | None, root: Path) -> str:
     if path is None:
         return ""
@@ -673,4 +703,5 @@ def summary_dict(summary: CohortSummary) -> dict[str, Any]:
     """A JSON-friendly view of a :class:`CohortSummary`."""
     data = asdict(summary)
     data["cases_per_minute"] = summary.cases_per_minute
+    data["summary"] = summary.line
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}

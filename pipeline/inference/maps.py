@@ -43,8 +43,9 @@ The maps are evidence displays, not segmentations: they say where the network's 
 at the resolution of the layer they come from, and are scored against lesion masks in
 :mod:`pipeline.inference.localisation` (``benchmarks/bench_localisation.py``).
 
-MONAI has no body or lung mask for CT; :func:`body_mask` is written here with scipy (threshold, largest component,
-per-slice hole filling).
+The body and lung masks a map is restricted to are the scope check's (:func:`pipeline.data.scope.body_mask`,
+:func:`pipeline.data.scope.lung_mask`; re-exported here): one definition of "lung" for the loader's verdict and the
+map's region (no airway, no bowel gas).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.visualize import GradCAM, GradCAMpp, OcclusionSensitivity
-from scipy import ndimage
 from torch import nn
 
+from pipeline.data.scope import body_mask, lung_mask
 from pipeline.errors import UserError
 from pipeline.inference.heatmap import map_affine, resample_to_grid
 from pipeline.inference.sliding import (
@@ -114,12 +115,6 @@ MAP_VALUES: tuple[str, ...] = ("relative", "raw")
 
 _GRADIENT_KINDS = ("gradcam", "gradcampp")
 _CAM_CLASSES = {"gradcam": GradCAM, "gradcampp": GradCAMpp}
-#: a voxel above this is part of the patient (fat is about -100 HU, lung about -850: lungs are holes, filled)
-_BODY_THRESHOLD_HU = -500.0
-#: inside the body, lung is below this (aerated lung about -850 HU, ground glass up to about -300)
-_LUNG_THRESHOLD_HU = -250.0
-#: the closing radius that pulls denser opacities and vessels at the lung's edge into the lung mask
-_LUNG_CLOSING_MM = 10.0
 
 
 class _CaseLogOdds(nn.Module):
@@ -741,67 +736,6 @@ def map_description(
     if kind == "layercam":
         return f"LayerCAM {target_layer} of positive log-odds"
     return f"AAM spatial attention {attention_stage}"
-
-
-def body_mask(hu: np.ndarray, affine: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-    """The patient's body on a CT volume: everything denser than -500 HU, largest piece, holes (lungs) filled.
-
-    Holes are filled slice by slice along the axis closest to superior-inferior (an axial lung is a hole in the
-    body's cross-section; in 3D it opens into the airways). The patient table is a separate piece and is left out.
-
-    Args:
-        hu: ``(X, Y, Z)`` CT in HU.
-        affine: its ``4x4`` affine (to find the axial axis); without it the last axis is taken as axial.
-
-    Returns:
-        Boolean mask of ``hu``'s shape (all True if nothing is denser than the threshold).
-    """
-    dense = np.asarray(hu) > _BODY_THRESHOLD_HU
-    labels, n = ndimage.label(dense)
-    if n == 0:
-        return np.ones(dense.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())[1:]
-    body = labels == (int(np.argmax(sizes)) + 1)
-    axial = 2
-    if affine is not None:
-        affine = np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())
-        axial = int(np.argmax(np.abs(affine[2, :3])))  # the voxel axis that moves most along world S
-    moved = np.moveaxis(body, axial, 0)
-    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in moved])
-    return np.moveaxis(filled, 0, axial)
-
-
-def lung_mask(hu: np.ndarray, affine: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-    """An approximate lung mask of a chest CT: low density inside the body, closed, holes filled slice by slice.
-
-    Inside :func:`body_mask`, voxels below -250 HU (aerated lung and ground glass), closed with a ball of about 10 mm
-    (voxel spacing from ``affine``) and filled slice by slice, so that vessels and consolidations enclosed by lung
-    count as lung. Not a segmentation to measure anything with: it keeps a map's display and its peak on the lungs.
-    Written here because MONAI has no CT lung mask.
-
-    Args:
-        hu: ``(X, Y, Z)`` CT in HU.
-        affine: its ``4x4`` affine (spacing and axial axis); without it, 1 mm voxels and the last axis as axial.
-
-    Returns:
-        Boolean mask of ``hu``'s shape; the body mask when nothing in the body is that dark (not a chest CT).
-    """
-    body = body_mask(hu, affine)
-    low = body & (np.asarray(hu) < _LUNG_THRESHOLD_HU)
-    if not low.any():
-        return body
-    spacing, axial = np.ones(3), 2
-    if affine is not None:
-        matrix = np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu())[:3, :3]
-        spacing = np.linalg.norm(matrix, axis=0)
-        axial = int(np.argmax(np.abs(matrix[2])))
-    radius = np.maximum(1, np.round(_LUNG_CLOSING_MM / spacing)).astype(int)
-    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-    ball = sum((g / max(r, 1)) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0
-    closed = ndimage.binary_closing(low, structure=ball, border_value=0)
-    moved = np.moveaxis(closed, axial, 0)
-    filled = np.moveaxis(np.stack([ndimage.binary_fill_holes(plane) for plane in moved]), 0, axial)
-    return filled & body
 
 
 def finish_map(

@@ -11,7 +11,10 @@ What is checked, in order:
 3. every training and validation case, with the scan loader's header probe (:func:`pipeline.data.loading.check_scan`:
    the manifest builder's checks from the headers alone, every file of a DICOM series). Rejected cases are dropped
    with one ``WARNING`` line each naming the case and the builder's reason; the run fails only if none are left or
-   more than ``max_bad_fraction`` are bad;
+   more than ``max_bad_fraction`` are bad. A case the manifest builder measured out of scope (its datalist entry
+   says ``scope: out_of_scope``: not a chest CT with lungs in view, :mod:`pipeline.data.scope`) is dropped the same
+   way unless ``allow_out_of_scope``; a case without that verdict is measured by the loader when it is loaded, which
+   refuses it with the same reason (:class:`pipeline.training.datasets.SkipFailedCases` skips it);
 4. that the validation fold has both classes (the validation AUC, which picks the best checkpoint, needs them);
 5. the output folder can be created, and with ``resume`` that the last checkpoint exists and has epochs left.
 
@@ -31,6 +34,7 @@ from typing import Any
 from pipeline.contracts.datalist import load_datalist, resolve_datalist, select
 from pipeline.contracts.failure import fail
 from pipeline.data.loading import DEFAULT_MIN_SLICES, check_scan
+from pipeline.data.scope import OUT_OF_SCOPE
 from pipeline.errors import UserError
 
 __all__ = [
@@ -126,6 +130,7 @@ def check_cases(
     split: str,
     max_bad_fraction: float,
     min_slices: int = DEFAULT_MIN_SLICES,
+    allow_out_of_scope: bool = False,
 ) -> tuple[list[dict[str, Any]], list[SkippedCase]]:
     """Probe every entry, drop the unreadable ones with a warning each, fail if too many are bad.
 
@@ -134,6 +139,7 @@ def check_cases(
         split: name used in messages (``train`` / ``val``).
         max_bad_fraction: largest share of bad cases that is skipped rather than fatal.
         min_slices: fewest slices a scan may have.
+        allow_out_of_scope: keep entries the manifest builder measured out of scope (``scope: out_of_scope``).
 
     Returns:
         ``(kept entries, skipped cases)``.
@@ -145,6 +151,11 @@ def check_cases(
     skipped: list[SkippedCase] = []
     for entry in entries:
         reason = probe_image(entry["image"], min_slices=min_slices)
+        if reason is None and entry.get("scope") == OUT_OF_SCOPE and not allow_out_of_scope:
+            reason = (
+                f"{entry['image']}: out of scope (the manifest's scope column: not a chest CT with lungs in view); "
+                "set allow_out_of_scope to train on it"
+            )
         if reason is None:
             kept.append(dict(entry))
             continue
@@ -171,6 +182,7 @@ def preflight(
     epochs: int = 100,
     max_bad_fraction: float = 0.2,
     min_slices: int = DEFAULT_MIN_SLICES,
+    allow_out_of_scope: Any = False,
     network_name: str | None = None,
     transform_args: Mapping[str, Any] | None = None,
 ) -> PreparedRun:
@@ -186,6 +198,7 @@ def preflight(
         epochs: the maximum number of epochs of the run.
         max_bad_fraction: largest share of unreadable cases per split that is skipped rather than fatal.
         min_slices: fewest slices a scan may have (the manifest builder's ``--min-slices``).
+        allow_out_of_scope: keep cases measured out of scope (bool or a ``"true"``/``"false"`` string).
         network_name: checked against the network registry when given.
         transform_args: keyword arguments of :func:`pipeline.transforms.eval_transforms` (``roi_size``, ``spacing``,
             ``hu_window``) checked by building the chain once when given.
@@ -215,7 +228,11 @@ def preflight(
     if not val_entries:
         fail(f"{datalist_path}: fold {fold} has no validation cases")
 
-    probe = {"max_bad_fraction": max_bad_fraction, "min_slices": min_slices}
+    probe = {
+        "max_bad_fraction": max_bad_fraction,
+        "min_slices": min_slices,
+        "allow_out_of_scope": as_bool(allow_out_of_scope),
+    }
     train, skipped_train = check_cases(train_entries, split="train", **probe)
     val, skipped_val = check_cases(val_entries, split="val", **probe)
     val_labels = {int(entry["label"]) for entry in val}

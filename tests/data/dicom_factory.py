@@ -114,6 +114,7 @@ def write_ct_series(
     seed: int = 0,
     file_prefix: str = "IM",
     edit: Callable[[int, Dataset], None] | None = None,
+    stored: np.ndarray | None = None,
 ) -> WrittenSeries:
     """Write one CT series, one file per slice, into ``folder``.
 
@@ -144,6 +145,8 @@ def write_ct_series(
         seed: seed of the pixel noise.
         file_prefix: prefix of the file names.
         edit: called as ``edit(index, dataset)`` for each slice (index in position order) just before saving.
+        stored: the stored pixel values, ``(n_slices, rows, columns)`` int16 in position order (default: a smooth
+            blob plus noise); HU = stored * RescaleSlope + RescaleIntercept.
 
     Returns:
         A :class:`WrittenSeries` with the files and the expected HU volume and RAS affine.
@@ -164,10 +167,15 @@ def write_ct_series(
     rng = np.random.default_rng(seed)
     # a smooth body-like blob plus noise, so orientation or ordering errors change the values
     yy, xx = np.mgrid[0:rows, 0:columns]
-    stored = np.empty((n_slices, rows, columns), dtype=np.int16)
-    for k in range(n_slices):
-        blob = 1000.0 * np.exp(-(((yy - rows / 2) / (rows / 3)) ** 2) - ((xx - columns / 3) / (columns / 3)) ** 2)
-        stored[k] = (blob + 40.0 * k + 3.0 * xx + rng.integers(0, 30, size=(rows, columns))).astype(np.int16)
+    if stored is not None:
+        stored = np.asarray(stored, dtype=np.int16)
+        if stored.shape != (n_slices, rows, columns):
+            raise ValueError(f"stored has shape {stored.shape}, expected {(n_slices, rows, columns)}")
+    else:
+        stored = np.empty((n_slices, rows, columns), dtype=np.int16)
+        for k in range(n_slices):
+            blob = 1000.0 * np.exp(-(((yy - rows / 2) / (rows / 3)) ** 2) - ((xx - columns / 3) / (columns / 3)) ** 2)
+            stored[k] = (blob + 40.0 * k + 3.0 * xx + rng.integers(0, 30, size=(rows, columns))).astype(np.int16)
 
     files: list[Path] = []
     # file names and InstanceNumbers deliberately disagree with the position order
@@ -212,6 +220,43 @@ def write_ct_series(
         affine_ras=_expected_affine(positions, orientation, pixel_spacing),
         phi=phi,
     )
+
+
+def chest_phantom_hu(
+    *,
+    n_slices: int = 30,
+    rows: int = 40,
+    columns: int = 48,
+    pixel_mm: float = 8.0,
+    slice_mm: float = 10.0,
+    lungs: bool = True,
+    gas_pockets: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """A coarse chest (or abdomen) phantom in HU, ``(n_slices, rows, columns)``, slice 0 the most inferior.
+
+    A body ellipse (fat rim, soft tissue) in air; with ``lungs`` two lung ellipsoids at -850 HU (about 3.5 L at the
+    default size: 384 x 320 mm field, 300 mm of slices) and a midline trachea of air above them; ``gas_pockets``
+    spheres of air (bowel gas) scattered in the body's lower half.
+    """
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(
+        (np.arange(n_slices) - (n_slices - 1) / 2) * slice_mm,
+        (np.arange(rows) - (rows - 1) / 2) * pixel_mm,
+        (np.arange(columns) - (columns - 1) / 2) * pixel_mm,
+        indexing="ij",
+    )
+    hu = np.full(x.shape, -1000.0)
+    hu[(x / 165) ** 2 + (y / 120) ** 2 < 1] = -100.0
+    hu[(x / 150) ** 2 + (y / 105) ** 2 < 1] = 40.0
+    if lungs:
+        for side in (-1, 1):
+            hu[((x - side * 70) / 55) ** 2 + (y / 80) ** 2 + ((z + 10) / 125) ** 2 < 1] = -850.0
+        hu[(x**2 + (y + 30) ** 2 < 10**2) & (z > 100)] = -1000.0  # trachea
+    for _ in range(gas_pockets):
+        centre = rng.uniform([-100, -60, -slice_mm * n_slices / 2], [100, 60, 0])
+        hu[(x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < 32**2] = -1000.0
+    return (hu + rng.normal(0, 15, hu.shape)).astype(np.float32)
 
 
 def write_enhanced_ct(

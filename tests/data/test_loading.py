@@ -97,6 +97,7 @@ def cohort(tmp_path_factory):
         labels_csv=None,
         out=out,
         key_file=_key(root),
+        allow_out_of_scope=True,  # toy volumes, not chests (the scope check: tests/data/test_scope.py)
     )
     rejections = pd.read_csv(result.rejections_path, dtype=str, keep_default_na=False)
     accepted = set(pd.read_csv(out, dtype=str, keep_default_na=False)["image"])
@@ -161,7 +162,9 @@ def test_the_reasons_say_what_is_wrong(cohort):
 def test_good_scans_load_as_written_with_the_documented_meta(cohort):
     series = cohort["good"]
     assert str(series.folder) in cohort["accepted"]  # the DICOMDIR beside the images did not block them
-    loaded = LoadScand(keys="image", ensure_channel_first=True)({"image": str(series.folder)})["image"]
+    loaded = LoadScand(keys="image", ensure_channel_first=True, allow_out_of_scope=True)({"image": str(series.folder)})[
+        "image"
+    ]
     assert tuple(loaded.shape) == (1, *series.hu.shape)
     np.testing.assert_array_equal(loaded[0].numpy(), series.hu)
     np.testing.assert_allclose(loaded.affine.numpy(), series.affine_ras, atol=1e-6)
@@ -172,7 +175,7 @@ def test_good_scans_load_as_written_with_the_documented_meta(cohort):
     assert tuple(meta["spatial_shape"]) == series.hu.shape
     assert not any(value in repr(meta) for value in PHI.values())
     nifti = cohort["cases"]["good_nifti"]
-    image = LoadScan()(str(nifti))
+    image = LoadScan(allow_out_of_scope=True)(str(nifti))
     np.testing.assert_array_equal(image.numpy(), nib.load(nifti).get_fdata(dtype=np.float32))
     assert image.meta["source"] == "nifti"
     assert check_scan(series.folder) is None and check_scan(nifti) is None
@@ -187,7 +190,9 @@ def test_missing_path_and_minimum_slice_policy(cohort, tmp_path):
     # the default is the manifest builder's minimum; toy volumes pass min_slices=1
     few = cohort["cases"]["too_few"]
     assert LoadScand(keys="image").min_slices == DEFAULT_MIN_SLICES == 16
-    assert tuple(LoadScand(keys="image", min_slices=1)({"image": str(few)})["image"].shape) == (20, 24, 5)
+    assert tuple(
+        LoadScand(keys="image", min_slices=1, allow_out_of_scope=True)({"image": str(few)})["image"].shape
+    ) == (20, 24, 5)
     assert check_scan(few, min_slices=5) is None
     with pytest.raises(ValueError, match="min_slices must be at least 1"):
         LoadScan(min_slices=0)
@@ -233,7 +238,7 @@ def test_the_loader_never_falls_back_to_another_reader(cohort, monkeypatch):
 def test_no_warning_or_traceback_reaches_the_output(cohort, capfd, recwarn):
     capfd.readouterr()
     recwarn.clear()
-    loader = LoadScand(keys="image")
+    loader = LoadScand(keys="image", allow_out_of_scope=True)
     for name in BAD + BAD_NIFTI:
         with pytest.raises(ScanRejected):
             loader({"image": str(cohort["cases"][name])})
@@ -245,7 +250,7 @@ def test_no_warning_or_traceback_reaches_the_output(cohort, capfd, recwarn):
 
 def test_a_rejection_is_found_through_monai_compose_and_survives_pickling(cohort):
     tilt = cohort["cases"]["tilt"]
-    chain = Compose([LoadScand(keys="image"), EnsureChannelFirstd(keys="image")])
+    chain = Compose([LoadScand(keys="image", allow_out_of_scope=True), EnsureChannelFirstd(keys="image")])
     with pytest.raises(RuntimeError) as err:
         chain({"image": str(tilt)})
     found = scan_rejection(err.value)

@@ -106,6 +106,7 @@ def test_mixed_tree_accounts_for_every_file_and_labels_cases(tmp_path, mixed_tre
             min_slices=None,
             key_file=key_file,
             workers=2,
+            allow_out_of_scope=True,  # toy volumes, not chests (the scope check: tests/data/test_scope.py)
         )
     manifest = _read(out)
     rejections = _read(tmp_path / "manifests" / "cohort.rejections.csv")
@@ -180,7 +181,12 @@ def test_non_ascii_and_invalid_patient_ids_never_reach_logs_or_warnings(tmp_path
     recwarn.clear()  # pydicom warned about the invalid value while the test wrote it
     with caplog.at_level(logging.DEBUG):
         result = build_manifest(
-            dicom_root=tmp_path / "data", nifti_glob=None, labels_csv=None, out=tmp_path / "m.csv", key_file=key_file
+            dicom_root=tmp_path / "data",
+            nifti_glob=None,
+            labels_csv=None,
+            out=tmp_path / "m.csv",
+            key_file=key_file,
+            allow_out_of_scope=True,  # toy volumes, not chests (the scope check: tests/data/test_scope.py)
         )
     seen = caplog.text + " ".join(str(w.message) for w in recwarn) + result.summary()
     seen += result.manifest_path.read_text(encoding="utf-8") + result.rejections_path.read_text(encoding="utf-8")
@@ -196,7 +202,14 @@ def test_ids_are_stable_under_one_key_and_change_with_another(tmp_path, key_file
     series = write_ct_series(tmp_path / "data" / "s1", n_slices=16)
 
     def build(name, **kwargs):
-        build_manifest(dicom_root=tmp_path / "data", nifti_glob=None, labels_csv=None, out=tmp_path / name, **kwargs)
+        build_manifest(
+            dicom_root=tmp_path / "data",
+            nifti_glob=None,
+            labels_csv=None,
+            out=tmp_path / name,
+            allow_out_of_scope=True,
+            **kwargs,
+        )
         return _read(tmp_path / name)
 
     first = build("one.csv", key_file=key_file)
@@ -218,7 +231,12 @@ def test_conflicting_labels_reject_the_case(tmp_path, key_file):
     labels = tmp_path / "labels.csv"
     labels.write_text(f"path,label\ns1,positive\n{series.folder},negative\n")
     result = build_manifest(
-        dicom_root=tmp_path / "data", nifti_glob=None, labels_csv=labels, out=tmp_path / "m.csv", key_file=key_file
+        dicom_root=tmp_path / "data",
+        nifti_glob=None,
+        labels_csv=labels,
+        out=tmp_path / "m.csv",
+        key_file=key_file,
+        allow_out_of_scope=True,
     )
     assert result.n_cases == 0
     (reason,) = _read(result.rejections_path)["reason"]
@@ -240,6 +258,7 @@ def test_nifti_inputs_are_checked_labelled_and_deduplicated(tmp_path, key_file):
         labels_csv=labels,
         out=tmp_path / "m.csv",
         key_file=key_file,
+        allow_out_of_scope=True,
     )
     manifest = _read(result.manifest_path)
     assert manifest[["image", "label", "n_slices", "spacing_mm", "source"]].values.tolist() == [
@@ -255,22 +274,28 @@ def test_nifti_inputs_are_checked_labelled_and_deduplicated(tmp_path, key_file):
 
 
 @pytest.mark.realdata
-def test_real_jpeg2000_series_and_nifti_files_are_accepted(tmp_path, key_file):
+def test_real_jpeg2000_series_and_nifti_files_are_refused_out_of_scope_or_kept_when_allowed(tmp_path, key_file):
     series = shared_path("dicom", "totalseg_abdomen_ct")
     nifti = shared_path("nifti", "totalseg_example_ct.nii.gz").parent
-    result = build_manifest(
-        dicom_root=series.parent,
-        nifti_glob=str(nifti / "*.nii.gz"),
-        labels_csv=None,
-        out=tmp_path / "real.csv",
-        key_file=key_file,
+    kwargs = dict(dicom_root=series.parent, nifti_glob=str(nifti / "*.nii.gz"), labels_csv=None, key_file=key_file)
+    # abdominal CT (no lung / lung bases only): rejected, the reason naming the measured lung volume
+    refused = build_manifest(**kwargs, out=tmp_path / "refused.csv")
+    assert refused.n_cases == 0 and refused.rejection_kinds == {"out of scope": 3}
+    reasons = _read(refused.rejections_path).set_index("path")["reason"]
+    assert re.match(r"no lungs in view: 0 ml of lung", reasons[str(series)])
+    assert re.match(
+        r"too little lung in view: \d+ ml of lung over \d+ mm", reasons[str(nifti / "totalseg_example_ct.nii.gz")]
     )
+
+    result = build_manifest(**kwargs, out=tmp_path / "real.csv", allow_out_of_scope=True)
     manifest = _read(result.manifest_path).set_index("image")
     dicom_row = manifest.loc[str(series)]
     assert (dicom_row.n_slices, dicom_row.spacing_mm, dicom_row.source) == ("20", "0.977x0.977x2.000", "dicom")
     assert manifest.loc[str(nifti / "totalseg_example_ct.nii.gz")].n_slices == "112"
     assert manifest.loc[str(nifti / "totalseg_example_ct_sm.nii.gz")].n_slices == "30"
     assert result.n_rejected == 0
+    assert set(manifest["scope"]) == {"out_of_scope"}
+    assert manifest["scope_note"].str.startswith("scored although out of scope").all()
     # the real series has blank UIDs and PatientID: its ids come from the content fingerprint
     assert "note: 3 cases have no PatientID" in result.summary()
 
@@ -279,7 +304,8 @@ def test_cli_build_returns_0_on_a_mixed_tree_and_2_on_usage_errors(tmp_path, mix
     root, labels_csv, *_ = mixed_tree
     out = tmp_path / "cli.csv"
     common = ["--key-file", str(key_file), "--out", str(out)]
-    assert main(["manifest", "build", "--dicom-root", str(root), "--labels", str(labels_csv), *common]) == 0
+    toy = ["--allow-out-of-scope"]  # toy volumes, not chests
+    assert main(["manifest", "build", "--dicom-root", str(root), "--labels", str(labels_csv), *common, *toy]) == 0
     printed = capsys.readouterr()
     assert "accepted 4 cases" in printed.out
     assert out.is_file() and (tmp_path / "cli.rejections.csv").is_file()
@@ -388,6 +414,7 @@ def test_bad_out_values_are_one_line_errors_without_traceback(tmp_path, key_file
     if case == "fifo":
         os.mkfifo(out)  # a rename would replace it (as it would a device such as /dev/null)
     argv = ["manifest", "build", "--dicom-root", str(data), "--labels", str(labels), "--key-file", str(key_file)]
+    argv.append("--allow-out-of-scope")  # toy volumes, not chests
     assert main([*argv, "--out", out]) == 2
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
@@ -412,6 +439,7 @@ def test_progress_bar_on_a_terminal_only_and_never_changes_the_outputs(tmp_path,
 
     write_ct_series(tmp_path / "data" / "s", n_slices=16)
     argv = ["manifest", "build", "--dicom-root", str(tmp_path / "data"), "--key-file", str(key_file)]
+    argv.append("--allow-out-of-scope")  # toy volumes, not chests
     # pytest's stderr is no terminal: no bar
     assert main([*argv, "--out", str(tmp_path / "a.csv")]) == 0
     assert "reading DICOM headers" not in capsys.readouterr().err

@@ -89,7 +89,7 @@ def _independent_probabilities(checkpoint: Path, entries: list[dict]) -> dict[st
     network = build("aam_student_small", in_channels=1, num_classes=2)
     network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     network.eval()
-    transform = eval_transforms(roi_size=BUNDLE_OVERRIDES["roi_size"])
+    transform = eval_transforms(roi_size=BUNDLE_OVERRIDES["roi_size"], allow_out_of_scope=True)
     out = {}
     for entry in entries:
         with torch.no_grad():

@@ -50,7 +50,7 @@ def _postprocessing() -> Compose:
 
 def _expected_probabilities(network: torch.nn.Module, entries: list[dict]) -> dict[str, float]:
     """Positive-class probability per case, computed outside the engine with the same transforms."""
-    transform = eval_transforms(roi_size=ROI)
+    transform = eval_transforms(roi_size=ROI, allow_out_of_scope=True)
     out = {}
     for entry in entries:
         with torch.no_grad():
@@ -63,7 +63,7 @@ def _expected_probabilities(network: torch.nn.Module, entries: list[dict]) -> di
 def evaluated_test_split(tiny_cohort, tmp_path_factory):
     """One evaluator run over the test split (one truncated file among them) choosing and freezing the threshold."""
     entries = select(tiny_cohort.datalist, "test")
-    dataset = SkipFailedCases(Dataset(entries, eval_transforms(roi_size=ROI)), check_all=True)
+    dataset = SkipFailedCases(Dataset(entries, eval_transforms(roi_size=ROI, allow_out_of_scope=True)), check_all=True)
     out = tmp_path_factory.mktemp("eval_test")
     handler = EvaluationReportHandler(
         output_dir=out / "eval_test",
@@ -172,7 +172,9 @@ def test_delong_handler_matches_monai_rocauc_and_logs_the_interval(tiny_cohort, 
     network = MeanIntensityNet()
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
-        val_data_loader=DataLoader(Dataset(entries, eval_transforms(roi_size=ROI)), batch_size=4, shuffle=False),
+        val_data_loader=DataLoader(
+            Dataset(entries, eval_transforms(roi_size=ROI, allow_out_of_scope=True)), batch_size=4, shuffle=False
+        ),
         network=network,
         postprocessing=_postprocessing(),
         key_val_metric={"val_auc": ROCAUC(output_transform=from_engine(["pred", "label"]))},

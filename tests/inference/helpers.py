@@ -71,6 +71,7 @@ def tiny_bundle(root: Path, *, seed: int = 4) -> Path:
     # the dense CAM: one forward pass per case keeps these tests fast (the default, occlusion, takes one per block
     # position; tests/inference/test_maps.py covers every kind)
     config["heatmap_kind"] = "cam"
+    config["allow_out_of_scope"] = True  # the toy volumes are not chests: scored anyway (rows marked out_of_scope)
     (root / "configs").mkdir(parents=True)
     (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
     (root / "models").mkdir()
@@ -78,7 +79,9 @@ def tiny_bundle(root: Path, *, seed: int = 4) -> Path:
     return root
 
 
-def make_predictor(network: nn.Module | None = None, *, roi_size=TEST_ROI, spacing=TEST_SPACING, **kwargs):
+def make_predictor(
+    network: nn.Module | None = None, *, roi_size=TEST_ROI, spacing=TEST_SPACING, allow_out_of_scope=True, **kwargs
+):
     """A real CasePredictor on the project's inference chain (the one loader, LoadScand).
 
     The map kind is the dense CAM unless ``heatmap_kind`` is given: one forward pass per case keeps the cohort tests
@@ -88,7 +91,8 @@ def make_predictor(network: nn.Module | None = None, *, roi_size=TEST_ROI, spaci
     return CasePredictor(
         network=network if network is not None else tiny_network(),
         inferer=DenseClassificationInferer(roi_size=roi_size, mode="gaussian"),
-        preprocessing=infer_transforms(roi_size=roi_size, spacing=spacing),
+        # the toy volumes are not chests (tiny lungs): scored anyway, as with min_slices=1 for toy slice counts
+        preprocessing=infer_transforms(roi_size=roi_size, spacing=spacing, allow_out_of_scope=allow_out_of_scope),
         **kwargs,
     )
 
