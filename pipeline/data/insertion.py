@@ -57,6 +57,7 @@ __all__ = [
     "NoduleCrop",
     "NoduleLibrary",
     "insert_lesion",
+    "lung_depth",
     "sphere_volume_ml",
     "equivalent_diameter_mm",
 ]
@@ -243,6 +244,7 @@ def insert_lesion(
     diameter_mm: float,
     rng: np.random.Generator,
     nodules: NoduleLibrary | None = None,
+    lung_depth_mm: np.ndarray | None = None,
 ) -> Insertion:
     """A copy of ``hu`` with one lesion of equivalent diameter ``diameter_mm`` at a random place in ``lung_mask``.
 
@@ -254,6 +256,8 @@ def insert_lesion(
         diameter_mm: equivalent-sphere diameter of the lesion.
         rng: the random stream (placement, shape, nodule choice): the same stream gives the same copy.
         nodules: the nodule library (``kind="nodule"``).
+        lung_depth_mm: :func:`lung_depth_mm` of ``lung_mask``, when the caller inserts many lesions into one scan
+            (computed here otherwise).
 
     Returns:
         The :class:`Insertion`.
@@ -274,7 +278,9 @@ def insert_lesion(
     if kind == "nodule" and nodules is None:
         raise UserError("nodule insertion needs the LIDC nodule library (--nodules DIR)")
     target_ml = sphere_volume_ml(diameter_mm)
-    depth = ndimage.distance_transform_edt(lung, sampling=tuple(spacing))
+    depth = lung_depth(lung, spacing) if lung_depth_mm is None else np.asarray(lung_depth_mm)
+    if depth.shape != lung.shape:
+        raise UserError(f"lung depth of shape {depth.shape} for a lung mask of shape {lung.shape}")
     if depth.max() < 0.5 * diameter_mm:  # before any rendering: no lung point is that far from the lung's outline
         raise InsertionError(
             f"no room for a {diameter_mm:g} mm {kind} in this lung (deepest lung point {depth.max():.1f} mm from its "
@@ -324,6 +330,12 @@ def insert_lesion(
     raise InsertionError(
         f"a {diameter_mm:g} mm {kind} did not fit inside this lung in {_PLACEMENT_ATTEMPTS} placements"
     )
+
+
+def lung_depth(lung_mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Each lung voxel's Euclidean distance (mm) to the nearest voxel outside the lung (0 outside)."""
+    spacing = tuple(float(s) for s in spacing_mm)
+    return ndimage.distance_transform_edt(np.asarray(lung_mask, dtype=bool), sampling=spacing).astype(np.float32)
 
 
 def _volume_preserving_mask(occupancy: np.ndarray, alpha: np.ndarray) -> np.ndarray:

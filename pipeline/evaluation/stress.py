@@ -79,6 +79,7 @@ class StressSettings:
         write_volumes: write each copy as NIfTI.
         write_pngs: write a PNG of each copy with its map.
         maps: compute the default map and its pointing game (else scores only).
+        repeats: copies per case, kind and size (each at its own random place; one scan can give a curve).
     """
 
     sizes_mm: tuple[float, ...] = DEFAULT_SIZES_MM
@@ -90,8 +91,11 @@ class StressSettings:
     write_volumes: bool = False
     write_pngs: bool = False
     maps: bool = True
+    repeats: int = 1
 
     def __post_init__(self) -> None:
+        if int(self.repeats) < 1:
+            raise UserError(f"--repeats must be at least 1, got {self.repeats}")
         if not self.sizes_mm or any(not (math.isfinite(s) and s > 0) for s in self.sizes_mm):
             raise UserError(f"--sizes must be positive numbers of mm, got {list(self.sizes_mm)}")
         unknown = [k for k in self.kinds if k not in KINDS]
@@ -186,6 +190,7 @@ class StressTest:
                 "kinds": list(self.settings.kinds),
                 "texture": self.settings.texture,
                 "seed": self.settings.seed,
+                "repeats": self.settings.repeats,
                 "margin_mm": self.settings.margin_mm,
                 "map_kind": getattr(getattr(self.predictor, "map_maker", None), "kind", None)
                 if self.settings.maps
@@ -204,11 +209,16 @@ class StressTest:
     # -- one case ---------------------------------------------------------------------------------------------------
 
     def _run_case(self, case: Any, stored: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        from pipeline.data.insertion import InsertionError, insert_lesion
+        from pipeline.data.insertion import InsertionError, insert_lesion, lung_depth
         from pipeline.inference.case import CaseFailure
 
         row: dict[str, Any] = {"case_id": case.case_id, "status": "ok", "reason": "", "probability": None}
-        planned = [(kind, size) for kind in self.settings.kinds for size in self.settings.sizes_mm]
+        planned = [
+            (kind, size, repeat)
+            for kind in self.settings.kinds
+            for size in self.settings.sizes_mm
+            for repeat in range(self.settings.repeats)
+        ]
         if str(getattr(case, "label", "") or "").strip().lower() in {"positive", "1"}:
             row.update(status="skipped", reason="labelled positive: the stress test inserts into negative scans")
             return row, []
@@ -238,9 +248,10 @@ class StressTest:
         row["probability"] = p_original
         stored["lungs"][case.case_id] = (lung.shape, np.packbits(lung.ravel()))
         stored["spacing"][case.case_id] = tuple(float(s) for s in spacing)
+        depth = lung_depth(lung, spacing)
         copies = []
-        for kind, size in planned:
-            copy_id = f"{case.case_id}_{kind}_{size:g}mm"
+        for kind, size, repeat in planned:
+            copy_id = f"{case.case_id}_{kind}_{size:g}mm" + (f"_r{repeat}" if self.settings.repeats > 1 else "")
             record: dict[str, Any] = {
                 "copy_id": copy_id,
                 "case_id": case.case_id,
@@ -250,10 +261,17 @@ class StressTest:
                 "status": "ok",
                 "reason": "",
             }
-            rng = _copy_stream(self.settings.seed, case.case_id, kind, size)
+            rng = _copy_stream(self.settings.seed, case.case_id, kind, size, repeat)
             try:
                 inserted = insert_lesion(
-                    hu, spacing_mm=spacing, lung_mask=lung, kind=kind, diameter_mm=size, rng=rng, nodules=self.nodules
+                    hu,
+                    spacing_mm=spacing,
+                    lung_mask=lung,
+                    kind=kind,
+                    diameter_mm=size,
+                    rng=rng,
+                    nodules=self.nodules,
+                    lung_depth_mm=depth,
                 )
             except InsertionError as err:
                 record.update(status="no_fit", reason=str(err))
@@ -347,9 +365,9 @@ _CITATION = (
 )
 
 
-def _copy_stream(seed: int, case_id: str, kind: str, size: float) -> np.random.Generator:
-    """The random stream of one copy: keyed by seed, case, kind and size (independent of the other cases)."""
-    keys = [int(seed), zlib.crc32(case_id.encode()), KINDS.index(kind), int(round(size * 1000))]
+def _copy_stream(seed: int, case_id: str, kind: str, size: float, repeat: int = 0) -> np.random.Generator:
+    """The random stream of one copy: keyed by seed, case, kind, size and repeat (independent of the other cases)."""
+    keys = [int(seed), zlib.crc32(case_id.encode()), KINDS.index(kind), int(round(size * 1000)), int(repeat)]
     return np.random.default_rng(np.random.SeedSequence(keys))
 
 
@@ -644,6 +662,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--texture", default="solid", choices=TEXTURES, help="LIDC nodule texture (default solid)")
     parser.add_argument("--nodules", type=Path, help="the lidc_nodules folder (image/, nodule_mask/, nodules.csv)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--repeats", type=int, default=1, help="copies per case, kind and size (default 1)")
     parser.add_argument("--margin-mm", type=float, default=10.0, help="pointing-game tolerance (default 10 mm)")
     parser.add_argument("--no-maps", action="store_true", help="scores only: no map, no pointing game")
     parser.add_argument("--heatmap", help="map kind (default: the bundle's heatmap_kind)")
@@ -698,6 +717,7 @@ def _cmd_stress_test(args: argparse.Namespace) -> int:
         write_volumes=args.write_volumes,
         write_pngs=args.write_pngs,
         maps=not args.no_maps,
+        repeats=args.repeats,
     )
     cases = sorted(read_cases(args.manifest, split=args.split), key=lambda c: c.case_id)
     if args.limit is not None:
