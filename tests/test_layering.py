@@ -4,8 +4,13 @@ Every ``import`` / ``from ... import`` of every module under ``pipeline/`` is re
 function bodies, ``if TYPE_CHECKING`` blocks alike), resolved to the ``pipeline`` module it names, and both ends are
 mapped to their stage's rank in the data flow (see ``/work/helpers/COMMON.md`` and ``ARCHITECTURE.md``)::
 
-    errors / io / overrides / _lazy  ->  contracts  ->  data  ->  transforms  ->  networks  ->  training
+    errors / io / overrides / _lazy  ->  contracts  ->  data  ->  transforms  ->  networks  ->  trust  ->  training
         ->  inference  ->  evaluation  ->  sharing  ->  cli
+
+``trust`` is the received-bundle gate (integrity, caps, configs read as data, TorchScript checked before it runs):
+it rebuilds a received bundle's network through the ``networks`` registry, and every reader of a received bundle
+(``inference``'s ``evaluate-cohort`` / ``infer``, ``sharing``'s ``verify`` / ``inspect``) sits above it, so they
+all pass the same gate and none needs an arrow running up to reach it.
 
 An import of a higher-ranked stage is a back-edge. Where a lower stage needs behaviour of a higher one, the bundle
 config or the CLI composes them (a callable is injected), and shared file formats live in ``pipeline.contracts``.
@@ -31,11 +36,12 @@ STAGE_RANKS: dict[str, int] = {
     "data": 2,
     "transforms": 3,
     "networks": 4,
-    "training": 5,
-    "inference": 6,
-    "evaluation": 7,
-    "sharing": 8,
-    "entry": 9,
+    "trust": 5,
+    "training": 6,
+    "inference": 7,
+    "evaluation": 8,
+    "sharing": 9,
+    "entry": 10,
 }
 #: first component after ``pipeline.`` -> stage (``pipeline`` itself and its helpers are the foundation)
 _STAGE_OF_COMPONENT = {
@@ -47,6 +53,7 @@ _STAGE_OF_COMPONENT = {
     "data": "data",
     "transforms": "transforms",
     "networks": "networks",
+    "trust": "trust",
     "training": "training",
     "inference": "inference",
     "evaluation": "evaluation",

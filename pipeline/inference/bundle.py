@@ -2,8 +2,11 @@
 
 Accepted ``--bundle`` forms: a bundle folder (``configs/`` + ``models/model.pt``), a training run folder with
 ``models/model.pt`` but no ``configs/inference.json`` (the project's own ``bundle/configs/inference.json`` is used
-then, with the network and preprocessing of the run's ``models/run.json``), or a bundle zip (extracted once under
-the run folder; a zip with one top-level folder, as ``monai.bundle`` exports them, is descended into).
+then, with the network and preprocessing of the run's ``models/run.json``), or a bundle zip. A zip comes from outside: it passes the received-bundle gate (:func:`pipeline.trust.receive_bundle`:
+integrity, size caps, configs read as data, TorchScript checked) and is extracted once under the run folder. A
+bundle folder holding ``checksums.sha256`` (an export, unpacked) has its configs checked the same way: a received
+config is only ever parsed as the in-memory object that was compared with the exporter's, so the only code MONAI's
+parser runs from it is this repository's.
 
 The frozen threshold and the run record are contracts between stages, read with
 :func:`pipeline.contracts.frozen_threshold` and :func:`pipeline.contracts.settings_for`.
@@ -15,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +28,8 @@ import torch
 from pipeline.contracts.defaults import DEFAULT_CLASS_NAMES
 from pipeline.contracts.run_record import settings_for
 from pipeline.errors import UserError
+from pipeline.trust.configs import check_config_folder, require_no_deviations
+from pipeline.trust.layout import CHECKSUM_FILENAME
 
 __all__ = [
     "PROJECT_BUNDLE",
@@ -44,27 +48,41 @@ logger = logging.getLogger(__name__)
 PROJECT_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 
 
-def resolve_bundle(bundle: str | os.PathLike, *, extract_to: str | os.PathLike | None = None) -> Path:
+def resolve_bundle(
+    bundle: str | os.PathLike,
+    *,
+    extract_to: str | os.PathLike | None = None,
+    trust: str | os.PathLike | None = None,
+    expect_sha256: str | None = None,
+) -> Path:
     """The root folder of a bundle given as a folder or a zip.
 
     Args:
         bundle: bundle folder, run folder or ``.zip``.
         extract_to: where a zip is extracted (a sub-folder named after the zip and its hash is created, and reused
             by a rerun); defaults to a folder beside the zip.
+        trust: for a zip: the sender's public key; the zip must carry its signature.
+        expect_sha256: for a zip: the SHA-256 its sender published.
 
     Returns:
         The folder holding ``models/model.pt`` (and usually ``configs/``).
 
     Raises:
-        UserError: if the path is missing, the zip is unsafe or unreadable, or no ``models/model.pt`` is found.
+        UserError: if the path is missing, a zip is refused by the gate or unreadable, or no ``models/model.pt``.
     """
+    from pipeline.trust.gate import receive_bundle
+
     path = Path(bundle).expanduser()
     if not path.exists():
         raise UserError(f"{path}: bundle not found")
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise UserError(f"{path}: not a bundle folder or zip")
-        path = _extract_zip(path, Path(extract_to) if extract_to is not None else path.parent)
+        return receive_bundle(
+            path, Path(extract_to) if extract_to is not None else path.parent, trust=trust, expect_sha256=expect_sha256
+        ).resolve()
+    if trust is not None or expect_sha256 is not None:
+        raise UserError(f"{path}: --trust / --expect-sha256 check a bundle zip; give the zip, not a folder")
     for candidate in (path, *_single_subfolder(path)):
         if (candidate / "models" / "model.pt").is_file():
             return candidate.resolve()
@@ -74,27 +92,6 @@ def resolve_bundle(bundle: str | os.PathLike, *, extract_to: str | os.PathLike |
 def _single_subfolder(path: Path) -> list[Path]:
     children = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return children if len(children) == 1 else []
-
-
-def _extract_zip(archive: Path, parent: Path) -> Path:
-    digest = file_fingerprint(archive)
-    target = parent / f".{archive.stem}-{digest}"
-    if target.is_dir():
-        return target
-    staging = parent / f".{archive.stem}-{digest}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(archive) as zipped:
-            for member in zipped.namelist():
-                # refuse absolute names and '..' so a crafted zip cannot write outside the target folder
-                if Path(member).is_absolute() or ".." in Path(member).parts:
-                    raise UserError(f"{archive}: unsafe member name {member!r} in the zip")
-            zipped.extractall(staging)
-    except zipfile.BadZipFile as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"{archive}: unreadable zip ({err})") from None
-    os.replace(staging, target)
-    return target
 
 
 def inference_config_path(bundle_root: str | os.PathLike) -> Path:
@@ -122,6 +119,10 @@ def inference_config_path(bundle_root: str | os.PathLike) -> Path:
 def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
     """Parse a bundle's inference config with MONAI's ``ConfigParser``, pointed at ``bundle_root``.
 
+    An exported bundle (one with ``checksums.sha256``) is received: its configs are read as data and compared with
+    the exporter's (:func:`pipeline.trust.configs.check_config_folder`); the parser gets the compared object, so
+    every expression it evaluates is this repository's own.
+
     When the config is the project's default (a run folder without ``configs/inference.json``), the network and
     preprocessing are the run's own (:func:`pipeline.contracts.settings_for` on its ``models/run.json``, written by
     training and distillation), so they match the weights; without a record the config's defaults stay.
@@ -141,6 +142,15 @@ def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str
     root = Path(bundle_root).resolve()
     config_path = inference_config_path(root)
     parser = ConfigParser()
+    if (root / CHECKSUM_FILENAME).is_file() and config_path.parent == root / "configs":
+        # an exported bundle (received): parse once, compare with the exporter's, hand MONAI that very object
+        parsed, deviations = check_config_folder(root / "configs")
+        require_no_deviations(deviations, source=root)
+        if not isinstance(parsed.get("inference.json"), dict):
+            raise UserError(f"{config_path}: not a bundle config (a JSON object expected)")
+        parser.read_config(parsed["inference.json"])
+        parser.update({"bundle_root": str(root), **dict(overrides or {})})
+        return parser
     try:
         parser.read_config(config_path)
     except (json.JSONDecodeError, ValueError) as err:

@@ -70,6 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--trust",
+        metavar="PUBKEY",
+        help="a bundle zip must carry this sender key's Ed25519 signature (their .pub file, or 64 hex digits)",
+    )
+    parser.add_argument(
+        "--expect-sha256", metavar="DIGEST", help="a bundle zip must have this SHA-256 (the digest its sender published)"
+    )
+    parser.add_argument(
         "--allow-out-of-scope",
         action="store_true",
         help="score scans the scope check finds out of scope (not a chest CT with lungs in view) instead of "
@@ -193,7 +201,12 @@ def _overrides(args: argparse.Namespace, *, output_dir: Path) -> dict[str, Any]:
 def _config(args: argparse.Namespace, out: Path, extra: dict[str, Any] | None = None):
     from pipeline.inference.bundle import load_inference_config, resolve_bundle
 
-    root = resolve_bundle(args.bundle, extract_to=out)
+    root = resolve_bundle(
+        args.bundle,
+        extract_to=out,
+        trust=getattr(args, "trust", None),
+        expect_sha256=getattr(args, "expect_sha256", None),
+    )
     return load_inference_config(root, {**_overrides(args, output_dir=out), **(extra or {})})
 
 

@@ -1,4 +1,4 @@
-"""``aamct bundle export|verify|inspect``: share a trained bundle and check one received.
+"""``aamct bundle export|verify|inspect|keygen``: share a trained bundle, sign it, and check one received.
 
 Other stages may add their own actions under ``aamct bundle``: :func:`register` reuses the ``bundle`` group when it
 already exists instead of replacing it.
@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the eager-vs-TorchScript-config probability check on a synthetic volume",
     )
+    export.add_argument(
+        "--sign",
+        type=Path,
+        metavar="KEY",
+        help="sign checksums.sha256 with this Ed25519 private key (from `aamct bundle keygen`)",
+    )
     export.add_argument("--verify", action="store_true", help="run `aamct bundle verify` on the written zip")
     export.set_defaults(func=_cmd_export)
 
@@ -85,7 +91,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not load or run the models (nothing from the configs is evaluated)",
     )
+    verify.add_argument(
+        "--trust",
+        metavar="PUBKEY",
+        help="the sender's public key (their .pub file, or 64 hex digits): the bundle must carry its signature",
+    )
+    verify.add_argument("--expect-sha256", metavar="DIGEST", help="the zip's SHA-256 as its sender published it")
     verify.set_defaults(func=_cmd_verify)
+
+    keygen = actions.add_parser(
+        "keygen",
+        help="create an Ed25519 key pair for signing exported bundles (KEY and KEY.pub)",
+        description="Write a new Ed25519 private key (PEM, mode 0600) and its public key (KEY.pub, PEM). Sign with "
+        "`aamct bundle export --sign KEY`; send KEY.pub to recipients another way (they run verify --trust KEY.pub).",
+    )
+    keygen.add_argument("key", type=Path, help="private key file to create (never overwritten)")
+    keygen.set_defaults(func=_cmd_keygen)
 
     inspect = actions.add_parser("inspect", help="print the model card summary of a bundle zip")
     inspect.add_argument("archive", type=Path, help="NAME.zip")
@@ -107,6 +128,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         network_config=args.network_config,
         overrides=parse_set_overrides(args.set),
         check_parity=not args.no_parity_check,
+        sign_key=args.sign,
     )
     print(result.summary())
     if args.verify:
@@ -114,10 +136,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(archive: Path, *, schema: Path | None, check_networks: bool) -> int:
+def _verify(
+    archive: Path, *, schema: Path | None, check_networks: bool, trust: str | None = None, expect: str | None = None
+) -> int:
     from pipeline.sharing.verify import verify_bundle
 
-    report = verify_bundle(archive, schema_path=schema, check_networks=check_networks)
+    report = verify_bundle(
+        archive, schema_path=schema, check_networks=check_networks, trust=trust, expect_sha256=expect
+    )
     print("\n".join(report.lines()))
     if not report.ok:
         raise UserError(f"{archive}: verification failed: {report.first_failure.detail}")
@@ -125,7 +151,22 @@ def _verify(archive: Path, *, schema: Path | None, check_networks: bool) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    return _verify(args.archive, schema=args.schema, check_networks=not args.no_network_checks)
+    return _verify(
+        args.archive,
+        schema=args.schema,
+        check_networks=not args.no_network_checks,
+        trust=args.trust,
+        expect=args.expect_sha256,
+    )
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from pipeline.trust.signing import key_fingerprint, load_public_key, write_key_pair
+
+    private, public = write_key_pair(args.key)
+    print(f"private key {private} (keep it; sign with: aamct bundle export --sign {private} ...)")
+    print(f"public key  {public} (fingerprint {key_fingerprint(load_public_key(public))}; send it to recipients)")
+    return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

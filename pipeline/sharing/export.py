@@ -55,11 +55,8 @@ from pipeline.errors import UserError
 from pipeline.evaluation.handlers import RunSummary, read_run_summary
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.sharing.archive import BUNDLE_NAME_PATTERN, write_bundle_zip
-from pipeline.sharing.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums, sha256_of_file
-from pipeline.sharing.config_listing import code_references, load_config_file, references_to_package
 from pipeline.sharing.metadata import VersionPart, metadata_problems, release_metadata
 from pipeline.sharing.model_card import (
-    DENSE_MODEL_FILE,
     MODEL_CARD_KEY,
     build_model_card,
     render_model_card,
@@ -73,6 +70,18 @@ from pipeline.sharing.release import (
     earlier_releases,
     release_version,
     state_dict_sha256,
+)
+from pipeline.trust.checksums import digests_of_tree, format_checksums, sha256_of_file
+from pipeline.trust.config_listing import code_references, load_config_file, references_to_package
+from pipeline.trust.layout import (
+    CHECKSUM_FILENAME,
+    DENSE_MODEL_FILE,
+    EAGER_CONFIG_CANDIDATES,
+    LARGE_FILES,
+    PORTABLE_PATHS,
+    PROJECT_BUNDLE,
+    SIGNATURE_FILENAME,
+    TORCHSCRIPT_CONFIG,
 )
 
 __all__ = [
@@ -94,12 +103,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the recipient's config, built on models/model.ts
-TORCHSCRIPT_CONFIG = "inference_torchscript.json"
-#: configs searched (in order) for the eager ``network_def`` and the preprocessing / inferer parameters
-EAGER_CONFIG_CANDIDATES = ("inference.json", "train.json")
-#: the repository's own bundle: its inference_torchscript.json is used when the source bundle has none
-PROJECT_BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 #: parameters copied from the eager config into the TorchScript config so both preprocess and window alike
 SHARED_PARAMETER_KEYS = (
     "roi_size",
@@ -114,18 +117,6 @@ SHARED_PARAMETER_KEYS = (
 )
 #: largest accepted difference between eager and TorchScript-config probabilities
 PARITY_TOLERANCE = 1e-5
-#: the model-zoo file listing the large files (weights) with their digests
-LARGE_FILES = "large_files.yml"
-#: path-valued keys of the exported configs and the portable value each gets: the source bundle's values are this
-#: repository's folders (``bundle``, ``runs/demo/...``), meaningless to a recipient, who passes their own
-PORTABLE_PATHS: dict[str, str] = {
-    "bundle_root": ".",
-    "output_dir": "$os.path.join(@bundle_root, 'eval')",  # the model zoo's choice
-    "teacher_ckpt": "$os.path.join(@bundle_root, 'models', 'model.pt')",  # distilling the shipped model further
-    "datalist": "datalist.json",
-    "manifest": "manifest.csv",
-    "dataset_dir": "data",
-}
 _REPOSITORY_PREFIXES = ("runs/", "bundle/", "./runs/", "./bundle/")
 _QUOTED_ABSOLUTE = re.compile(r"""['"](/|[A-Za-z]:[\\/])[^'"]*['"]""")
 _DENSE_NET_ID = "_aamct_export_dense_network"
@@ -144,6 +135,8 @@ class ExportResult:
         weights_sha256: digest of the shipped weights (:func:`pipeline.sharing.release.state_dict_sha256`).
         version_kept_from: the earlier release of the same weights whose version was kept (a zip name or
             ``"the source metadata"``); ``None`` when the export released a new version.
+        zip_sha256: the zip's SHA-256 (publish it: recipients check it with ``verify --expect-sha256``).
+        signed: whether the checksum file was signed (``sign_key``).
         members: member paths relative to ``NAME/``.
         parity_max_abs_diff: largest eager-vs-TorchScript-config probability difference on the synthetic volume,
             or ``None`` when the check was skipped.
@@ -161,6 +154,8 @@ class ExportResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     weights_sha256: str = ""
     version_kept_from: str | None = None
+    zip_sha256: str = ""
+    signed: bool = False
 
     def summary(self) -> str:
         """Lines for the terminal."""
@@ -181,6 +176,11 @@ class ExportResult:
             ),
         ]
         lines += [f"  note: {note}" for note in self.notes]
+        lines.append(
+            f"  sha256 of the zip: {self.zip_sha256} (publish it: recipients run aamct bundle verify "
+            f"--expect-sha256 {self.zip_sha256[:12]}...)"
+            + ("; checksums signed (recipients: --trust YOUR_KEY.pub)" if self.signed else "")
+        )
         lines.append(f"  next: aamct bundle verify {self.zip_path}")
         return "\n".join(lines)
 
@@ -327,6 +327,9 @@ def torchscript_parity(
     meta = root / "configs" / "metadata.json"
     eager = _eager_parser(eager_path, meta, root)
     eager["device"] = "$torch.device('cpu')"
+    if "allow_out_of_scope" in eager.get():
+        # the parity volume is a small phantom: what is compared is the two configs' numbers, not its anatomy
+        eager["allow_out_of_scope"] = True
     network = load_weights(_parsed(eager, "network_def", eager_path), root / "models" / "model.pt")
     params = {k: _parsed(eager, k, eager_path) for k in SHARED_PARAMETER_KEYS if k in eager.get()}
     if "preprocessing" in eager.get():
@@ -592,6 +595,7 @@ def export_bundle(
     overrides: Mapping[str, Any] | None = None,
     check_parity: bool = True,
     check_phi: bool = True,
+    sign_key: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export a trained bundle as a shareable, checksummed MONAI bundle zip ``NAME_vVERSION.zip``.
 
@@ -621,6 +625,8 @@ def export_bundle(
             a run trained with a network other than the config's default); the source bundle is not touched.
         check_parity: run the eager-vs-TorchScript-config check on a synthetic volume (recommended).
         check_phi: search the staged bundle for the datalist's DICOM patient identifiers.
+        sign_key: an Ed25519 private key (PEM, ``aamct bundle keygen``): ``checksums.sha256`` is signed with it
+            (``checksums.sha256.sig``), so a recipient can check the origin with ``verify --trust KEY.pub``.
 
     Returns:
         The :class:`ExportResult`.
@@ -648,6 +654,8 @@ def export_bundle(
     checkpoint_path = Path(checkpoint) if checkpoint is not None else source / "models" / "model.pt"
     if not checkpoint_path.is_file():
         raise UserError(f"{checkpoint_path}: trained weights not found (train first, or pass --checkpoint)")
+    if sign_key is not None and not Path(sign_key).is_file():
+        raise UserError(f"{sign_key}: signing key not found (create one with aamct bundle keygen)")
     from pipeline.inference.bundle import load_weights, read_state_dict
 
     weights_sha256 = state_dict_sha256(read_state_dict(checkpoint_path))
@@ -797,6 +805,12 @@ def export_bundle(
                 )
 
         write_text_atomic(root / CHECKSUM_FILENAME, format_checksums(digests_of_tree(root)))
+        if sign_key is not None:
+            from pipeline.trust.signing import sign_checksums
+
+            write_text_atomic(
+                root / SIGNATURE_FILENAME, sign_checksums((root / CHECKSUM_FILENAME).read_bytes(), sign_key)
+            )
         members = tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()))
         write_bundle_zip(root, out_zip, name=bundle_name)
 
@@ -811,4 +825,6 @@ def export_bundle(
         notes=tuple(notes),
         weights_sha256=weights_sha256,
         version_kept_from=release.kept_from,
+        zip_sha256=sha256_of_file(out_zip),
+        signed=sign_key is not None,
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.evaluation.handlers import Proportion, RunSummary, read_run_summary
+from pipeline.trust.layout import DENSE_MODEL_FILE
 
 __all__ = [
     "DEFAULT_LIMITATIONS",
@@ -34,8 +35,6 @@ __all__ = [
 
 #: key of the card inside the exported metadata.json
 MODEL_CARD_KEY = "model_card"
-#: the dense-map TorchScript model beside models/model.ts (the classifier)
-DENSE_MODEL_FILE = "model_dense.ts"
 _SPLIT_KEYS = ("training", "validation", "test", "external")
 _PROPORTIONS = ("sensitivity", "specificity", "ppv", "npv", "accuracy")
 #: what a missing number is called in the card (never "n/a": a reader must see whether it is undefined or absent)

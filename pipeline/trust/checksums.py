@@ -2,7 +2,7 @@
 
 The checksum file sits at the bundle root (``NAME/checksums.sha256``) and lists every other member relative to that
 root, so a recipient without this package can also run ``cd NAME && sha256sum -c checksums.sha256``. The checksum
-file cannot list itself; its own digest is recorded in the zip comment (see :mod:`pipeline.sharing.archive`), so a
+file cannot list itself; its own digest is recorded in the zip comment (see :mod:`pipeline.trust.archive`), so a
 flipped byte in it is detected too. Written here because neither MONAI nor the standard library ships a
 ``sha256sum``-format reader/writer.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from pipeline.errors import UserError
+from pipeline.trust.layout import CHECKSUM_FILENAME
 
 __all__ = [
     "CHECKSUM_FILENAME",
@@ -29,7 +30,6 @@ __all__ = [
     "sha256_of_stream",
 ]
 
-CHECKSUM_FILENAME = "checksums.sha256"
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 _CHUNK = 1 << 20
 

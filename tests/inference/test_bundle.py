@@ -95,16 +95,17 @@ def test_weights_load_bare_or_wrapped_and_mismatches_are_user_errors(tmp_path):
         load_weights(source, tmp_path / "junk.pt")
 
 
-def test_bundle_zip_is_extracted_once_and_descended_into(tmp_path):
+def test_a_zip_that_is_not_an_exported_bundle_is_refused_by_the_gate_and_leaves_nothing(tmp_path):
+    """A zip comes from outside: without the exporter's layout and checksums it is refused, nothing extracted."""
     bundle = tmp_path / "my_bundle"
     (bundle / "models").mkdir(parents=True)
     torch.save({}, bundle / "models" / "model.pt")
     archive = tmp_path / "my_bundle.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.write(bundle / "models" / "model.pt", "my_bundle/models/model.pt")
-    root = resolve_bundle(archive, extract_to=tmp_path / "run")
-    assert (root / "models" / "model.pt").is_file() and root.name == "my_bundle"
-    assert resolve_bundle(archive, extract_to=tmp_path / "run") == root
+    with pytest.raises(UserError, match="refused by the bundle gate: missing required member"):
+        resolve_bundle(archive, extract_to=tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []
     assert resolve_bundle(bundle) == bundle.resolve()
 
 
@@ -112,7 +113,7 @@ def test_unsafe_or_empty_bundles_are_refused(tmp_path):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zipped:
         zipped.writestr("../outside.txt", "x")
-    with pytest.raises(UserError, match="unsafe member"):
+    with pytest.raises(UserError, match="unsafe path"):
         resolve_bundle(evil, extract_to=tmp_path / "run")
     assert not (tmp_path / "outside.txt").exists()
     (tmp_path / "empty").mkdir()

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.sharing.archive import extract_bundle, open_bundle_archive, write_bundle_zip
-from pipeline.sharing.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums, sha256_of_file
+from pipeline.trust.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums, sha256_of_file
 
 
 def _staged(root):

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.sharing.checksums import (
+from pipeline.trust.checksums import (
     CHECKSUM_FILENAME,
     compare_checksums,
     digests_of_tree,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.sharing.config_listing import code_references, load_config_file, references_to_package
+from pipeline.trust.config_listing import code_references, load_config_file, references_to_package
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 

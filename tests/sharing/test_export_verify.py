@@ -23,7 +23,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.sharing.archive import open_bundle_archive, write_bundle_zip
-from pipeline.sharing.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums
+from pipeline.trust.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums
 from pipeline.sharing.export import write_synthetic_ct
 from pipeline.sharing.metadata import METADATA_SCHEMA_PATH, bump_version
 from pipeline.sharing.verify import verify_bundle
@@ -83,9 +83,11 @@ def test_export_layout_version_and_untouched_source(exported_bundle, unpacked):
 def test_verify_passes_and_lists_code(exported_bundle):
     report = verify_bundle(exported_bundle.zip_path)
     assert report.ok, report.lines()
-    assert [c.name for c in report.checks if c.ok is not True] == []
+    # only the origin is unchecked (no --trust / --expect-sha256), and the report says so
+    assert [c.name for c in report.checks if c.ok is not True] == ["origin"]
+    assert "origin NOT checked" in report.lines()[-1]
     names = {c.name for c in report.checks}
-    assert {"checksums", "metadata", "weights", "torchscript", "eager network"} <= names
+    assert {"checksums", "configs", "metadata", "weights", "network", "torchscript"} <= names
     listed = {(r.file, r.key_path) for r in report.references}
     assert ("inference_torchscript.json", "inferer::_target_") in listed
     assert ("inference_torchscript.json", "network_def") in listed
