@@ -74,7 +74,7 @@ DEFAULT_MAX_VOXELS: int = 1 << 28
 SCOPE_MEASUREMENTS = None
 DEFAULT_SCOPE_THRESHOLDS: MappingProxyType[str, Any] = MappingProxyType(
     {
-        "min_lung_ml": 1000.0,
+        "min_lung_ml": 700.0,
         "min_lung_extent_mm": 80.0,
         "lung_hu": -400.0,
         "gas_mean_hu": -975.0,

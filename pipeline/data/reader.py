@@ -226,7 +226,7 @@ def read_dicom_series(
         files = [Path(p) for p in source]
         if not files:
             raise UserError("no DICOM files given")
-        missing = [p for p in files if not p.is_file()]
+        missing = [p for p in files if not p.exists()]  # a FIFO or device is refused by the header reader, by name
         if missing:
             raise ScanRejected(missing[0], "no such file")
         name = files[0].parent if len(files) > 1 else files[0]

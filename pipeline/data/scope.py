@@ -337,21 +337,17 @@ def lung_mask(hu: np.ndarray, affine: Any = None) -> np.ndarray:
     body = body_mask(hu, affine)
     spacing, axial, _, _ = _axes(affine)
     found = _find_lungs(hu, affine, DEFAULT_THRESHOLDS)
-    if found is None or not found.lung.any():
-        low = body & (hu < _DISPLAY_LUNG_HU)
-        if not low.any():
-            return body
-        region = np.ones(hu.shape, dtype=bool)
-    else:
-        # the coarse lung, grown by one coarse voxel, brought back to the full grid
-        coarse = ndimage.binary_dilation(found.lung, iterations=1)
-        region = _upsample_mask(coarse, found.factors, hu.shape)
-        low = body & (hu < _DISPLAY_LUNG_HU) & region
+    if not found.lung.any():
+        return body
+    # the coarse lung, grown by one coarse voxel, brought back to the full grid
+    coarse = ndimage.binary_dilation(found.lung, iterations=1)
+    region = _upsample_mask(coarse, found.factors, hu.shape)
+    low = body & (hu < _DISPLAY_LUNG_HU) & region
     radius = np.maximum(1, np.round(_DISPLAY_CLOSING_MM / spacing)).astype(int)
     grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
     ball = sum((g / max(r, 1)) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0
     closed = ndimage.binary_closing(low, structure=ball, border_value=0)
-    return _fill_axial(closed, axial) & body & region
+    return _fill_axial(closed, axial) & body
 
 
 def _upsample_mask(coarse: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
@@ -379,7 +375,7 @@ class _Found:
     airway_ml: float
 
 
-def _find_lungs(hu: np.ndarray, affine: Any, thresholds: ScopeThresholds) -> _Found | None:
+def _find_lungs(hu: np.ndarray, affine: Any, thresholds: ScopeThresholds) -> _Found:
     spacing, axial, left_right, superior_up = _axes(affine)
     factors = tuple(max(1, int(np.ceil(thresholds.coarse_voxel_mm / s - 1e-6))) for s in spacing)
     coarse = _subsample(np.asarray(hu), factors)  # type: ignore[arg-type]
@@ -412,7 +408,8 @@ def _find_lungs(hu: np.ndarray, affine: Any, thresholds: ScopeThresholds) -> _Fo
                 gas_ml += float(piece_ml)
                 continue
             keep[index] = True
-        lung = keep[labels]
+        # vessels and consolidation enclosed by aerated lung in their axial slice are lung too
+        lung = _fill_axial(keep[labels], axial) & body
     return _Found(
         lung=lung,
         factors=factors,  # type: ignore[arg-type]
@@ -481,7 +478,6 @@ def measure_lungs(
     thresholds = ScopeThresholds.from_mapping(thresholds)
     hu = _spatial(hu)
     found = _find_lungs(hu, affine, thresholds)
-    assert found is not None
     voxel_ml = float(np.prod(found.coarse_spacing)) / 1000.0
     lung = found.lung
     per_slice = np.moveaxis(lung, found.axial, 0).reshape(lung.shape[found.axial], -1).sum(axis=1)
