@@ -27,7 +27,8 @@ half inside the lesion (the most-covered voxel when none is); ``lesion_volume_ml
 on the sub-voxel grid (within 1 % of the request), ``mask_volume_ml`` the mask's, which at coarse spacing differs.
 
 Placement: the centre is a lung voxel drawn uniformly among those deep enough in the lung (Euclidean distance to the
-lung's outline at least the lesion's largest radius), and a draw is kept only if the mask lies wholly inside the lung;
+lung's outline at least the lesion's equivalent radius), and a draw is kept only if the mask lies wholly inside the
+lung (up to 40 draws);
 the blend is confined to the lung and to the mask dilated by :attr:`Insertion.margin_mm`, so nothing else changes.
 """
 
@@ -291,11 +292,13 @@ def insert_lesion(
     lesion = _GgoLesion(rng, target_ml, spacing, steps) if kind == "ggo" else _Nodule(
         nodules.nearest(target_ml, rng), rng, target_ml, spacing, steps
     )  # fmt: skip
-    candidates = np.flatnonzero(depth.ravel() >= lesion.reach_mm)
+    # a centre at least the lesion's equivalent radius deep; whether the lesion's own (lumpy, stretched) mask fits
+    # inside the lung is checked on each draw
+    candidates = np.flatnonzero(depth.ravel() >= 0.5 * diameter_mm)
     if candidates.size == 0:
         raise InsertionError(
             f"no room for a {diameter_mm:g} mm {kind} in this lung (deepest lung point {depth.max():.1f} mm from its "
-            f"outline, the lesion needs {lesion.reach_mm:.1f} mm)"
+            f"outline)"
         )
     for attempt in range(1, _PLACEMENT_ATTEMPTS + 1):
         centre = np.array(np.unravel_index(int(candidates[int(rng.integers(candidates.size))]), volume.shape))
@@ -420,7 +423,6 @@ class _GgoLesion(_SubVoxelLesion):
             self.lesion = _replace_radii(self.lesion, ratio ** (1.0 / 3.0))
         self.volume_ml = volume
         mean_radius = sum(self.lesion.radii) / 3.0
-        self.reach_mm = max(self.lesion.radii) * (1.0 + self.lesion.lumpiness) + 0.5 * float(spacing.max())
         # the blend is cut where the tanh rim has fallen below 2 % of the opacity (distance 1 + 2 edge)
         self.margin_mm = max(2.0 * self.lesion.edge * mean_radius * (1.0 + self.lesion.lumpiness), float(spacing.max()))
 

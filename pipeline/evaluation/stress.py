@@ -20,7 +20,8 @@ Per kind and size (``summary.csv`` / ``summary.json``, ``stress.png``):
   as ``benchmarks/bench_localisation.py`` scores them), over the same copies.
 
 Every input appears in ``cases.csv`` with a status: ``ok``, ``error`` (unreadable, rejected by the loader's checks --
-incl. its chest-scope check -- or failing to score, with the one-line reason), ``out_of_scope`` (no lungs found) or
+or failing to score, with the one-line reason), ``out_of_scope`` (refused by the loader's chest-scope check,
+:mod:`pipeline.data.scope`, with its reason, or fewer than 100 ml of lung found) or
 ``skipped`` (labelled positive in the manifest). Every planned copy appears in ``copies.csv`` (``ok``, or
 ``no_fit`` / ``error`` with why). Inserted masks go to ``masks/`` as NIfTI on the scan's grid; ``--write-volumes``
 adds the copies and ``--write-pngs`` a PNG of each copy with its map. Deterministic for ``--seed``: each copy's random
@@ -63,6 +64,8 @@ from pipeline.data.insertion import DEFAULT_SIZES_MM, KINDS, TEXTURES  # noqa: E
 
 #: fewer lung voxels than this volume (ml) and the scan has no lungs in view
 _MIN_LUNG_ML = 100.0
+#: a lung mask whose median is denser than this is not aerated lung (the body mask lung_mask falls back to)
+_MAX_LUNG_MEDIAN_HU = -400.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +127,8 @@ class StressTest:
         threshold_source: where it came from.
         settings: :class:`StressSettings`.
         out: output folder (created).
-        lung_mask: ``lung_mask(hu, affine) -> bool array`` (the product's, from the inference stage by default).
+        lung_mask: ``lung_mask(hu, affine) -> bool array`` (default: the scope check's,
+            :func:`pipeline.data.scope.lung_mask`, the lungs the maps are restricted to).
     """
 
     def __init__(
@@ -140,7 +144,7 @@ class StressTest:
         from pipeline.data.insertion import NoduleLibrary
 
         if lung_mask is None:
-            from pipeline.inference.maps import lung_mask as product_lung_mask
+            from pipeline.data.scope import lung_mask as product_lung_mask
 
             lung_mask = product_lung_mask
         self.predictor = predictor
@@ -232,12 +236,16 @@ class StressTest:
             hu, affine, spacing = _volume_of(source)
             lung = np.asarray(self.lung_mask(hu, affine), dtype=bool)
         except Exception as err:  # one bad case never ends the run: it is listed with its one-line reason
-            row.update(status="error", reason=_reason(err))
+            row.update(status="out_of_scope" if _out_of_scope(err) else "error", reason=_reason(err))
             return row, []
         lung_ml = float(lung.sum()) * float(np.prod(spacing)) / 1000.0
         row["lung_ml"] = round(lung_ml, 1)
-        if lung_ml < _MIN_LUNG_ML:
-            row.update(status="out_of_scope", reason=f"no lungs in view ({lung_ml:.0f} ml of lung-density voxels)")
+        aerated = float(np.median(hu[lung])) if lung.any() else 0.0
+        if lung_ml < _MIN_LUNG_ML or aerated > _MAX_LUNG_MEDIAN_HU:  # lung_mask returns the body when it finds none
+            row.update(
+                status="out_of_scope",
+                reason=f"no lungs in view ({lung_ml:.0f} ml of lung mask at a median {aerated:.0f} HU)",
+            )
             return row, []
         try:
             original = self.predictor.predict_loaded(loaded, case_id=case.case_id)
@@ -389,6 +397,14 @@ def _as_tensor_like(hu: np.ndarray, source: Any):
     import torch
 
     return torch.as_tensor(hu, dtype=source.dtype).reshape(source.shape)
+
+
+def _out_of_scope(error: BaseException) -> bool:
+    """Whether the loader refused the scan as out of scope (:class:`pipeline.data.scope.ScanOutOfScope`)."""
+    from pipeline.data.loading import scan_rejection
+    from pipeline.data.scope import ScanOutOfScope
+
+    return isinstance(scan_rejection(error), ScanOutOfScope)
 
 
 def _reason(error: BaseException) -> str:
