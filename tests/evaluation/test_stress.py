@@ -15,10 +15,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import ndimage, stats
 from statsmodels.stats.proportion import proportion_confint
-
-import torch
 from torch import nn
 
 from pipeline.contracts.defaults import DEFAULT_HU_WINDOW
@@ -144,9 +143,7 @@ def test_the_same_seed_gives_the_same_copies_and_another_seed_other_places(cohor
 
 
 def test_summary_matches_hand_computed_statistics():
-    cases = pd.DataFrame(
-        {"case_id": ["a", "b", "c", "d"], "status": ["ok"] * 4, "probability": [0.1, 0.2, 0.6, 0.3]}
-    )
+    cases = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "status": ["ok"] * 4, "probability": [0.1, 0.2, 0.6, 0.3]})
     copies = pd.DataFrame(
         {
             "copy_id": [f"{c}_ggo_10mm" for c in "abcd"],
@@ -191,6 +188,8 @@ def test_nodules_without_a_library_and_bad_sizes_are_one_line_errors(tmp_path, c
     manifest.write_text("case_id,image\na,a.nii.gz\n")
     status = main(["stress-test", "--bundle", str(tmp_path), "--manifest", str(manifest), "--out", str(tmp_path / "o")])
     assert status == 2
-    assert capsys.readouterr().err.strip() == "aamct: error: --kinds nodule needs --nodules DIR (the lidc_nodules folder)"
+    assert (
+        capsys.readouterr().err.strip() == "aamct: error: --kinds nodule needs --nodules DIR (the lidc_nodules folder)"
+    )
     with pytest.raises(Exception, match="--sizes must be positive"):
         StressSettings(sizes_mm=(5.0, -1.0), kinds=("ggo",))
