@@ -327,3 +327,61 @@ def test_the_real_chest_is_in_scope_with_a_plausible_lung_volume(real_chest, tmp
     manifest = pd.read_csv(result.manifest_path, dtype=str, keep_default_na=False)
     assert result.n_cases == 1 and manifest["scope"].tolist() == [IN_SCOPE]
     assert manifest["n_slices"].tolist() == ["64"] and float(manifest["lung_ml"][0]) == loaded.meta["scope_lung_ml"]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_the_real_chest_is_scored_end_to_end_and_no_identifier_reaches_any_output(
+    real_chest, tmp_path, key_file, capsys
+):
+    import SimpleITK as sitk
+
+    from pipeline.cli import main
+    from tests.conftest import REAL_CHEST_IDENTIFIERS
+    from tests.inference.helpers import tiny_bundle
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    config_path = bundle / "configs" / "inference.json"
+    config = json.loads(config_path.read_text())
+    config["allow_out_of_scope"] = False  # the real chest must pass the scope check itself
+    config_path.write_text(json.dumps(config))
+    manifest = tmp_path / "manifests" / "chest.csv"
+    assert (
+        main(
+            [
+                "manifest",
+                "build",
+                "--dicom-root",
+                str(real_chest),
+                "--out",
+                str(manifest),
+                "--key-file",
+                str(key_file),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "run"
+    argv = ["evaluate-cohort", "--bundle", str(bundle), "--manifest", str(manifest), "--out", str(out)]
+    assert main([*argv, "--dicom-out", str(out / "dicom"), "--no-montage"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 cases: 1 in scope, 0 out of scope, 0 errors; 1 scored" in printed
+    (row,) = pd.read_csv(out / "predictions.csv", keep_default_na=False).to_dict("records")
+    assert row["status"] == "ok" and 0.0 <= float(row["probability"]) <= 1.0
+    assert row["scope"] == IN_SCOPE and 3500 < float(row["lung_ml"]) < 7000 and row["lung_cut"] == ""
+    # the map on the series' own grid: 512 x 512 x 64 at 0.84 x 0.84 x 5 mm
+    heatmap = sitk.ReadImage(str(out / row["heatmap"]))
+    assert heatmap.GetSize() == (512, 512, 64)
+    np.testing.assert_allclose(heatmap.GetSpacing(), (0.841797, 0.841797, 5.0), rtol=1e-4)
+    assert row["dicom_map"] and row["dicom_sr"]
+    assert (out / row["dicom_map"]).is_file() and (out / row["dicom_sr"]).is_file()
+    # no identifying value of the source in any file written (binary ones included); the source holds each of them
+    source = (real_chest / "1-01.dcm").read_bytes()
+    assert all(value.encode() in source for value in REAL_CHEST_IDENTIFIERS)
+    written = [p for p in [*out.rglob("*"), *manifest.parent.rglob("*")] if p.is_file()]
+    assert len(written) >= 6
+    for path in written:
+        data = path.read_bytes()
+        for value in REAL_CHEST_IDENTIFIERS:
+            assert value.encode() not in data, f"{value} in {path.relative_to(tmp_path)}"
