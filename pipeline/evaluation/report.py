@@ -591,7 +591,13 @@ def evaluate_predictions(
         upstream_reasons=upstream_reasons,
         cases_in=int(len(frame)),
         rejected=int(len(rejected)),
-        rejected_reasons=dict(Counter(_reason_category(r) for r in rejected["reason"]).most_common()),
+        rejected_reasons=dict(
+            Counter(
+                # out_of_scope rows (pipeline.data.scope) lead with the scan's path: counted by their status
+                "out of scope (not a chest CT with lungs in view)" if status == "out_of_scope" else _reason_category(r)
+                for status, r in zip(rejected["status"], rejected["reason"], strict=True)
+            ).most_common()
+        ),
         unlabelled=int(len(unlabelled)),
         evaluated=int(len(evaluated)),
         evaluated_by_split={s: int((evaluated["split"] == s).sum()) for s in _split_order(evaluated["split"].unique())},

@@ -75,7 +75,20 @@ def gallery_rows(cohort_dir: str | os.PathLike, predictions_csv: str | os.PathLi
     missing = [column for column in ("case_id", "status") if column not in rows.columns]
     if missing:
         raise UserError(f"{path}: the predictions table lacks the column(s) {', '.join(missing)}")
-    for column in ("probability", "predicted_label", "reason", "label", "heatmap", "montage", "site"):
+    for column in (
+        "probability",
+        "predicted_label",
+        "reason",
+        "label",
+        "heatmap",
+        "montage",
+        "site",
+        "scope",
+        "lung_ml",
+        "lung_extent_mm",
+        "lung_cut",
+        "scope_note",
+    ):
         if column not in rows.columns:
             rows[column] = ""
     rows["probability_value"] = pd.to_numeric(rows["probability"], errors="coerce")
@@ -116,6 +129,9 @@ def write_gallery(
     if map_description is None:
         map_description = _description_of_first_map(rows, cohort_dir)
     n_ok = int((rows["status"] == "ok").sum())
+    n_out = int((rows["status"] == "out_of_scope").sum())
+    n_in_scope = int((rows["scope"] == "in_scope").sum())
+    n_scored_out = int(((rows["status"] == "ok") & (rows["scope"] == "out_of_scope")).sum())
     cards = [
         _card(row, cohort_dir, out.parent, lazy=index >= lazy_after)
         for index, row in enumerate(rows.to_dict("records"))
@@ -134,8 +150,9 @@ def write_gallery(
             f"<script>{_SCRIPT}</script>",
             "</head><body>",
             f"<h1>{html.escape(title)}</h1>",
-            f'<p class="summary">{len(rows)} cases: {n_ok} scored, {len(rows) - n_ok} with errors; '
-            "sorted by probability, highest first; error cases last.</p>",
+            f'<p class="summary">{len(rows)} cases: {n_in_scope} in scope, {n_out + n_scored_out} out of scope'
+            f"{f' ({n_scored_out} scored anyway)' if n_scored_out else ''}, {len(rows) - n_ok - n_out} with errors; "
+            f"{n_ok} scored, sorted by probability, highest first; out-of-scope and error cases last.</p>",
             f'<p class="note">{html.escape(map_description)}</p>' if map_description else "",
             f'<p class="note">{html.escape(note)}</p>',
             '<div class="grid">',
@@ -160,6 +177,11 @@ def _card(row: dict, cohort_dir: Path, page_dir: Path, *, lazy: bool) -> str:
     if row["site"]:
         facts.append(html.escape(row["site"]))
     facts.append(f"status {html.escape(row['status'])}")
+    if row["scope"]:
+        lung = f"{row['scope'].replace('_', ' ')}: lung {row['lung_ml']} ml over {row['lung_extent_mm']} mm"
+        facts.append(html.escape(lung + (f", cut at the {row['lung_cut']}" if row["lung_cut"] else "")))
+    if row["scope_note"]:
+        facts.append(html.escape(row["scope_note"]))
     header = f'<div class="facts">{" · ".join(facts)}</div>'
     if row["status"] != "ok":
         reason = html.escape(row["reason"] or "no reason recorded")
