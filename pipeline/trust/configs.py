@@ -19,6 +19,7 @@ data. Hand-written: MONAI has no notion of a trusted reference config.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +97,17 @@ class ConfigDeviation:
         return f"{printable(where, limit=160)}: {printable(self.value, limit=160)} (the exporter writes {wanted})"
 
 
+def _components(key: object) -> tuple[str, ...]:
+    """A config key as MONAI reads it: ``"a#b"`` / ``"a::b"`` set ``b`` inside ``a`` (``+a`` merges into ``a``)."""
+    return tuple(part for part in re.split(r"::|#", str(key)) if part != "") or (str(key),)
+
+
 def _leaves(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any, bool]]:
     """``(path, value, is_code)`` for every leaf; a value under a code key is code whatever its type."""
     if isinstance(node, Mapping):
         for key, value in node.items():
-            child = (*path, str(key))
-            if str(key) in CODE_KEYS:
+            child = (*path, *_components(key))
+            if child[-1] in CODE_KEYS:
                 yield child, value, True
             else:
                 yield from _leaves(value, child)
@@ -110,17 +116,6 @@ def _leaves(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...],
             yield from _leaves(value, (*path, str(index)))
     else:
         yield path, node, is_code(node)
-
-
-def _keys_with_separator(node: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if ID_SEP_KEY in str(key) or str(key).startswith(("$", "@", "%")):
-                yield (*path, str(key))
-            yield from _keys_with_separator(value, (*path, str(key)))
-    elif isinstance(node, Sequence) and not isinstance(node, (str, bytes)):
-        for index, value in enumerate(node):
-            yield from _keys_with_separator(value, (*path, str(index)))
 
 
 def _portable(config: Any) -> Any:
@@ -165,10 +160,7 @@ def config_deviations(received: Any, reference: Any, *, file: str) -> list[Confi
     Returns:
         The deviations, in document order; empty when the config is the exporter's up to plain data.
     """
-    deviations = [
-        ConfigDeviation(file, ID_SEP_KEY.join(path), "a key holding '#', '$', '@' or '%'")
-        for path in _keys_with_separator(received, ())
-    ]
+    deviations: list[ConfigDeviation] = []
     expected_code = {path: value for path, value, code in _leaves(reference, ()) if code} if reference else {}
     for path, value, code in _leaves(received, ()):
         if not code:
@@ -183,8 +175,11 @@ def config_deviations(received: Any, reference: Any, *, file: str) -> list[Confi
         )
     if isinstance(received, Mapping):
         reference_map = reference if isinstance(reference, Mapping) else {}
-        for key in sorted(PINNED_KEYS & set(received)):
-            value = received[key]
+        top = {_components(key)[0]: value for key, value in received.items() if len(_components(key)) == 1}
+        nested = sorted({_components(key)[0] for key in received if len(_components(key)) > 1} & PINNED_KEYS)
+        deviations += [ConfigDeviation(file, key, "a nested override of a pinned key") for key in nested]
+        for key in sorted(PINNED_KEYS & set(top)):
+            value = top[key]
             wanted = reference_map.get(key, PORTABLE_PATHS.get(key))
             if value != wanted and not is_code(value):
                 deviations.append(ConfigDeviation(file, key, json.dumps(value), json.dumps(wanted)))

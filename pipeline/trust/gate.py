@@ -498,10 +498,6 @@ def _check_torchscript(report, root: Path, configs, metadata, state, network, op
             "torchscript", False, f"models/model.ts returns {logits_shape} where the metadata says {expected_shape}"
         )
         return
-    worst_weights = max(run.weight_diff.values(), default=float("inf"))
-    if not worst_weights <= NETWORK_AGREEMENT_ATOL:
-        report.add("torchscript", False, "the TorchScript files' weights are not those of models/model.pt")
-        return
     dense = DenseClassifier(network).eval()
     worst, where = 0.0, ""
     with torch.no_grad():
@@ -518,6 +514,10 @@ def _check_torchscript(report, root: Path, configs, metadata, state, network, op
             False,
             f"{where} differs from the network rebuilt from model.pt by {worst:.2e}: not the same model",
         )
+        return
+    worst_weights = max(run.weight_diff.values(), default=float("inf"))
+    if not worst_weights <= NETWORK_AGREEMENT_ATOL:
+        report.add("torchscript", False, "the TorchScript files' weights are not those of models/model.pt")
         return
     report.add(
         "torchscript",

@@ -23,10 +23,10 @@ import torch
 
 from pipeline.cli import main
 from pipeline.sharing.archive import open_bundle_archive, write_bundle_zip
-from pipeline.trust.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums
 from pipeline.sharing.export import write_synthetic_ct
 from pipeline.sharing.metadata import METADATA_SCHEMA_PATH, bump_version
 from pipeline.sharing.verify import verify_bundle
+from pipeline.trust.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums
 from tests.bundle_process import monai_bundle
 from tests.sharing.conftest import phi_values
 
