@@ -37,18 +37,22 @@ def _manifest(root: Path, n: int, *, labels: bool = True) -> Path:
     return path
 
 
-def test_evaluate_cohort_from_a_zipped_bundle_then_resume(tmp_path, capsys):
+def test_evaluate_cohort_from_a_bundle_then_resume(tmp_path, capsys):
     bundle = _bundle(tmp_path / "bundle")
+    # a zip comes from outside: one that is not an export (no checksums) is refused by the bundle gate, nothing
+    # extracted (tests/sharing/test_hostile_bundles.py scores an exported zip)
     archive = tmp_path / "bundle.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in bundle.rglob("*"):
             zipped.write(path, Path("bundle") / path.relative_to(bundle))
     manifest = _manifest(tmp_path / "cohort", 4)
     out = tmp_path / "out"
+    assert main(["evaluate-cohort", "--bundle", str(archive), "--manifest", str(manifest), "--out", str(out)]) == 2
+    assert "refused by the bundle gate" in capsys.readouterr().err and not list(out.glob(".bundle-*"))
     args = [
         "evaluate-cohort",
         "--bundle",
-        str(archive),
+        str(bundle),
         "--manifest",
         str(manifest),
         "--out",
