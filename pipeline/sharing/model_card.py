@@ -426,14 +426,21 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         "",
         "## How to use",
         "",
-        "Check the archive first (checksums, metadata schema, weights, and a listing of every `$` expression and "
-        "`_target_` the configs would run):",
+        "Check the archive first: `aamct bundle verify` checks who made it (`--trust` the sender's public key, or "
+        "`--expect-sha256` the zip digest they publish), its integrity and size caps, reads the configs as data "
+        "(every expression must be the exporter's), loads the weights weights-only, checks the TorchScript "
+        "operators before running them in a time- and memory-limited child, and lists every `$` expression and "
+        "`_target_` that `python -m monai.bundle run` would execute:",
         "",
         "```bash",
-        f"aamct bundle verify {archive}          # with aamct installed",
+        f"aamct bundle verify {archive} --trust SENDER.pub   # or --expect-sha256 DIGEST",
         f"aamct bundle inspect {archive}",
-        f"cd {name} && sha256sum -c checksums.sha256   # without it, after unzipping",
+        f"cd {name} && sha256sum -c checksums.sha256   # without aamct, after unzipping",
         "```",
+        "",
+        "**`python -m monai.bundle run` executes the configs.** MONAI evaluates every `$` expression with Python's "
+        "`eval` and imports every `_target_`, by design; `torch.jit.load` runs TorchScript code. Run the "
+        "MONAI-only command below only on a bundle that `aamct bundle verify` passed, from a sender you checked.",
         "",
         "Cohort inference with **only MONAI installed** (plus nibabel for NIfTI, pydicom for DICOM):",
         "",
