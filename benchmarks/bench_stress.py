@@ -234,22 +234,58 @@ def aggregate(records: Sequence[Mapping[str, Any]], networks: Sequence[str]) -> 
                         "lesion_diameter_mm": _spread([row["lesion_diameter_mm_mean"] for row in rows]),
                     }
                 )
+            # the lesion's own effect: copies of originals the run calls negative, called positive once inserted
+            for entry in per_size:
+                flips = [_flips(r, kind, entry["size_mm"]) for r in mine]
+                hits, total = sum(f[0] for f in flips), sum(f[1] for f in flips)
+                pooled = proportion_with_ci(hits, total, method="wilson", what="flip rate")
+                entry["flip"] = {
+                    "value": pooled.value,
+                    "ci": None if pooled.ci is None else list(pooled.ci),
+                    "count": f"{hits}/{total}",
+                }
+                entry["flip_per_seed"] = _spread([f[0] / f[1] if f[1] else None for f in flips])
             at_50 = [r["summary"]["size_at_50"].get(kind) for r in mine]
+            flip_at_50 = []
+            for r in mine:
+                rates = [_flips(r, kind, size) for size in sizes]
+                flip_at_50.append(size_at_sensitivity(sizes, [h / n if n else None for h, n in rates]))
             pooled_curve = [s["pooled"]["value"] for s in per_size]
             block["kinds"][kind] = {
                 "sizes": per_size,
                 "size_at_50_per_seed": _spread(at_50),
                 "size_at_50_pooled": size_at_sensitivity(sizes, pooled_curve),
+                "flip_at_50_per_seed": _spread(flip_at_50),
+                "flip_at_50_pooled": size_at_sensitivity(sizes, [s["flip"]["value"] for s in per_size]),
             }
         out[name] = block
     return out
+
+
+def _true(value: Any) -> bool:
+    return str(value).strip().lower() in {"true", "1", "1.0"}
+
+
+def _flips(record: Mapping[str, Any], kind: str, size: float) -> tuple[int, int]:
+    """``(called positive, scored)`` among one run's copies whose original it calls negative."""
+    threshold = float(record["summary"]["threshold"])
+    hits = total = 0
+    for copy in record["copies"]:
+        if copy["status"] != "ok" or copy["kind"] != kind or float(copy["size_mm"]) != float(size):
+            continue
+        if float(copy["original_probability"]) >= threshold:
+            continue
+        total += 1
+        hits += int(_true(copy["called_positive"]))
+    return hits, total
 
 
 def paired_comparison(records: Sequence[Mapping[str, Any]], first: str, other: str) -> list[dict[str, Any]]:
     """``first`` against ``other`` on the same copies, per kind and size.
 
     Calls: exact McNemar (statsmodels) on the per-copy calls, pairs matched by copy and training seed (pooled over
-    seeds). Scores: Wilcoxon signed-rank (scipy) on each copy's seed-averaged probability.
+    seeds). Scores: Wilcoxon signed-rank (scipy) on each copy's seed-averaged score change (copy - its original), so
+    that networks whose probabilities sit at different levels are compared on what the lesion adds.
     """
     import pandas as pd
     from scipy import stats
@@ -271,12 +307,16 @@ def paired_comparison(records: Sequence[Mapping[str, Any]], first: str, other: s
     calls = a.merge(b, on=["copy_id", "seed", "kind", "size_mm"], suffixes=("_a", "_b"))
     out = []
     for (kind, size), group in calls.groupby(["kind", "size_mm"], sort=True):
-        ca = group["called_positive_a"].astype(str).str.lower().eq("true").to_numpy()
-        cb = group["called_positive_b"].astype(str).str.lower().eq("true").to_numpy()
+        ca = group["called_positive_a"].map(_true).to_numpy(dtype=bool)
+        cb = group["called_positive_b"].map(_true).to_numpy(dtype=bool)
         table = [[int((ca & cb).sum()), int((ca & ~cb).sum())], [int((~ca & cb).sum()), int((~ca & ~cb).sum())]]
         p_calls = float(mcnemar(table, exact=True).pvalue) if table[0][1] + table[1][0] > 0 else 1.0
-        mean_a = group.groupby("copy_id")["probability_a"].mean()
-        mean_b = group.groupby("copy_id")["probability_b"].mean()
+        group = group.assign(
+            change_a=group["probability_a"].astype(float) - group["original_probability_a"].astype(float),
+            change_b=group["probability_b"].astype(float) - group["original_probability_b"].astype(float),
+        )
+        mean_a = group.groupby("copy_id")["change_a"].mean()
+        mean_b = group.groupby("copy_id")["change_b"].mean()
         diff = (mean_a - mean_b).to_numpy(dtype=float)
         p_scores = float(stats.wilcoxon(diff).pvalue) if diff.size > 1 and np.any(diff != 0) else None
         out.append(
@@ -291,11 +331,15 @@ def paired_comparison(records: Sequence[Mapping[str, Any]], first: str, other: s
                 "only_a": table[0][1],
                 "only_b": table[1][0],
                 "mcnemar_exact_p": p_calls,
-                "mean_probability_difference": float(diff.mean()) if diff.size else None,
+                "mean_change_difference": float(diff.mean()) if diff.size else None,
                 "wilcoxon_p": p_scores,
             }
         )
     return out
+
+
+def _mm(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1f} mm"
 
 
 def _fmt_ci(value: float | None, ci: Sequence[float] | None, digits: int = 2) -> str:
@@ -324,8 +368,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "prepared by PabloLION/ct-slicing), scaled to the size. Sensitivity at each run's frozen threshold: pooled "
         "over seeds (Wilson 95 % CI; the same copies repeat across seeds) and mean ± sd over seeds. Baseline: the "
         "share of the un-inserted originals the same runs call positive. AUC: copies vs their originals (0.5: the "
-        "lesion changes nothing). 50 % size: log-linear interpolation of the curve; per seed (mean ± sd, n of seeds "
-        "reaching it) and of the pooled curve.",
+        "lesion changes nothing). Flipped: of the copies whose original the run calls negative, the share called "
+        "positive (the lesion's own effect, free of the originals' false positives). 50 % size: log-linear "
+        "interpolation of the curve; per seed (mean ± sd, n of seeds reaching it) and of the pooled curve.",
         "",
     ]
     for name, block in result.get("networks", {}).items():
@@ -337,21 +382,24 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             "",
         ]
         for kind, data in block["kinds"].items():
-            s50 = data["size_at_50_per_seed"]
-            pooled50 = data["size_at_50_pooled"]
+            s50, f50 = data["size_at_50_per_seed"], data["flip_at_50_per_seed"]
+            pooled50, flip50 = data["size_at_50_pooled"], data["flip_at_50_pooled"]
             lines += [
                 f"**{kind}** — 50 % sensitivity at: per seed {_fmt_spread(s50, 1)} mm ({s50['n']}/{s50['of']} "
-                f"seeds reach it); pooled curve {'not reached' if pooled50 is None else f'{pooled50:.1f} mm'}.",
+                f"seeds reach it), pooled curve {_mm(pooled50)}; 50 % of the originals called negative flipped "
+                f"by the lesion at: per seed {_fmt_spread(f50, 1)} mm ({f50['n']}/{f50['of']} seeds), pooled "
+                f"{_mm(flip50)}.",
                 "",
-                "| size (mm) | achieved diameter | sensitivity pooled (95% CI) | per seed | AUC vs originals "
-                "| mean score change |",
-                "| --- | --- | --- | --- | --- | --- |",
+                "| size (mm) | achieved diameter | sensitivity pooled (95% CI) | per seed | flipped: negative originals "
+                "called positive (95% CI) | AUC vs originals | mean score change |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
             ]
             for row in data["sizes"]:
-                pooled = row["pooled"]
+                pooled, flip = row["pooled"], row["flip"]
                 lines.append(
                     f"| {row['size_mm']:g} | {_fmt_spread(row['lesion_diameter_mm'], 1)} | "
                     f"{_fmt_ci(pooled['value'], pooled['ci'])} {pooled['count']} | {_fmt_spread(row['per_seed'])} | "
+                    f"{_fmt_ci(flip['value'], flip['ci'])} {flip['count']} | "
                     f"{_fmt_spread(row['auc_vs_originals'], 3)} | {_fmt_spread(row['change_mean'], 3)} |"
                 )
             lines.append("")
@@ -360,14 +408,14 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         lines += [
             "## Paired comparisons on the same copies",
             "",
-            "Exact McNemar on per-copy calls (pairs matched by copy and seed), Wilcoxon signed-rank on seed-averaged "
-            "probabilities.",
+            "Exact McNemar on per-copy calls (pairs matched by copy and seed); Wilcoxon signed-rank on each copy's "
+            "seed-averaged score change (copy − original); Δ change = a − b.",
             "",
-            "| a vs b | kind | size | pairs | sens a | sens b | only a / only b | McNemar p | mean Δp | Wilcoxon p |",
+            "| a vs b | kind | size | pairs | sens a | sens b | only a / only b | McNemar p | mean Δ change | Wilcoxon p |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in comparisons:
-            delta = row["mean_probability_difference"]
+            delta = row["mean_change_difference"]
             lines.append(
                 f"| {row['a']} vs {row['b']} | {row['kind']} | {row['size_mm']:g} | {row['pairs']} | "
                 f"{row['sensitivity_a']:.2f} | {row['sensitivity_b']:.2f} | {row['only_a']} / {row['only_b']} | "
@@ -396,15 +444,16 @@ def _summary_table(summary: Mapping[str, Any]) -> list[str]:
         f"Threshold {summary['threshold']:.3f}; originals called positive {originals['numerator']}/"
         f"{originals['denominator']}; case statuses {summary['statuses']}.",
         "",
-        "| kind | size (mm) | scored | sensitivity (95% CI) | AUC vs originals | mean change (95% CI) | pointing game "
-        "(95% CI) | position prior | random lung point |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| kind | size (mm) | scored | sensitivity (95% CI) | flipped (95% CI) | AUC vs originals | mean change (95% CI) "
+        "| pointing game (95% CI) | position prior | random lung point |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary["rows"]:
         rand = "—" if r["random_lung_point"] is None else f"{r['random_lung_point']:.2f}"
         lines.append(
             f"| {r['kind']} | {r['size_mm']:g} | {r['scored']} | {_fmt_ci(r['sensitivity'], r['sensitivity_ci'])} "
-            f"{r['sensitivity_count']} | {_fmt_ci(r['auc_vs_originals'], r['auc_ci'], 3)} | "
+            f"{r['sensitivity_count']} | {_fmt_ci(r.get('flip_rate'), r.get('flip_rate_ci'))} {r.get('flip_count', '')} | "
+            f"{_fmt_ci(r['auc_vs_originals'], r['auc_ci'], 3)} | "
             f"{_fmt_ci(r['change_mean'], r['change_ci'], 3)} | {_fmt_ci(r['pointing_game'], r['pointing_game_ci'])} "
             f"{r['pointing_count']} | {_fmt_ci(r['position_prior'], r['position_prior_ci'])} | "
             f"{rand} |"

@@ -11,7 +11,8 @@ Per kind and size (``summary.csv`` / ``summary.json``, ``stress.png``):
 
 * **sensitivity** at the bundle's frozen threshold with its Wilson 95 % CI
   (:func:`pipeline.evaluation.operating_point.proportion_with_ci`), beside its trivial baseline, the share of the
-  *originals* called positive (what a copy gets for nothing);
+  *originals* called positive (what a copy gets for nothing), and the **flip rate**: of the copies whose original is
+  called negative, the share called positive (the lesion's own effect, free of the originals' false positives);
 * **AUC** of the copies against their originals (threshold-free; :func:`pipeline.evaluation.roc.roc_auc`, DeLong CI);
 * **paired score change** (copy - original): mean with its t 95 % CI, median, share that rose, Wilcoxon signed-rank p
   (scipy);
@@ -510,11 +511,18 @@ def summarise(
             "mask_volume_ml_mean": float(done["mask_volume_ml"].astype(float).mean()) if n else None,
         }
         sensitivity = _estimate(positives, n, f"sensitivity ({kind}, {size:g} mm)")
+        # the lesion's own effect: of the copies whose original is called negative, the share called positive
+        negative_originals = done[done["original_probability"].astype(float) < threshold] if n else done
+        flipped = int(negative_originals["called_positive"].astype(bool).sum()) if len(negative_originals) else 0
+        flip = _estimate(flipped, int(len(negative_originals)), f"flip rate ({kind}, {size:g} mm)")
         row.update(
             sensitivity=sensitivity["value"],
             sensitivity_ci=sensitivity["ci"],
             sensitivity_count=f"{positives}/{n}",
             baseline_originals_called_positive=result["originals"]["called_positive"]["value"],
+            flip_rate=flip["value"],
+            flip_rate_ci=flip["ci"],
+            flip_count=f"{flipped}/{len(negative_originals)}",
         )
         # threshold-free: the copies against their own originals
         copy_scores = done["probability"].astype(float).to_numpy()
@@ -539,12 +547,14 @@ def summarise(
         row.update(_baselines(pointed, stored, margin_mm))
         rows.append(row)
     result["rows"] = rows
-    result["size_at_50"] = {
-        kind: size_at_sensitivity(
-            [r["size_mm"] for r in rows if r["kind"] == kind], [r["sensitivity"] for r in rows if r["kind"] == kind]
-        )
-        for kind in sorted({r["kind"] for r in rows})
-    }
+    kinds = sorted({r["kind"] for r in rows})
+    for name, key in (("size_at_50", "sensitivity"), ("flip_size_at_50", "flip_rate")):
+        result[name] = {
+            kind: size_at_sensitivity(
+                [r["size_mm"] for r in rows if r["kind"] == kind], [r[key] for r in rows if r["kind"] == kind]
+            )
+            for kind in kinds
+        }
     return result
 
 
@@ -776,5 +786,9 @@ def render_text(summary: Mapping[str, Any]) -> str:
             f"{r['kind']:7s} {r['size_mm']:4g}  {sens:24s} {auc:11s} {change:11s} {game:9s} {prior:5s} {rand:6s}"
         )
     for kind, size in summary.get("size_at_50", {}).items():
-        lines.append(f"50 % sensitivity ({kind}): {'not reached' if size is None else f'{size:.1f} mm'}")
+        flip = summary.get("flip_size_at_50", {}).get(kind)
+        lines.append(
+            f"50 % sensitivity ({kind}): {'not reached' if size is None else f'{size:.1f} mm'}; 50 % of the negative "
+            f"originals flipped to positive: {'not reached' if flip is None else f'{flip:.1f} mm'}"
+        )
     return "\n".join(lines)

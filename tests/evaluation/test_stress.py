@@ -154,6 +154,7 @@ def test_summary_matches_hand_computed_statistics():
             "probability": [0.7, 0.25, 0.65, 0.2],
             "called_positive": [True, False, True, False],
             "score_change": [0.6, 0.05, 0.05, -0.1],
+            "original_probability": [0.1, 0.2, 0.6, 0.3],
             "pointing_hit": [True, False, True, True],
             "lesion_diameter_mm": 10.0,
             "mask_volume_ml": 0.5,
@@ -172,6 +173,8 @@ def test_summary_matches_hand_computed_statistics():
     assert row["change_ci"] == pytest.approx([changes.mean() - half, changes.mean() + half])
     assert row["change_wilcoxon_p"] == pytest.approx(stats.wilcoxon(changes).pvalue)
     assert row["pointing_count"] == "3/4"
+    # originals a, b, d are called negative; their copies a (0.7) is called positive: one flip of three
+    assert row["flip_count"] == "1/3"
 
 
 def test_size_at_half_sensitivity_is_interpolated_in_log_size():
