@@ -14,7 +14,8 @@ reused by any later invocation with the same settings; an interrupted training o
 last checkpoint.
 
 The MedMNIST volumes are binary masks {0, 255} already isotropic, so the CT-specific settings are overridden:
-``spacing [1, 1, 1]`` (the NIfTI files carry 1 mm voxels, so Spacingd is a no-op), ``hu_window [0, 255]`` and the
+``spacing [1, 1, 1]`` (the NIfTI files carry 1 mm voxels, so Spacingd is a no-op), ``hu_window [0, 255]``, ``allow_out_of_scope`` (the
+chest-scope check does not apply to adrenal masks) and the
 bundle's foreground crop (HU > -500) keeps the whole volume. ``roi_size`` defaults to 32³ (the registry's minimum
 input size, DenseNet-121's three transitions collapse 28³ to nothing); the 28³ masks are resized by ``Resized``.
 
@@ -357,6 +358,8 @@ def _bundle_overrides(settings: MedMNISTSettings, *, datalist: Path, output_dir:
         "roi_size": list(settings.roi_size),
         "spacing": [1.0, 1.0, 1.0],
         "hu_window": [0.0, 255.0],
+        # adrenal shape masks, not chest CT: the loader's chest-scope check would refuse every volume
+        "allow_out_of_scope": True,
         "fold": 0,
         "seed": int(seed),
         "epochs": int(settings.epochs),
