@@ -1,6 +1,10 @@
 """Atomic file writes: every output is written to a temporary file beside its target, then renamed.
 
 A killed run therefore never leaves a half-written file under the final name.
+
+Every CSV the project writes goes through :func:`write_csv_atomic`, which neutralises spreadsheet formulas
+(:func:`neutralise_csv_cell`): a manifest's site, label or case text comes from whoever filled it in, and a cell such
+as ``=HYPERLINK("http://...")`` would run as a formula in the spreadsheet a collaborator opens the table with.
 """
 
 from __future__ import annotations
@@ -8,13 +12,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "write_csv_atomic"]
+__all__ = [
+    "CSV_FORMULA_TRIGGERS",
+    "atomic_path",
+    "neutralise_csv_cell",
+    "neutralise_csv_frame",
+    "write_csv_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+#: first characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection"): ``= + - @``, and tab
+#: and carriage return, which some spreadsheets skip before looking for one
+CSV_FORMULA_TRIGGERS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+#: a plain number (``-0.25``, ``+3``, ``-1e-05``): starts like a formula but is read as the number it is
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 @contextlib.contextmanager
@@ -68,10 +87,38 @@ def write_json_atomic(target: str | os.PathLike, obj: Any, indent: int = 2) -> P
     return write_text_atomic(target, text)
 
 
+def neutralise_csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, prefixed with ``'`` (shown as text); anything else as is.
+
+    A cell is neutralised when it starts with one of :data:`CSV_FORMULA_TRIGGERS` (or with quotes followed by one,
+    so that a value that already starts with ``'=`` stays distinguishable) and is not a plain number: ``-0.25`` stays
+    a number. Non-text values (numbers, ``None``, NaN) are returned unchanged.
+    """
+    if not isinstance(value, str) or not value:
+        return value
+    stripped = value.lstrip("'")
+    if stripped.startswith(CSV_FORMULA_TRIGGERS) and not (stripped is value and _NUMBER.fullmatch(value)):
+        return "'" + value
+    return value
+
+
+def neutralise_csv_frame(frame):
+    """A copy of a pandas DataFrame whose text cells and column names are neutralised (:func:`neutralise_csv_cell`)."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or str(out[column].dtype) in ("string", "str"):
+            out[column] = out[column].map(neutralise_csv_cell)
+    out.columns = [neutralise_csv_cell(str(c)) if isinstance(c, str) else c for c in out.columns]
+    return out
+
+
 def write_csv_atomic(target: str | os.PathLike, frame) -> Path:
-    """Write a pandas DataFrame to ``target`` as CSV (no index) atomically."""
+    """Write a pandas DataFrame to ``target`` as CSV (no index) atomically, formulas neutralised.
+
+    Text cells that a spreadsheet would run as formulas get a leading ``'`` (:func:`neutralise_csv_cell`).
+    """
     with atomic_path(target) as tmp:
-        frame.to_csv(tmp, index=False)
+        neutralise_csv_frame(frame).to_csv(tmp, index=False)
     return Path(target)
 
 

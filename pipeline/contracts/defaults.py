@@ -26,6 +26,7 @@ __all__ = [
     "BUNDLE_RATIO_FLOOR_BYTES",
     "CONFIG_DEFAULTS",
     "DEFAULT_BODY_THRESHOLD_HU",
+    "DEFAULT_CASE_TIMEOUT_S",
     "DEFAULT_CLASS_NAMES",
     "DEFAULT_DISTILLATION_STAGES",
     "DEFAULT_HU_WINDOW",
@@ -122,3 +123,7 @@ BUNDLE_RATIO_FLOOR_BYTES = 1024**2
 TORCHSCRIPT_TIME_LIMIT_S = 120.0
 #: address space the child running a received TorchScript model may add to the parent's (RLIMIT_AS)
 TORCHSCRIPT_MEMORY_LIMIT_BYTES = 6 * 1024**3
+#: wall-clock seconds one case of ``aamct evaluate-cohort`` / ``infer`` may take before it becomes an error row and
+#: the batch goes on: about 60x a clinical-size case with the default map on 2 CPU cores (the real 512 x 512 x 64
+#: chest takes 3-10 s, benchmarks/results/case_time.md), so only a hung or pathological case reaches it
+DEFAULT_CASE_TIMEOUT_S = 600.0

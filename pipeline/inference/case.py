@@ -41,8 +41,9 @@ from pipeline.inference.sliding import DEFAULT_CPU_FORM, DenseClassificationInfe
 
 __all__ = ["STAGES", "CaseFailure", "CasePrediction", "CasePredictor", "split_loading"]
 
-#: the timed stages, in order
-STAGES: tuple[str, ...] = ("load", "preprocess", "inference", "heatmap", "montage")
+#: the timed stages, in order: ``scope`` is the loader's scope check (timed by the loader, taken out of ``load``),
+#: ``heatmap`` the map on the source grid, ``heatmap_nifti`` writing it, ``montage`` the PNG
+STAGES: tuple[str, ...] = ("load", "scope", "preprocess", "inference", "heatmap", "heatmap_nifti", "montage")
 
 #: reason prefix per failing stage (the evaluation report groups rejections by this leading phrase)
 _STAGE_REASON = {
@@ -50,6 +51,7 @@ _STAGE_REASON = {
     "preprocess": "preprocessing failed",
     "inference": "inference failed",
     "heatmap": "heatmap failed",
+    "heatmap_nifti": "heatmap failed",
     "montage": "montage failed",
 }
 
@@ -77,6 +79,8 @@ class CaseFailure(Exception):
     ) -> None:
         self.stage = stage
         self.status = status
+        #: seconds per stage up to and including the failing one (set by the stage timer)
+        self.stage_seconds: dict[str, float] = {}
         self.scope = dict(scope or {})
         self.detail = " ".join(str(detail).split())
         super().__init__(f"{_STAGE_REASON.get(stage, stage)}: {self.detail}" if stage_prefix else self.detail)
@@ -243,6 +247,8 @@ class CasePredictor:
 
         with _StageTimer("load", seconds):
             loaded = self.load({self.image_key: str(path)})
+            meta: Mapping = getattr(loaded.get(self.image_key), "meta", {}) or {}
+        _split_scope_seconds(seconds, meta.get("scope_seconds"))
         return self.predict_loaded(loaded, case_id=case_id, heatmap_dir=heatmap_dir, label=label, seconds=seconds)
 
     def predict_loaded(
@@ -275,9 +281,9 @@ class CasePredictor:
             CaseFailure: naming the failing stage.
         """
         seconds = {} if seconds is None else seconds
-        source = loaded[self.image_key]
-        source_affine, source_shape = _geometry(source)
         with _StageTimer("preprocess", seconds):
+            source = loaded[self.image_key]
+            source_affine, source_shape = _geometry(source)
             prepared = self.preprocess(dict(loaded))[self.image_key]
         writes = heatmap_dir is not None and (self.write_heatmap or self.write_montage)
         wants_heatmap = keep_map or writes
@@ -316,7 +322,8 @@ class CasePredictor:
                         affine=source_affine,
                         restrict_to=self.heatmap_region,
                     )
-                if writes and self.write_heatmap:
+            if writes and self.write_heatmap:
+                with _StageTimer("heatmap_nifti", seconds):
                     heatmap_path = write_heatmap_nifti(
                         Path(heatmap_dir) / f"{case_id}.nii.gz",
                         heatmap,
@@ -364,18 +371,34 @@ class _StageTimer:
 
     def __exit__(self, kind, error, traceback) -> bool:
         self.seconds[self.name] = time.perf_counter() - self.start
+        if isinstance(error, CaseFailure):
+            error.stage_seconds = {**self.seconds, **error.stage_seconds}
         if error is None or not isinstance(error, Exception) or isinstance(error, CaseFailure):
             return False  # success, or KeyboardInterrupt / SystemExit: let it through
         user_error = _user_error(error)
         if isinstance(user_error, ScanOutOfScope):  # not a chest CT with lungs in view: a row, never a score
             scope = user_error.scope.columns() if user_error.scope is not None else {}
-            raise CaseFailure(
-                self.name, str(user_error), stage_prefix=False, status=OUT_OF_SCOPE, scope=scope
-            ) from error
-        if user_error is not None:  # already one line naming the file and the problem
-            raise CaseFailure(self.name, str(user_error), stage_prefix=False) from error
-        detail = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CaseFailure(self.name, f"{type(error).__name__}: {detail}") from error
+            if user_error.scope is not None:
+                _split_scope_seconds(self.seconds, user_error.scope.seconds)
+            failure = CaseFailure(self.name, str(user_error), stage_prefix=False, status=OUT_OF_SCOPE, scope=scope)
+        elif user_error is not None:  # already one line naming the file and the problem
+            failure = CaseFailure(self.name, str(user_error), stage_prefix=False)
+        else:
+            detail = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+            failure = CaseFailure(self.name, f"{type(error).__name__}: {detail}")
+        failure.stage_seconds = dict(self.seconds)
+        raise failure from error
+
+
+def _split_scope_seconds(seconds: dict[str, float], scope_seconds: Any) -> None:
+    """Move the loader's scope-check time (``scope_seconds`` in the loaded meta) out of ``load`` into ``scope``."""
+    try:
+        scope = float(scope_seconds)
+    except (TypeError, ValueError):
+        return
+    if "load" in seconds and 0.0 <= scope <= seconds["load"]:
+        seconds["scope"] = scope
+        seconds["load"] -= scope
 
 
 def _user_error(error: BaseException) -> UserError | None:

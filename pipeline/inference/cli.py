@@ -69,6 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    from pipeline.contracts.defaults import DEFAULT_CASE_TIMEOUT_S
+
+    parser.add_argument(
+        "--case-timeout",
+        type=lambda text: _number(text, float, "--case-timeout"),
+        default=DEFAULT_CASE_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"a case running longer becomes an error row and the batch goes on (default {DEFAULT_CASE_TIMEOUT_S:g}; "
+        "0: no limit)",
+    )
     parser.add_argument(
         "--trust",
         metavar="PUBKEY",
@@ -262,6 +272,7 @@ def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
         return 0
     shard = Shard.parse(args.shard) if args.shard else Shard.from_environment()
     runner: CohortRunner = _parsed(parser, "runner")
+    runner.case_timeout = args.case_timeout
     threshold = _parsed(parser, "frozen_threshold")
     if threshold.is_default:
         logger.warning(
@@ -287,6 +298,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if len({case.case_id for case in cases}) != len(cases):
         raise UserError("an image is given more than once")
     runner = _parsed(_config(args, out, {"evaluate": False}), "runner")
+    runner.case_timeout = args.case_timeout
     summary = runner.run(cases, shard=Shard())
     frame = pd.read_csv(runner.predictions_path, keep_default_na=False)
     by_id = {case.case_id: case.image for case in cases}

@@ -26,13 +26,16 @@ for the others at a barrier and merges; with explicit shards, :meth:`CohortRunne
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,25 +43,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.contracts.defaults import DEFAULT_CLASS_NAMES, DEFAULT_THRESHOLD
-from pipeline.contracts.manifest import CARRIED_COLUMNS, ManifestCase, path_case_id, read_manifest
+from pipeline.contracts.defaults import DEFAULT_CASE_TIMEOUT_S, DEFAULT_CLASS_NAMES, DEFAULT_THRESHOLD
+from pipeline.contracts.manifest import CARRIED_COLUMNS, ManifestCase, read_manifest
 from pipeline.data.dicom import DEFAULT_MIN_SLICES, SeriesCheck, discover_series
 from pipeline.data.loading import check_scan
+from pipeline.data.pseudonym import Pseudonymizer, load_key
 from pipeline.data.reader import is_nifti_path
 from pipeline.data.scope import IN_SCOPE, OUT_OF_SCOPE, SCOPE_COLUMNS
 from pipeline.errors import UserError
 from pipeline.inference.case import STAGES, CaseFailure
-from pipeline.io import write_csv_atomic, write_json_atomic
+from pipeline.io import write_csv_atomic, write_json_atomic, write_text_atomic
 
 #: predictions-table columns of the DICOM outputs (when requested): Parametric Map, SR, and why one is missing
 _DICOM_COLUMNS = ("dicom_map", "dicom_sr", "dicom_note")
+#: the DICOM steps' time columns (:data:`pipeline.inference.dicom_outputs.DICOM_STAGES`), when DICOM outputs are on
+_DICOM_SECONDS = ("seconds_dicom_read", "seconds_dicom_pm", "seconds_dicom_sr")
+#: the local-only folder of a run: what links the pseudonymous ids to the site's paths, never to be shared
+LOCAL_ONLY_DIR = "local_only"
 
 __all__ = [
+    "LOCAL_ONLY_DIR",
     "PREDICTION_COLUMNS",
+    "CaseTimeout",
     "CohortCase",
     "CohortRunner",
     "CohortSummary",
     "Shard",
+    "case_time_limit",
     "discover_cases",
     "read_cases",
     "summary_dict",
@@ -227,7 +238,9 @@ def read_cases(
     return [CohortCase.from_manifest(case) for case in read_manifest(source, split=split)]
 
 
-def discover_cases(folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_SLICES) -> list[CohortCase]:
+def discover_cases(
+    folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_SLICES, pseudonymizer: Pseudonymizer | None = None
+) -> list[CohortCase]:
     """Every NIfTI file and DICOM series under a folder, found and checked as ``aamct manifest build`` does.
 
     DICOM files are discovered and checked by :func:`pipeline.data.dicom.discover_series` (headers only, one primary
@@ -237,13 +250,18 @@ def discover_cases(folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_S
     for every series and file, as the rejections CSV does. What only the voxels show (NaN values, pixel data that do
     not decode) is found when the case is loaded, with the same reason.
 
-    Case ids are ``case-`` plus a hash of the path relative to ``folder`` (and of the SeriesInstanceUID for a rejected
-    series): folder names of hospital exports often are patient names or numbers, and must not reach the outputs. For
-    labels, sites and keyed pseudonyms build a manifest first (``aamct manifest build``).
+    Case ids are the project's keyed pseudonym (:class:`pipeline.data.pseudonym.Pseudonymizer`: ``case-`` and an
+    HMAC under the site's key) of the path relative to ``folder`` (and of the SeriesInstanceUID for a rejected
+    series): folder names of hospital exports often are patient names or numbers, and must not reach the outputs,
+    nor be confirmable by hashing a guessed name. The same key and folder give the same ids (a rerun resumes); the
+    id-to-path map is written to the run's local-only folder (:meth:`CohortRunner.write_series_map`). For labels and
+    sites build a manifest first (``aamct manifest build``).
 
     Args:
         folder: the folder to search.
         min_slices: the fewest slices a scan may have (default: the manifest builder's).
+        pseudonymizer: the keyed pseudonym; default the site's key (:func:`pipeline.data.pseudonym.load_key`:
+            ``AAMCT_PSEUDONYM_KEY`` or the per-user key file).
 
     Returns:
         The cases, sorted by path; rejected ones have a ``rejection``.
@@ -270,11 +288,12 @@ def discover_cases(folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_S
         found.append((path, "", f"{path}: {reason}" if reason else ""))
     if not found:
         raise UserError(f"{root}: no NIfTI file or DICOM series found")
+    pseudonymizer = pseudonymizer or Pseudonymizer(load_key())
     cases: list[CohortCase] = []
     seen: set[str] = set()
     for image, extra, rejection in sorted(found, key=lambda item: (str(item[0]), item[1], item[2])):
         relative = image.relative_to(root) if image.is_relative_to(root) else image
-        case_id = path_case_id(relative, *([extra] if extra else []))
+        case_id = pseudonymizer.case_id_from_fingerprint("\x1f".join(["path", relative.as_posix(), extra]))
         # several rejections of one folder (e.g. its other series) are numbered in path order, so ids stay stable
         base, number = case_id, 1
         while case_id in seen:
@@ -283,6 +302,80 @@ def discover_cases(folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_S
         seen.add(case_id)
         cases.append(CohortCase(case_id=case_id, image=image, rejection=rejection))
     return cases
+
+
+# -------------------------------------------------------------------------------------------------- time limit
+
+
+class CaseTimeout(BaseException):
+    """A case ran past its time limit (:func:`case_time_limit`).
+
+    A ``BaseException``, like ``KeyboardInterrupt``: the stage wrappers of the predictor and MONAI's transform
+    wrapper (which turn an ``Exception`` into another one) let it through unchanged, so the runner sees it as what it
+    is and records the case as an error row.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"case time limit exceeded: not finished after {seconds:g} s (--case-timeout); the batch went on"
+        )
+
+
+@contextlib.contextmanager
+def case_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`CaseTimeout` in the block when it runs longer than ``seconds`` (``None`` or ``<= 0``: no limit).
+
+    Uses ``SIGALRM`` (``signal.setitimer``), so it only acts in the main thread of a POSIX process; elsewhere the
+    block runs without a limit (logged once). Limitation: Python delivers the signal between bytecodes, so a single
+    call blocked in C code (one huge convolution, a read from a stalled network share, a C library waiting on a
+    lock) is interrupted only when it returns to Python; a system call interrupted by the alarm (``open`` of a FIFO,
+    ``read``, ``sleep``) is retried after the handler, and the handler's exception ends it. The data layer therefore
+    opens only regular files (FIFOs and devices are error rows before they are opened), and the limit catches the
+    rest: a pathological volume, a runaway map, a slow disk.
+    """
+    if not seconds or seconds <= 0:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        global _WARNED_NO_ALARM
+        if not _WARNED_NO_ALARM:
+            logger.warning("per-case time limit not applied: it needs SIGALRM in the main thread")
+            _WARNED_NO_ALARM = True
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CaseTimeout(seconds)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+_WARNED_NO_ALARM = False
+
+
+def _without_source_path(text: str, case: CohortCase) -> str:
+    """``text`` with the case's source path (as given, absolute, resolved) replaced by the case's pseudonymous id.
+
+    Hospital folders are often named after patients (``ROE_JANE_MRN12345/``); reasons and notes go into the shared
+    outputs (predictions, records, gallery, report, log), so they name the case by its id; the id-to-path map is in
+    the run's local-only folder (:meth:`CohortRunner.write_series_map`).
+    """
+    if not text:
+        return text
+    image = Path(case.image)
+    forms = {str(image), image.as_posix()}
+    with contextlib.suppress(OSError, RuntimeError):
+        forms |= {str(image.absolute()), str(image.resolve())}
+    for form in sorted((f for f in forms if f and f not in (".", "/")), key=len, reverse=True):
+        text = text.replace(form, case.case_id)
+    return text
 
 
 # ------------------------------------------------------------------------------------------------------------ runner
@@ -318,6 +411,9 @@ class CohortRunner:
             a scored DICOM case's Parametric Map and SR (:class:`pipeline.inference.dicom_outputs.DicomOutputWriter`,
             ``aamct evaluate-cohort --dicom-out``); ``None``: no DICOM outputs. A case whose DICOM outputs fail stays
             scored (``ok``); the table's ``dicom_note`` says why.
+        case_timeout: seconds one case may take (scoring and DICOM outputs) before it becomes an error row saying
+            so and the batch goes on (:func:`case_time_limit`, with its limitation for calls blocked in C code);
+            ``None`` or 0: no limit. Default :data:`pipeline.contracts.defaults.DEFAULT_CASE_TIMEOUT_S`.
     """
 
     def __init__(
@@ -338,6 +434,7 @@ class CohortRunner:
         write_report: Callable[..., Any] | None = None,
         write_gallery: Callable[..., Any] | None = None,
         dicom_outputs: Callable[..., Any] | None = None,
+        case_timeout: float | None = DEFAULT_CASE_TIMEOUT_S,
     ) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise UserError(f"threshold must be in [0, 1], got {threshold}")
@@ -356,6 +453,7 @@ class CohortRunner:
         self.report_writer = write_report
         self.gallery_writer = write_gallery
         self.dicom_outputs = dicom_outputs
+        self.case_timeout = case_timeout
 
     @property
     def records_dir(self) -> Path:
@@ -389,6 +487,7 @@ class CohortRunner:
             cases = read_cases(cases, split=split)
         shard = shard or Shard.from_environment()
         self.claim_output_dir()
+        self.write_series_map(cases)
         ran, skipped, seconds = self.run_shard(cases, shard)
         if shard.count > 1 and not shard.from_torchrun:
             mine = shard.select(cases)
@@ -459,46 +558,67 @@ class CohortRunner:
         return len(todo), len(done), seconds
 
     def _score(self, case: CohortCase) -> dict[str, Any]:
+        """Score one case into its record, timing every step (``seconds_<step>``; they add up to ``seconds``)."""
         started = time.perf_counter()
         record: dict[str, Any] = {"case_id": case.case_id}
+        steps: dict[str, float] = {}
         heatmap_dir = self.output_dir / "heatmaps" if self.write_heatmaps else None
         try:
-            if case.rejection:
-                raise CaseFailure("load", case.rejection, stage_prefix=False)
-            prediction = self.predictor(
-                case.image, case_id=case.case_id, heatmap_dir=heatmap_dir, label=case.label or None
-            )
-        except Exception as failure:  # one bad case must not stop the cohort; KeyboardInterrupt still does
+            with case_time_limit(self.case_timeout):
+                if case.rejection:
+                    raise CaseFailure("load", case.rejection, stage_prefix=False)
+                prediction = self.predictor(
+                    case.image, case_id=case.case_id, heatmap_dir=heatmap_dir, label=case.label or None
+                )
+                steps.update(prediction.stage_seconds)
+                probability = float(np.asarray(prediction.probabilities)[self.positive_index])
+                record.update(
+                    status="ok",
+                    reason="",
+                    probability=probability,
+                    predicted_label=self._call(probability, prediction.probabilities),
+                    heatmap=_relative(prediction.heatmap, self.output_dir),
+                    montage=_relative(prediction.montage, self.output_dir),
+                )
+                record.update(getattr(prediction, "scope", None) or {})
+                if self.dicom_outputs is not None:
+                    dicom, dicom_seconds = self._dicom(case, prediction, probability)
+                    record.update(dicom)
+                    steps.update(dicom_seconds)
+        except (Exception, CaseTimeout) as failure:  # one bad case must not stop the cohort; KeyboardInterrupt does
             reason = (
-                str(failure) if isinstance(failure, CaseFailure) else f"failed: {type(failure).__name__}: {failure}"
+                str(failure)
+                if isinstance(failure, (CaseFailure, CaseTimeout))
+                else f"failed: {type(failure).__name__}: {failure}"
             )
             status = getattr(failure, "status", "error")  # out_of_scope: the loader's scope check refused the scan
-            record.update(status=status, reason=" ".join(reason.split())[:500], probability=None, predicted_label="")
+            reason = " ".join(_without_source_path(reason, case).split())[:500]
+            for key in ("heatmap", "montage", *_DICOM_COLUMNS):
+                record.pop(key, None)
+            record.update(status=status, reason=reason, probability=None, predicted_label="")
             record.update(getattr(failure, "scope", None) or {})
-            logger.warning("%s: %s", case.case_id, record["reason"])
-        else:
-            probability = float(np.asarray(prediction.probabilities)[self.positive_index])
-            record.update(
-                status="ok",
-                reason="",
-                probability=probability,
-                predicted_label=self._call(probability, prediction.probabilities),
-                heatmap=_relative(prediction.heatmap, self.output_dir),
-                montage=_relative(prediction.montage, self.output_dir),
-            )
-            record.update({f"seconds_{k}": round(v, 4) for k, v in prediction.stage_seconds.items()})
-            record.update(getattr(prediction, "scope", None) or {})
-            if self.dicom_outputs is not None:
-                record.update(self._dicom(case, prediction, probability))
+            steps = {**getattr(failure, "stage_seconds", {}), **steps} if not isinstance(failure, CaseTimeout) else {}
+            logger.warning("%s: %s", case.case_id, reason)
+        record.update({f"seconds_{k}": round(v, 4) for k, v in steps.items()})
         record["threshold"] = self.threshold
-        record["seconds"] = round(time.perf_counter() - started, 4)
         record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         record["pid"] = os.getpid()
-        write_json_atomic(self.records_dir / f"{case.case_id}.json", record)
+        # the record's own writing is a step too: timed on a first write, then the record is written again whole
+        # with that time in it (the second write costs the same ~1 ms and is the only one not counted)
+        path = self.records_dir / f"{case.case_id}.json"
+        record["seconds"] = round(time.perf_counter() - started, 4)
+        writing = time.perf_counter()
+        write_json_atomic(path, record)
+        record["seconds_record"] = round(time.perf_counter() - writing, 4)
+        record["seconds"] = round(time.perf_counter() - started, 4)
+        write_json_atomic(path, record)
         return record
 
-    def _dicom(self, case: CohortCase, prediction: Any, probability: float) -> dict[str, str]:
-        """The case's DICOM outputs (paths, or a note on why there are none); never fails the case."""
+    def _dicom(self, case: CohortCase, prediction: Any, probability: float) -> tuple[dict[str, str], dict[str, float]]:
+        """The case's DICOM outputs (paths, or a note on why there are none) and their step times; never fails the
+        case. ``dicom_read`` is the whole step less the Parametric Map and the SR (reading the heatmap and the
+        source headers, mapping the map onto the series grid)."""
+        started = time.perf_counter()
         try:
             written = self.dicom_outputs(
                 image=case.image,
@@ -508,16 +628,19 @@ class CohortRunner:
                 threshold=self.threshold,
             )
         except Exception as err:  # the score stands; only its DICOM copy is missing, and the table says why
-            note = " ".join(str(err).split())[:300]
+            note = " ".join(_without_source_path(str(err), case).split())[:300]
             logger.warning("%s: no DICOM outputs: %s", case.case_id, note)
-            return {"dicom_note": f"no DICOM outputs: {note}"}
+            return {"dicom_note": f"no DICOM outputs: {note}"}, {"dicom_read": time.perf_counter() - started}
+        total = time.perf_counter() - started
         if written is None:
-            return {"dicom_note": "not a DICOM input"}
+            return {"dicom_note": "not a DICOM input"}, {"dicom_read": total}
+        parts = {f"dicom_{k}": float(v) for k, v in (getattr(written, "stage_seconds", None) or {}).items()}
+        parts["dicom_read"] = max(0.0, total - sum(v for k, v in parts.items() if k != "dicom_read"))
         return {
             "dicom_map": _relative(written.parametric_map, self.output_dir),
             "dicom_sr": _relative(written.structured_report, self.output_dir),
-            "dicom_note": "; ".join(written.notes),
-        }
+            "dicom_note": _without_source_path("; ".join(written.notes), case),
+        }, parts
 
     def _call(self, probability: float, probabilities) -> str:
         if len(self.class_names) == 2:
@@ -570,6 +693,8 @@ class CohortRunner:
             "montage",
             *dicom,
             *(f"seconds_{s}" for s in STAGES),
+            *(_DICOM_SECONDS if self.dicom_outputs is not None else ()),
+            "seconds_record",
         ]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.drop(columns=[c for c in CARRIED_COLUMNS if (frame[c].fillna("") == "").all()])
@@ -597,6 +722,33 @@ class CohortRunner:
         if self.gallery_writer is not None and self.write_heatmaps:
             self.gallery_writer(self.output_dir)
         return merged
+
+    @property
+    def series_map_path(self) -> Path:
+        """The local-only map of case ids to source paths (:meth:`write_series_map`)."""
+        return self.output_dir / LOCAL_ONLY_DIR / "series_map.csv"
+
+    def write_series_map(self, cases: Sequence[CohortCase]) -> Path:
+        """Write ``local_only/series_map.csv``: every case id with its source path (and ingestion reason).
+
+        The shared outputs (predictions, records, gallery, report, log) name a case only by its pseudonymous id,
+        because source folders are often named after patients; this file is how the site finds the series again.
+        It stays at the site: ``local_only/README.txt`` says so, and it is the one file of a run folder not to send.
+        """
+        folder = self.output_dir / LOCAL_ONLY_DIR
+        rows = [
+            {"case_id": c.case_id, "path": str(c.image), "rejected_by_ingestion": c.rejection.replace(str(c.image), "")}
+            for c in cases
+        ]
+        write_text_atomic(
+            folder / "README.txt",
+            "LOCAL ONLY - do not share this folder.\n"
+            "series_map.csv links the pseudonymous case ids of this run's outputs to the source paths at this site;\n"
+            "folder names often name patients. Everything else in the run folder names cases by id only.\n",
+        )
+        return write_csv_atomic(
+            self.series_map_path, pd.DataFrame(rows, columns=["case_id", "path", "rejected_by_ingestion"])
+        )
 
     @property
     def gallery_path(self) -> Path:

@@ -80,7 +80,7 @@ def test_score_only_writes_nothing(network, tmp_path):
     source = write_nifti(tmp_path / "in" / "a.nii.gz", chest_like_volume())
     prediction = make_predictor(network)(source, case_id="case-a", heatmap_dir=None)
     assert prediction.heatmap is None and prediction.montage is None
-    assert set(prediction.stage_seconds) == {"load", "preprocess", "inference"}
+    assert set(prediction.stage_seconds) == {"load", "scope", "preprocess", "inference"}
     assert not (tmp_path / "case-a.nii.gz").exists()
 
 

@@ -76,11 +76,15 @@ def test_cohort_with_unreadable_cases_finishes_and_marks_them(tmp_path, network)
     ok = predictions[predictions["status"] == "ok"]
     errors = predictions[predictions["status"] == "error"].set_index("case_id")
     assert sorted(errors.index) == ["case-90", "case-91", "case-92"]
-    # the loader's own words: "<image>: <reason>", one line (tests/inference/test_cli.py holds them to the builder's)
+    # the loader's own words, "<image>: <reason>" in one line, with the image named by the case id (source folders
+    # name patients); the id-to-path map is the local-only file
     images = tmp_path / "cohort" / "images"
-    assert errors.loc["case-91", "reason"] == f"{images / 'missing.nii.gz'}: no such file or folder"
-    for case_id, name in (("case-90", "corrupt.nii.gz"), ("case-92", "broken_series")):
-        assert errors.loc[case_id, "reason"].startswith(f"{images / name}: "), errors.loc[case_id, "reason"]
+    assert errors.loc["case-91", "reason"] == "case-91: no such file or folder"
+    for case_id in ("case-90", "case-92"):
+        assert errors.loc[case_id, "reason"].startswith(f"{case_id}: "), errors.loc[case_id, "reason"]
+        assert str(images) not in errors.loc[case_id, "reason"]
+    local = pd.read_csv(tmp_path / "run" / "local_only" / "series_map.csv", keep_default_na=False).set_index("case_id")
+    assert local.loc["case-91", "path"] == str(images / "missing.nii.gz")
     assert all(reason.count("\n") == 0 for reason in errors["reason"])
     assert pd.to_numeric(ok["probability"]).between(0, 1).all() and len(ok) == N_GOOD == summary.n_ok
     assert set(ok["predicted_label"]) <= {"negative", "positive"}
@@ -212,7 +216,7 @@ def test_a_rejected_case_is_an_error_row_and_never_loaded(tmp_path, network):
     summary = _runner(tmp_path / "run", network, counter=counter, evaluate=False).run(cases)
     assert counter.calls == ["good.nii.gz"] and (summary.n_ok, summary.n_error) == (1, 1)
     rows = pd.read_csv(tmp_path / "run" / "predictions.csv", keep_default_na=False).set_index("case_id")
-    assert rows.loc["case-bad", "reason"] == f"{good}: gantry tilt of 15.00 degrees"
+    assert rows.loc["case-bad", "reason"] == "case-bad: gantry tilt of 15.00 degrees"  # the path named by the id
     assert rows.loc["case-bad", "status"] == "error" and rows.loc["case-bad", "probability"] == ""
 
 
