@@ -220,6 +220,8 @@ def _eager_probabilities(bundle_root: Path, images: list[Path]) -> dict[str, np.
     parser.read_meta(str(bundle_root / "configs" / "metadata.json"))
     parser["bundle_root"] = str(bundle_root)
     parser["device"] = "$torch.device('cpu')"
+    if "allow_out_of_scope" in parser.get():
+        parser["allow_out_of_scope"] = True  # small phantoms: the comparison is of numbers, not of anatomy
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle_root / "models" / "model.pt", weights_only=True))
     network.eval()
