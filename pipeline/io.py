@@ -90,14 +90,14 @@ def write_json_atomic(target: str | os.PathLike, obj: Any, indent: int = 2) -> P
 def neutralise_csv_cell(value: Any) -> Any:
     """A text cell a spreadsheet would run as a formula, prefixed with ``'`` (shown as text); anything else as is.
 
-    A cell is neutralised when it starts with one of :data:`CSV_FORMULA_TRIGGERS` (or with quotes followed by one,
-    so that a value that already starts with ``'=`` stays distinguishable) and is not a plain number: ``-0.25`` stays
-    a number. Non-text values (numbers, ``None``, NaN) are returned unchanged.
+    A cell is neutralised when it starts with one of :data:`CSV_FORMULA_TRIGGERS` and is not a plain number:
+    ``-0.25`` stays a number. Idempotent: a neutralised cell (``'=...``) already reads as text and is kept as it is,
+    so a table read and written again (``aamct manifest split`` rewrites the manifest) does not grow quotes.
+    Non-text values (numbers, ``None``, NaN) are returned unchanged.
     """
     if not isinstance(value, str) or not value:
         return value
-    stripped = value.lstrip("'")
-    if stripped.startswith(CSV_FORMULA_TRIGGERS) and not (stripped is value and _NUMBER.fullmatch(value)):
+    if value.startswith(CSV_FORMULA_TRIGGERS) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
 
