@@ -76,8 +76,9 @@ DEFAULT_MAX_VOXELS: int = 1 << 28
 #: chest extent 151 mm; the real chest Lung_Dx-A0001: 5,463 ml over 270 mm, cut to 2/3: 3,848 ml); the other scans
 #: with the most lung are the real chest's lowest quarter of lung (bases, 787 ml over 70 mm) and the real
 #: abdominal-pelvic volume (lung bases, 432 ml over 156 mm). Both figures must pass: 700 ml and 110 mm lie between.
-#: Air reads -1024 .. -1012 HU and the body's median tissue -24 .. +44 HU on every real and demo scan; RescaleIntercept
-#: 0 instead of -1024 moves air to about 0 HU. Gas pockets read -990 .. -1000 HU on average, aerated lung about -850.
+#: Air reads -1024 .. -1011 HU and the body's median tissue -24 .. +45 HU on the real chest, the real abdomens and every
+#: demo scan; RescaleIntercept 0 instead of -1024 moves air to 0 HU. Gas pockets read about -1000 HU on average,
+#: aerated lung about -850.
 DEFAULT_SCOPE_THRESHOLDS: MappingProxyType[str, Any] = MappingProxyType(
     {
         "min_lung_ml": 700.0,
