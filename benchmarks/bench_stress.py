@@ -370,7 +370,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "share of the un-inserted originals the same runs call positive. AUC: copies vs their originals (0.5: the "
         "lesion changes nothing). Flipped: of the copies whose original the run calls negative, the share called "
         "positive (the lesion's own effect, free of the originals' false positives). 50 % size: log-linear "
-        "interpolation of the curve; per seed (mean ± sd, n of seeds reaching it) and of the pooled curve.",
+        "interpolation of the curve; per seed (mean ± sd, n of seeds reaching it) and of the pooled curve. A run that "
+        "calls half of the originals positive reaches 50 % sensitivity at the smallest size without seeing any "
+        "lesion (densenet121 seed 0 calls 11 of the 18 originals positive): read the flip rate.",
         "",
     ]
     for name, block in result.get("networks", {}).items():

@@ -618,25 +618,30 @@ def write_plot(summary: Mapping[str, Any], target: str | os.PathLike) -> Path:
 
     rows = summary.get("rows", [])
     kinds = sorted({r["kind"] for r in rows})
-    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    with_maps = any(r.get("pointing_game") is not None for r in rows)
+    figure, axes = plt.subplots(1, 3 if with_maps else 2, figsize=(14 if with_maps else 9.5, 4.2))
     colours = {"ggo": "tab:blue", "nodule": "tab:red"}
     for kind in kinds:
         mine = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["size_mm"])
         sizes = [r["size_mm"] for r in mine]
         colour = colours.get(kind)
-        for axis, key, ci_key in (
-            (axes[0], "sensitivity", "sensitivity_ci"),
-            (axes[1], "auc_vs_originals", "auc_ci"),
-            (axes[2], "pointing_game", "pointing_game_ci"),
-        ):
+        panels = [(axes[0], "sensitivity", "sensitivity_ci"), (axes[1], "auc_vs_originals", "auc_ci")]
+        if with_maps:
+            panels.append((axes[2], "pointing_game", "pointing_game_ci"))
+        for axis, key, ci_key in panels:
             values = [np.nan if r[key] is None else r[key] for r in mine]
             low = [np.nan if not r[ci_key] else max(0.0, v - r[ci_key][0]) for r, v in zip(mine, values, strict=True)]
             high = [np.nan if not r[ci_key] else max(0.0, r[ci_key][1] - v) for r, v in zip(mine, values, strict=True)]
             axis.errorbar(sizes, values, yerr=[low, high], marker="o", capsize=3, color=colour, label=kind)
-        prior = [np.nan if r["position_prior"] is None else r["position_prior"] for r in mine]
-        rand = [np.nan if r["random_lung_point"] is None else r["random_lung_point"] for r in mine]
-        axes[2].plot(sizes, prior, ls="--", color=colour, alpha=0.6, label=f"{kind}: position prior")
-        axes[2].plot(sizes, rand, ls=":", color=colour, alpha=0.6, label=f"{kind}: random lung point")
+        flips = [np.nan if r.get("flip_rate") is None else r["flip_rate"] for r in mine]
+        axes[0].plot(
+            sizes, flips, ls="--", marker="x", color=colour, alpha=0.7, label=f"{kind}: negative originals flipped"
+        )
+        if with_maps:
+            prior = [np.nan if r["position_prior"] is None else r["position_prior"] for r in mine]
+            rand = [np.nan if r["random_lung_point"] is None else r["random_lung_point"] for r in mine]
+            axes[2].plot(sizes, prior, ls="--", color=colour, alpha=0.6, label=f"{kind}: position prior")
+            axes[2].plot(sizes, rand, ls=":", color=colour, alpha=0.6, label=f"{kind}: random lung point")
     baseline = summary.get("originals", {}).get("called_positive", {}).get("value")
     if baseline is not None:
         axes[0].axhline(baseline, color="grey", ls="--", label="originals called positive")
@@ -646,8 +651,11 @@ def write_plot(summary: Mapping[str, Any], target: str | os.PathLike) -> Path:
         "AUC: copies vs their originals",
         "pointing game of the map",
     )
-    for axis, title in zip(axes, titles, strict=True):
+    ticks = sorted({r["size_mm"] for r in rows})
+    for axis, title in zip(axes, titles, strict=False):
         axis.set_xscale("log")
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axis.minorticks_off()
         axis.set_xlabel("inserted lesion, equivalent diameter (mm)")
         axis.set_ylim(-0.02, 1.02)
         axis.set_title(title, fontsize=10)
