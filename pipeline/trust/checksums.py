@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from pipeline.errors import UserError
-from pipeline.trust.layout import CHECKSUM_FILENAME
+from pipeline.trust.layout import CHECKSUM_FILENAME, SIGNATURE_FILENAME
 
 __all__ = [
     "CHECKSUM_FILENAME",
@@ -144,12 +144,14 @@ def compare_checksums(expected: Mapping[str, str], actual: Mapping[str, str]) ->
     return changed + missing + unlisted
 
 
-def digests_of_tree(root: str | Path, *, exclude: Iterable[str] = (CHECKSUM_FILENAME,)) -> dict[str, str]:
+def digests_of_tree(
+    root: str | Path, *, exclude: Iterable[str] = (CHECKSUM_FILENAME, SIGNATURE_FILENAME)
+) -> dict[str, str]:
     """SHA-256 of every file under ``root`` keyed by its POSIX path relative to ``root``.
 
     Args:
         root: bundle folder.
-        exclude: relative paths left out (the checksum file itself).
+        exclude: relative paths left out (the checksum file itself and the signature of it).
 
     Returns:
         ``{relative path: hex digest}``.

@@ -5,7 +5,7 @@ overwritten with distinctive values -> ``build_manifest`` + ``split_manifest`` (
 ``aam_student_small`` at 32^3 on the training cases, read through the project's transforms, with its run record
 (``models/run.json``) -> the run summary ``metrics.json`` written by the evaluation's own writer
 (:func:`pipeline.evaluation.handlers.update_run_summary`) -> ``export_bundle`` with the repository's own bundle
-configs (network sizes shrunk; the network name comes from the run record).
+configs (network sizes shrunk; the network name comes from the run record), signed with a fresh Ed25519 key.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class ExportedBundle:
     source_metadata_sha256: str
     result: object
     cohort: PhiCohort
+    public_key: Path | None = None
 
 
 def _shrink_bundle(target: Path) -> Path:
@@ -212,12 +213,16 @@ def _export_tiny_bundle(base: Path) -> ExportedBundle:
     _train_one_epoch(phi_cohort.datalist, checkpoint)
     report = synthetic_report(base / "run" / "metrics.json")
     source_hash = hashlib.sha256((source / "configs" / "metadata.json").read_bytes()).hexdigest()
+    from pipeline.trust.signing import write_key_pair
+
+    private_key, public_key = write_key_pair(base / "keys" / "sender.key")  # export --sign, checked with --trust
     result = export_bundle(
         source,
         base / "out" / "covid_ct_tiny.zip",
         checkpoint=checkpoint,
         report=report,
         datalist=phi_cohort.datalist,
+        sign_key=private_key,
     )
     return ExportedBundle(
         zip_path=result.zip_path,
@@ -228,6 +233,7 @@ def _export_tiny_bundle(base: Path) -> ExportedBundle:
         source_metadata_sha256=source_hash,
         result=result,
         cohort=phi_cohort,
+        public_key=public_key,
     )
 
 

@@ -249,8 +249,15 @@ def test_signature_good_bad_missing_and_the_published_digest(exported_bundle, tm
     assert "not by the trusted key" in verify_bundle(signed, check_networks=False, trust=other_pub).first_failure.detail
     tampered = verify_bundle(_signed(exported_bundle, tmp_path, key, tamper=True), check_networks=False, trust=pub)
     assert "does not match the checksum file" in tampered.first_failure.detail
-    unsigned = verify_bundle(exported_bundle.zip_path, check_networks=False, trust=pub)
-    assert "not signed" in unsigned.first_failure.detail
+    unsigned = _forge(exported_bundle, tmp_path, lambda root: (root / SIGNATURE_FILENAME).unlink(), name="unsigned.zip")
+    assert "not signed" in verify_bundle(unsigned, check_networks=False, trust=pub).first_failure.detail
+    # the fixture's zip was signed by aamct bundle export --sign: its own public key checks it, another does not
+    exported = verify_bundle(exported_bundle.zip_path, check_networks=False, trust=exported_bundle.public_key)
+    assert exported.ok and exported.origin_checked
+    assert (
+        "not by the trusted key"
+        in verify_bundle(exported_bundle.zip_path, check_networks=False, trust=pub).first_failure.detail
+    )
     plain = verify_bundle(signed, check_networks=False)
     assert plain.ok and not plain.origin_checked and "origin NOT checked" in plain.lines()[-1]
     digest = sha256_of_file(exported_bundle.zip_path)
