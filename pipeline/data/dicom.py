@@ -144,6 +144,9 @@ class SliceHeader:
     pixel_problem: str | None
     patient_id: str = field(default="", repr=False)
     accession: str = field(default="", repr=False)
+    #: BodyPartExamined and StudyDescription: read for the scope check's notes only (never decisive, never written)
+    body_part: str = field(default="", repr=False)
+    study_description: str = field(default="", repr=False)
 
     @property
     def normal(self) -> np.ndarray | None:
@@ -571,6 +574,8 @@ def _header_from_values(
         pixel_problem=pixel_problem,
         patient_id=h.text("PatientID"),
         accession=h.text("AccessionNumber"),
+        body_part=h.text("BodyPartExamined").upper(),
+        study_description=h.text("StudyDescription"),
     )
 
 
@@ -1315,7 +1320,7 @@ def _fmt(values: Iterable[float] | None) -> str:
 #: binary (US) attributes decoded from the raw bytes
 _US_KEYWORDS = frozenset({"Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation"})
 #: free-text attributes whose non-ASCII bytes need the Specific Character Set (left to pydicom then)
-_CHARSET_KEYWORDS = frozenset({"PatientID", "AccessionNumber"})
+_CHARSET_KEYWORDS = frozenset({"PatientID", "AccessionNumber", "BodyPartExamined", "StudyDescription"})
 _KEYWORDS = (
     "SOPClassUID",
     "SOPInstanceUID",

@@ -496,7 +496,13 @@ def _scope_dicom_cases(
         try:
             hu, meta = read_series_geometry(found.geometry, found.folder)  # type: ignore[arg-type]
             case.scope = assess_scope(
-                hu, meta["affine"], thresholds=thresholds, modality=first.modality, image_type=first.image_type
+                hu,
+                meta["affine"],
+                thresholds=thresholds,
+                modality=first.modality,
+                image_type=first.image_type,
+                body_part=first.body_part,
+                study_description=first.study_description,
             )
         except ScanRejected as err:  # pixel data that do not decode: what the loader would say
             refused.append(Rejection(case.image, case.series_uid, case.n_files, err.reason, "undecodable pixel data"))

@@ -29,6 +29,7 @@ function on the same loaded volume, so every stage gives one scan one verdict.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -530,6 +531,8 @@ def assess_scope(
     thresholds: ScopeThresholds | Mapping[str, Any] | None = None,
     modality: str = "",
     image_type: tuple[str, ...] = (),
+    body_part: str = "",
+    study_description: str = "",
 ) -> ScopeResult:
     """Is this a chest CT with lungs in view? The verdict with its measurements and a one-line reason.
 
@@ -539,6 +542,9 @@ def assess_scope(
         thresholds: the scope thresholds (default :data:`~pipeline.contracts.defaults.DEFAULT_SCOPE_THRESHOLDS`).
         modality: the DICOM Modality, when known (a note only).
         image_type: the DICOM ImageType values, when known (a note only).
+        body_part: the DICOM BodyPartExamined, when known (a note only: often blank or wrong).
+        study_description: the DICOM StudyDescription, when known (a note naming a body-part word it holds, never
+            the text itself).
 
     Returns:
         The :class:`ScopeResult`.
@@ -578,6 +584,13 @@ def assess_scope(
         notes.append(f"DICOM Modality is {modality!r}, not CT")
     if any(value in ("LOCALIZER", "SCOUT") for value in image_type):
         notes.append("DICOM ImageType says localizer")
+    part = body_part.strip().upper()
+    if part and not any(word in part for word in _CHEST_WORDS):
+        notes.append(f"DICOM BodyPartExamined is {part[:16]!r}, not chest")
+    words = set(re.findall(r"[A-Z]+", study_description.upper()))
+    other = sorted(words & _OTHER_BODY_WORDS)
+    if other and not words & set(_CHEST_WORDS):
+        notes.append(f"DICOM StudyDescription names {other[0].lower()}, not chest")
     return ScopeResult(
         verdict=OUT_OF_SCOPE if reason else IN_SCOPE,
         reason=reason,
@@ -586,6 +599,13 @@ def assess_scope(
         notes=tuple(notes),
         seconds=time.perf_counter() - start,
     )
+
+
+#: BodyPartExamined / StudyDescription words of a chest (a note says when the tags name something else)
+_CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "THX", "TORAX", "THORAKS", "PULM")
+_OTHER_BODY_WORDS = frozenset(
+    {"HEAD", "BRAIN", "NECK", "ABDOMEN", "ABD", "PELVIS", "SPINE", "KNEE", "HIP", "ANKLE", "SHOULDER", "SINUS", "LIVER"}
+)
 
 
 def _ml(value: float) -> str:

@@ -39,7 +39,7 @@ def _phantom(**kwargs) -> np.ndarray:
     return chest_phantom_hu(**kwargs).transpose(2, 1, 0)
 
 
-def _write_phantom_series(folder: Path, *, intercept: float = -1024.0, **kwargs):
+def _write_phantom_series(folder: Path, *, intercept: float = -1024.0, edit=None, **kwargs):
     """The phantom stored as a scanner stores it (HU + 1024), with ``intercept`` written as its RescaleIntercept."""
     hu = chest_phantom_hu(**kwargs)  # (slices, rows, columns)
     stored = np.rint(hu + 1024.0).astype(np.int16)
@@ -54,6 +54,7 @@ def _write_phantom_series(folder: Path, *, intercept: float = -1024.0, **kwargs)
         origin=(-190.0, -160.0, -150.0),
         rescale_intercept=intercept,
         stored=stored,
+        edit=edit,
     )
 
 
@@ -385,3 +386,25 @@ def test_the_real_chest_is_scored_end_to_end_and_no_identifier_reaches_any_outpu
         data = path.read_bytes()
         for value in REAL_CHEST_IDENTIFIERS:
             assert value.encode() not in data, f"{value} in {path.relative_to(tmp_path)}"
+
+
+def test_dicom_tags_add_a_note_but_never_decide(tmp_path, key_file):
+    def tagged(part: str, description: str):
+        def edit(_index, ds):
+            ds.BodyPartExamined = part
+            ds.StudyDescription = description
+
+        return edit
+
+    chest = _write_phantom_series(tmp_path / "data" / "chest", edit=tagged("ABDOMEN", "CT ABDOMEN PELVIS"))
+    abdomen = _write_phantom_series(tmp_path / "data" / "abdomen", lungs=False, edit=tagged("CHEST", "CT CHEST"))
+    result = build_manifest(
+        dicom_root=tmp_path / "data", nifti_glob=None, labels_csv=None, out=tmp_path / "m.csv", key_file=key_file
+    )
+    (row,) = pd.read_csv(result.manifest_path, dtype=str, keep_default_na=False).to_dict("records")
+    assert row["image"] == "data/chest" and row["scope"] == IN_SCOPE  # the image decides
+    assert "DICOM BodyPartExamined is 'ABDOMEN', not chest" in row["scope_note"]
+    assert "StudyDescription names abdomen" in row["scope_note"]
+    (rejected,) = pd.read_csv(result.rejections_path, dtype=str, keep_default_na=False).to_dict("records")
+    assert rejected["path"] == "data/abdomen" and rejected["reason"].startswith("no lungs in view")
+    assert chest.folder.is_dir() and abdomen.folder.is_dir()
