@@ -9,6 +9,16 @@ Layout of a run folder::
     heatmaps/<case_id>.nii.gz heatmap in the source image's geometry; heatmaps/<case_id>.png the montage
     dicom/<case_id>_*.dcm      with --dicom-out: Parametric Map of the heatmap + score SR per DICOM case (any folder)
     report/                   the evaluation report (pipeline.evaluation) when the cohort has labels
+    local_only/series_map.csv case id -> source path: LOCAL ONLY, the one part of a run folder never to share
+
+Every other file names a case by its pseudonymous id only: a reason that would name the source path (the loader's
+``<path>: <reason>``, an ingestion rejection, a DICOM note) names the case id instead, because hospital folders are
+often named after patients.
+
+Time: ``seconds`` is a case's wall-clock total, and every step has its own ``seconds_<step>`` column (load, scope,
+preprocess, inference, heatmap, heatmap_nifti, montage, dicom_read, dicom_pm, dicom_sr, record) that add up to it
+(tests/inference/test_run_outputs.py; benchmarks/bench_case_time.py on the real chest). A case running past
+``case_timeout`` seconds becomes an error row saying so and the batch goes on (:func:`case_time_limit`).
 
 Inputs: a manifest (:func:`pipeline.contracts.read_manifest`) or a folder searched as ``aamct manifest build`` searches
 a DICOM root (:func:`discover_cases`); every series or file the ingestion rejects becomes an ``error`` row with the

@@ -154,7 +154,7 @@ def test_the_bundle_run_scores_good_cases_and_reports_mistakes_in_one_line(tmp_p
     assert "Traceback" not in process.stderr
     rows = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("case_id")
     assert rows.loc["case-good", "status"] == "ok"
-    assert rows.loc["case-flat", "reason"] == f"{flat}: {check_scan(flat)}"
+    assert rows.loc["case-flat", "reason"] == f"case-flat: {check_scan(flat)}"  # the path named by the case id
     # a user mistake found while MONAI builds the config (here: no weights) ends with one line, not a traceback
     (bundle / "models" / "model.pt").unlink()
     process = _bundle_run(bundle, "--manifest", str(manifest), "--output_dir", str(tmp_path / "again"))
