@@ -289,12 +289,11 @@ def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from pipeline.contracts.manifest import path_case_id
-    from pipeline.inference.cohort import CohortCase, Shard
+    from pipeline.inference.cohort import CohortCase, Shard, path_pseudonym
 
     out = Path(args.out)
     # a missing or rejected image is an error row like any other, so the other images are still scored
-    cases = [CohortCase(case_id=path_case_id(Path(image).resolve()), image=Path(image)) for image in args.images]
+    cases = [CohortCase(case_id=path_pseudonym(Path(image).resolve()), image=Path(image)) for image in args.images]
     if len({case.case_id for case in cases}) != len(cases):
         raise UserError("an image is given more than once")
     runner = _parsed(_config(args, out, {"evaluate": False}), "runner")

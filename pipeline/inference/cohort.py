@@ -81,6 +81,7 @@ __all__ = [
     "Shard",
     "case_time_limit",
     "discover_cases",
+    "path_pseudonym",
     "read_cases",
     "summary_dict",
 ]
@@ -248,6 +249,18 @@ def read_cases(
     return [CohortCase.from_manifest(case) for case in read_manifest(source, split=split)]
 
 
+def path_pseudonym(path: str | os.PathLike, *extra: str, pseudonymizer: Pseudonymizer | None = None) -> str:
+    """The keyed case id of an image found by path: ``case-`` and an HMAC of the path (and ``extra``, e.g. a
+    SeriesInstanceUID) under the site's key (:class:`pipeline.data.pseudonym.Pseudonymizer`).
+
+    Keyed, not a plain hash: a plain hash of ``ROE_JANE_MRN12345/CT`` confirms a guessed folder name to anyone
+    holding the outputs. Default key: :func:`pipeline.data.pseudonym.load_key` (``AAMCT_PSEUDONYM_KEY`` or the
+    per-user key file).
+    """
+    pseudonymizer = pseudonymizer or Pseudonymizer(load_key())
+    return pseudonymizer.case_id_from_fingerprint("\x1f".join(["path", Path(path).as_posix(), *extra]))
+
+
 def discover_cases(
     folder: str | os.PathLike, *, min_slices: int = DEFAULT_MIN_SLICES, pseudonymizer: Pseudonymizer | None = None
 ) -> list[CohortCase]:
@@ -303,7 +316,7 @@ def discover_cases(
     seen: set[str] = set()
     for image, extra, rejection in sorted(found, key=lambda item: (str(item[0]), item[1], item[2])):
         relative = image.relative_to(root) if image.is_relative_to(root) else image
-        case_id = pseudonymizer.case_id_from_fingerprint("\x1f".join(["path", relative.as_posix(), extra]))
+        case_id = path_pseudonym(relative, *([extra] if extra else []), pseudonymizer=pseudonymizer)
         # several rejections of one folder (e.g. its other series) are numbered in path order, so ids stay stable
         base, number = case_id, 1
         while case_id in seen:

@@ -19,7 +19,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from pipeline.inference.cohort import CohortCase, CohortRunner, case_time_limit
+from pipeline.contracts.manifest import path_case_id
+from pipeline.data.pseudonym import Pseudonymizer
+from pipeline.inference.cohort import CohortCase, CohortRunner, case_time_limit, path_pseudonym
 from pipeline.io import neutralise_csv_cell
 from tests.conftest import REAL_CHEST_IDENTIFIERS, real_chest_path
 from tests.data.dicom_factory import PHI, write_ct_series
@@ -126,6 +128,10 @@ def test_a_rejected_series_under_a_patient_named_folder_appears_in_no_shared_out
     mapping = pd.read_csv(local_map, keep_default_na=False).set_index("case_id")
     assert PATIENT_FOLDER in mapping.loc[rejected.iloc[0]["case_id"], "path"]
     assert "do not share" in (run.out / "local_only" / "README.txt").read_text().lower()
+    # the ids are keyed: without the site's key a guessed folder name cannot be confirmed by hashing it
+    folder = f"{PATIENT_FOLDER}/CT_CHEST"
+    ids = {path_pseudonym(folder, pseudonymizer=Pseudonymizer(key * 32)) for key in (b"a", b"b")}
+    assert len(ids) == 2 and path_case_id(folder) not in ids
 
 
 def test_dicom_outputs_name_the_product_never_the_source_equipment(run):
