@@ -39,3 +39,17 @@ def test_the_child_runs_out_of_its_memory_limit(tmp_path):
             allowed=ALLOWED_OPS | {"aten::ones"},
             time_limit_s=60,
         )
+
+
+@pytest.mark.parametrize("name", ["unet_encoder", "densenet121_small"])
+def test_the_allowlist_covers_the_registrys_traces(name):
+    """What the exporter writes (a trace of the network and of its dense map) passes the operator check; all
+    registry networks were measured (module docstring), two kinds run here."""
+    from pipeline.networks import DenseClassifier, build
+    from pipeline.trust.torchscript import graph_operators
+
+    network = build(name).eval()
+    with torch.no_grad():
+        for module in (network, DenseClassifier(network).eval()):
+            traced = torch.jit.trace(module, torch.zeros(1, 1, 32, 32, 32), check_trace=False)
+            assert graph_operators(traced) - ALLOWED_OPS == set()
