@@ -193,7 +193,7 @@ def _parse(text: bytes, *, name: str, source: str) -> Any:
         import yaml
 
         return yaml.safe_load(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise UserError(f"{source}: not a valid bundle config ({printable(err, limit=200)})") from None
     except Exception as err:  # yaml errors have their own hierarchy
         raise UserError(f"{source}: cannot parse ({type(err).__name__}: {printable(err, limit=200)})") from None
@@ -232,12 +232,20 @@ def check_config_texts(
             continue
         if not name.lower().endswith(CONFIG_SUFFIXES):
             continue
+        if not name.lower().endswith(".json"):
+            # the exporter writes JSON only; YAML aliases could also make the walk below exponentially long
+            deviations.append(ConfigDeviation(relative, "", "a YAML config (the exporter writes JSON only): not read"))
+            continue
         parsed[relative] = _parse(texts[relative], name=name, source=f"{source}: configs/{printable(relative)}")
-        if name == "metadata.json":
-            deviations += config_deviations(parsed[relative], {}, file=relative)
-        else:
-            reference = reference_config(relative, reference_dir=reference_folder) if "/" not in relative else None
+        reference = (
+            {}
+            if name == "metadata.json"
+            else (reference_config(relative, reference_dir=reference_folder) if "/" not in relative else None)
+        )
+        try:
             deviations += config_deviations(parsed[relative], reference, file=relative)
+        except RecursionError:
+            deviations.append(ConfigDeviation(relative, "", "nested too deeply to read"))
     return parsed, deviations
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from pipeline.errors import UserError
 from pipeline.trust.configs import check_config_texts, config_deviations, reference_config
 from pipeline.trust.text import printable
 
@@ -27,7 +30,13 @@ def test_the_reference_config_passes_and_each_trick_is_listed_with_its_key():
 
 
 def test_a_config_the_exporter_does_not_write_and_a_changed_logging_conf_deviate():
-    texts = {"extra.json": b'{"run": "$print(1)"}', "logging.conf": b"[handlers]\nargs=(__import__('os'),)\n"}
+    texts = {
+        "extra.json": b'{"run": "$print(1)"}',
+        "logging.conf": b"[handlers]\nargs=(__import__('os'),)\n",
+        "laughs.yaml": b"a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n",
+    }
     parsed, deviations = check_config_texts(texts)
     assert set(parsed) == {"extra.json"}
-    assert {d.file for d in deviations} == {"extra.json", "logging.conf"}
+    assert {d.file for d in deviations} == {"extra.json", "logging.conf", "laughs.yaml"}
+    with pytest.raises(UserError, match="not a valid bundle config"):
+        check_config_texts({"deep.json": b"[" * 100_000 + b"]" * 100_000})
