@@ -360,10 +360,11 @@ def case_time_limit(seconds: float | None) -> Iterator[None]:
     if not seconds or seconds <= 0:
         yield
         return
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+    usable = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if not usable or signal.getitimer(signal.ITIMER_REAL)[0] > 0:  # no SIGALRM, or the caller's own alarm is set
         global _WARNED_NO_ALARM
         if not _WARNED_NO_ALARM:
-            logger.warning("per-case time limit not applied: it needs SIGALRM in the main thread")
+            logger.warning("per-case time limit not applied: it needs SIGALRM in the main thread, not in use")
             _WARNED_NO_ALARM = True
         yield
         return
