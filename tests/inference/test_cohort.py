@@ -85,6 +85,10 @@ def test_cohort_with_unreadable_cases_finishes_and_marks_them(tmp_path, network)
         assert str(images) not in errors.loc[case_id, "reason"]
     local = pd.read_csv(tmp_path / "run" / "local_only" / "series_map.csv", keep_default_na=False).set_index("case_id")
     assert local.loc["case-91", "path"] == str(images / "missing.nii.gz")
+    # nor does any shared output (records, tables, gallery, the evaluation report) name the source folder
+    shared = [f for f in (tmp_path / "run").rglob("*") if f.is_file() and "local_only" not in f.parts]
+    assert any(f.parent.name == "report" for f in shared)
+    assert [f for f in shared if str(images).encode() in f.read_bytes()] == []
     assert all(reason.count("\n") == 0 for reason in errors["reason"])
     assert pd.to_numeric(ok["probability"]).between(0, 1).all() and len(ok) == N_GOOD == summary.n_ok
     assert set(ok["predicted_label"]) <= {"negative", "positive"}
