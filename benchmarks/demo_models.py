@@ -78,6 +78,8 @@ DEMO_RECIPE: dict[str, Any] = {
     "lr_schedule": "cosine",
     "keep_later_ties": True,
     "epochs": 30,
+    "checkpoint_selection": "last",
+    "early_stop_patience": 30,
 }
 #: the Makefile's demo cohort (``make demo``: DEMO_CASES, DEMO_SIZE, seed 0)
 DEMO_COHORT: dict[str, Any] = {"cases": 120, "size": 64, "seed": 0}
@@ -441,6 +443,9 @@ def _bundle(
             "--keep_later_ties", str(settings["keep_later_ties"]).lower(),
             "--seed", str(train_seed),
         ]  # fmt: skip
+        for key in ("checkpoint_selection", "early_stop_patience"):
+            if key in settings:
+                command += [f"--{key}", str(settings[key])]
         if network_kwargs:
             command += ["--network_kwargs", repr(dict(network_kwargs))]
         command += list(extra)

@@ -6,7 +6,11 @@ config keeps train.json's ``initialize`` list) and the distillation cascade writ
 
     {"network_name": "aam_student", "network_kwargs": {}, "roi_size": [64, 64, 32], "spacing": [5, 5, 10],
      "hu_window": [-1000, 400], "class_names": ["negative", "positive"], "written_by": "distilling",
-     "teacher": "aam_resnet50"}
+     "teacher": "aam_resnet50", "numerics": {"torch": "2.13.0+cpu", "num_threads": 2, "onednn": "3.12.0", ...}}
+
+``numerics`` (:func:`numerics_record`) says what decides the floating-point results beside the seed: the same seed
+and data give the same weights only with the same torch, oneDNN, thread count and CPU instruction set (a different
+thread count or ISA changes the order of the convolutions' sums, and over 30 epochs the run becomes another draw).
 
 Every later stage reads it through :func:`settings_for` (evaluation and distillation configs, ``aamct
 evaluate-cohort``, ``aamct bundle export``), which returns a :class:`RunSettings`: the recorded values, with the
@@ -28,10 +32,12 @@ from pipeline.errors import UserError
 from pipeline.io import write_json_atomic
 
 __all__ = [
+    "NUMERICS_KEY",
     "RECORDED_SETTINGS",
     "RUN_RECORD",
     "RunSettings",
     "find_run_record",
+    "numerics_record",
     "settings_for",
     "write_run_record",
 ]
@@ -39,6 +45,40 @@ __all__ = [
 RUN_RECORD = "run.json"
 #: the bundle-config keys a record fixes for anything that loads the weights (plus ``network_def#<arg>`` keys)
 RECORDED_SETTINGS: tuple[str, ...] = ("network_name", "roi_size", "spacing", "hu_window")
+#: the record's key for :func:`numerics_record` (informative: no reader changes its settings by it)
+NUMERICS_KEY = "numerics"
+
+
+def numerics_record() -> dict[str, Any]:
+    """What decides a run's floating-point results on this machine, beside the seed and the data.
+
+    Returns:
+        ``torch`` (version), ``num_threads`` / ``num_interop_threads`` (``torch.get_num_threads()``: intra-op
+        threads, the order of the convolutions' reductions), ``onednn`` (the oneDNN version torch was built with,
+        from ``torch.__config__.show()``; ``None`` where it is not listed), ``mkldnn_enabled``
+        (``torch.backends.mkldnn.enabled``), ``cpu_capability`` (``torch.backends.cpu.get_cpu_capability()``: the
+        vector ISA of the CPU kernels, e.g. ``AVX512``), ``deterministic_algorithms``, ``omp_num_threads`` (the
+        environment variable, ``None`` when unset), ``cpu_count`` and ``machine`` (``platform.machine()``).
+    """
+    import platform
+    import re
+
+    import torch  # here, not at the top: the contracts floor is imported by tools that never load a network
+
+    config = torch.__config__.show()
+    match = re.search(r"(?:oneDNN|MKL-DNN)\s+v?([0-9][0-9.]*)", config)
+    return {
+        "torch": torch.__version__,
+        "num_threads": torch.get_num_threads(),
+        "num_interop_threads": torch.get_num_interop_threads(),
+        "onednn": match.group(1) if match else None,
+        "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,8 +187,10 @@ def write_run_record(
     written_by: str = "training",
     teacher: str | None = None,
     rank: int = 0,
+    seed: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path | None:
-    """Write ``<ckpt_dir>/run.json`` (rank 0 only; atomic).
+    """Write ``<ckpt_dir>/run.json`` (rank 0 only; atomic), with the machine's :func:`numerics_record`.
 
     Args:
         ckpt_dir: the folder of ``model.pt``.
@@ -161,6 +203,9 @@ def write_run_record(
         written_by: ``"training"`` or ``"distilling"``.
         teacher: the teacher's network name, for a distilled student.
         rank: distributed rank; only rank 0 writes.
+        seed: the run's seed (recorded beside the numerics; informative).
+        extra: further informative entries (JSON values), e.g. why this model is the one exported; they cannot
+            override the recorded settings.
 
     Returns:
         The record's path, or ``None`` on ranks other than 0.
@@ -183,7 +228,11 @@ def write_run_record(
         },
         source=str(Path(ckpt_dir) / RUN_RECORD),
     )
-    return write_json_atomic(Path(ckpt_dir) / RUN_RECORD, RunSettings(**values).to_record())
+    record = {**dict(extra or {}), **RunSettings(**values).to_record()}
+    if seed is not None:
+        record["seed"] = int(seed)
+    record[NUMERICS_KEY] = numerics_record()
+    return write_json_atomic(Path(ckpt_dir) / RUN_RECORD, record)
 
 
 def find_run_record(location: str | os.PathLike) -> Path | None:

@@ -352,6 +352,8 @@ class DistillationCascade:
         seed: seed set with :func:`monai.utils.set_determinism` before every stage.
         keep_later_ties: each stage keeps the latest of equally scored epochs (see
             :class:`~pipeline.training.checkpoints.AtomicCheckpointSaver`), as ``train.json``'s ``keep_later_ties``.
+        checkpoint_selection: ``"best"`` (each stage keeps its best validation epoch) or ``"last"`` (its last
+            epoch), as ``train.json``'s ``checkpoint_selection``.
         run_record: preprocessing settings (``spacing``, ``hu_window``, ``class_names``) recorded with the final
             student in ``<output_dir>/models/run.json`` (see :mod:`pipeline.contracts.run_record`).
         lr_schedule: ``"constant"`` or ``"cosine"`` (cosine annealing over the stage's ``max_epochs`` down to 1 % of
@@ -402,6 +404,7 @@ class DistillationCascade:
         lr_schedule: str = "constant",
         run_record: Mapping[str, Any] | None = None,
         keep_later_ties: bool = False,
+        checkpoint_selection: str = "best",
         tensorboard_dir: str | os.PathLike | None = None,
         progress: bool = False,
     ) -> None:
@@ -412,6 +415,7 @@ class DistillationCascade:
         self.progress = bool(progress)
         self.run_record = dict(run_record or {})
         self.keep_later_ties = bool(keep_later_ties)
+        self.checkpoint_selection = checkpoint_selection
         self.stages = [StageSpec.parse(stage) for stage in stages]
         if not self.stages:
             raise UserError("the cascade needs at least one stage after the teacher")
@@ -550,6 +554,7 @@ class DistillationCascade:
             save_dict={"model": student},
             metric_name=VAL_METRIC,
             keep_later_ties=self.keep_later_ties,
+            selection=self.checkpoint_selection,
         )
         val_handlers: list[Any] = [best_saver]
         evaluator = SupervisedEvaluator(

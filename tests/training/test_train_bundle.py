@@ -117,6 +117,14 @@ def test_readme_command_trains_and_writes_best_and_last_checkpoints(trained):
     record = json.loads((models / "run.json").read_text())
     assert record["network_name"] == NETWORK and record["written_by"] == "training"
     assert record["class_names"] == ["negative", "positive"] and len(record["roi_size"]) == 3
+    # and what decides its numerics: the training process's threads, torch / oneDNN build and CPU ISA
+    numerics = record["numerics"]
+    assert (
+        numerics["torch"] == torch.__version__ and numerics["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    )
+    assert isinstance(numerics["num_threads"], int) and numerics["num_threads"] >= 1
+    assert numerics["onednn"] and re.fullmatch(r"\d+\.\d+(\.\d+)?", numerics["onednn"])
+    assert record["seed"] == 0
     assert re.search(r"epoch 1/1: loss \d\.\d{4}, val_auc \d\.\d{4} \(best", process.stdout)
     assert list((trained["output"] / "tensorboard").glob("events.out.tfevents.*"))
     history = json.loads((trained["output"] / "train_history.json").read_text())
