@@ -32,6 +32,7 @@ STAGE_CLI_MODULES: tuple[str, ...] = (
     "pipeline.data.cli",
     "pipeline.evaluation.cli",
     "pipeline.evaluation.stress",
+    "pipeline.evaluation.demo_page",
     "pipeline.inference.cli",
     "pipeline.sharing.cli",
 )

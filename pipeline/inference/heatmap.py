@@ -401,7 +401,8 @@ def write_overlay_png(
             title += "   (map is flat: nothing highlighted)"
         fig.suptitle(title, color="white", fontsize=11)
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, dpi=90, format="png", facecolor="black")
+            # bbox "tight": the colour bar's label sits right of the bar, outside the axes grid, and was cut off
+            fig.savefig(tmp, dpi=90, format="png", facecolor="black", bbox_inches="tight", pad_inches=0.15)
     finally:
         plt.close(fig)
     return Path(target)
