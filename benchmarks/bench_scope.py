@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -41,15 +40,11 @@ RESULTS = REPO_ROOT / "benchmarks" / "results" / "scope.json"
 SHARED = Path(os.environ.get("AAMCT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 REAL_CHEST = Path(os.environ.get("AAMCT_REAL_CHEST", REPO_ROOT / ".cache" / "realdata" / "lung_dx_a0001"))
 
+from benchmarks.timing import time_median  # noqa: E402
+
 
 def _median_seconds(func: Callable[[], object], repeats: int) -> float:
-    func()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    return time_median(func, repeats)["median_s"]
 
 
 def _shifted(affine, first: int):

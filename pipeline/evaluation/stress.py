@@ -711,7 +711,7 @@ def build_from_bundle(
     bundle: str | os.PathLike, out: str | os.PathLike, *, heatmap: str | None = None, device: str | None = None
 ) -> tuple[Any, Any, Any]:
     """``(predictor, frozen threshold, min_slices)`` from a bundle's inference config (as ``evaluate-cohort``)."""
-    from pipeline.inference.bundle import load_inference_config, resolve_bundle
+    from pipeline.inference.bundle import load_inference_config, parsed_content, resolve_bundle
 
     overrides: dict[str, Any] = {"output_dir": str(out), "progress_bar": False}
     if heatmap:
@@ -721,19 +721,10 @@ def build_from_bundle(
         overrides["amp"] = f"$torch.device({device!r}).type == 'cuda'"
     root = resolve_bundle(bundle, extract_to=out)
     parser = load_inference_config(root, overrides)
-    try:
-        predictor = parser.get_parsed_content("predictor")
-        threshold = parser.get_parsed_content("frozen_threshold")
-        min_slices = parser.get_parsed_content("min_slices") if "min_slices" in parser.get() else None
-    except UserError:
-        raise
-    except Exception as err:
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"{bundle}: cannot build the inference predictor: {type(cause).__name__}: {cause}") from None
+    what = str(bundle)
+    predictor = parsed_content(parser, "predictor", what=what)
+    threshold = parsed_content(parser, "frozen_threshold", what=what)
+    min_slices = parsed_content(parser, "min_slices", what=what) if "min_slices" in parser.get() else None
     return predictor, threshold, min_slices
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "inference_config_path",
     "load_inference_config",
     "load_weights",
+    "parsed_content",
     "read_class_names",
     "read_state_dict",
     "resolve_bundle",
@@ -269,3 +270,33 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
     return data if isinstance(data, dict) else None
+
+
+def parsed_content(parser, key: str, *, what: str = "inference config"):
+    """``parser.get_parsed_content(key)`` with a user mistake in the config reported in one line.
+
+    MONAI's config machinery wraps an instantiation error in its own ``RuntimeError``; the innermost cause is what
+    the user needs, and a :class:`~pipeline.errors.UserError` inside it is raised as it is.
+
+    Args:
+        parser: a ``monai.bundle.ConfigParser`` (e.g. from :func:`load_inference_config`).
+        key: the config id to build.
+        what: how the error names the config (e.g. the bundle's path).
+
+    Returns:
+        The parsed content.
+
+    Raises:
+        UserError: the innermost cause, in one line.
+    """
+    try:
+        return parser.get_parsed_content(key)
+    except UserError:
+        raise
+    except Exception as err:
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"{what}: cannot build {key!r}: {type(cause).__name__}: {cause}") from None

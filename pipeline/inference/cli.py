@@ -85,7 +85,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help="a bundle zip must carry this sender key's Ed25519 signature (their .pub file, or 64 hex digits)",
     )
     parser.add_argument(
-        "--expect-sha256", metavar="DIGEST", help="a bundle zip must have this SHA-256 (the digest its sender published)"
+        "--expect-sha256",
+        metavar="DIGEST",
+        help="a bundle zip must have this SHA-256 (the digest its sender published)",
     )
     parser.add_argument(
         "--allow-out-of-scope",
@@ -222,18 +224,9 @@ def _config(args: argparse.Namespace, out: Path, extra: dict[str, Any] | None = 
 
 def _parsed(parser, key: str):
     """``parser.get_parsed_content(key)`` with user mistakes in the config reported in one line."""
-    try:
-        return parser.get_parsed_content(key)
-    except UserError:
-        raise
-    except Exception as err:
-        # instantiation errors from MONAI's config machinery wrap the real cause; report the innermost one
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"inference config: cannot build {key!r}: {type(cause).__name__}: {cause}") from None
+    from pipeline.inference.bundle import parsed_content
+
+    return parsed_content(parser, key)
 
 
 def _cmd_evaluate_cohort(args: argparse.Namespace) -> int:
