@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.bench_demo [--seeds 0 1 2 3 4] [--commit]
+    .venv/bin/python -m benchmarks.bench_demo --time-demo 3 [--commit]   # make demo's wall time, 3 runs
 
 Each seed trains ``make demo``'s network with ``make demo``'s recipe on ``make demo``'s cohort (120 cases at 64 x 64,
 generator seed 0, the demo's fixed pseudonym key, so the same patient-level split) through the stock bundle commands
@@ -139,6 +140,46 @@ def render_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def time_demo(runs: int, *, store: ResultStore, run_dir: str = "runs/demo") -> list[dict[str, Any]]:
+    """Run ``make demo`` from scratch ``runs`` times; record its wall time, its stages' and the load average.
+
+    The load average (1, 5, 15 min) before and after each run says whether the machine was idle: the goal
+    (180 s) is for 2 idle cores, and a shared machine's timing is an upper bound of it.
+    """
+    import shutil
+    import subprocess
+
+    records = []
+    for index in range(runs):
+        shutil.rmtree(REPO_ROOT / run_dir, ignore_errors=True)
+        before = _load()
+        start = time.perf_counter()
+        done = subprocess.run(["make", "demo", f"RUN={run_dir}"], cwd=REPO_ROOT, capture_output=True, text=True)
+        seconds = round(time.perf_counter() - start, 1)
+        stages = {}
+        tsv = REPO_ROOT / run_dir / "stage_seconds.tsv"
+        if tsv.is_file():
+            for line in tsv.read_text().splitlines():
+                name, ms = line.split("\t")
+                stages[name] = int(ms) / 1000.0
+        metrics = json.loads((REPO_ROOT / run_dir / "metrics.json").read_text()) if done.returncode == 0 else {}
+        record = {
+            "run": index,
+            "returncode": done.returncode,
+            "seconds": seconds,
+            "stage_seconds": stages,
+            "test_auc": metrics.get("auc"),
+            "load_average_before": before,
+            "load_average_after": _load(),
+            "cpu_count": os.cpu_count(),
+            "headline": done.stdout.strip().splitlines()[-12:],
+        }
+        store.save({"make": "demo", "run": index}, record, f"make_demo_run{index}")
+        print(f"make demo run {index}: {seconds:.0f} s (load {before} -> {record['load_average_after']})", flush=True)
+        records.append(record)
+    return records
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Train every requested seed in turn (stored and optionally committed as each lands), then summarise."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_demo", description=__doc__.splitlines()[0])
@@ -146,8 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit", action="store_true", help="git-commit each seed's file as it is written")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_ROOT)
     parser.add_argument("--workdir", type=Path, default=None, help="demo_models work folder")
+    parser.add_argument("--time-demo", type=int, metavar="N", help="instead: time N from-scratch make demo runs")
     args = parser.parse_args(argv)
     store = ResultStore("demo", root=args.results_dir, commit=args.commit)
+    if args.time_demo:
+        time_demo(args.time_demo, store=store)
+        return 0
     records = []
     for seed in args.seeds:
         record = run_seed(seed, store=store, workdir=args.workdir)

@@ -14,6 +14,7 @@ overlay with a colour bar, and the case's id, score, label and status.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -395,7 +396,8 @@ def write_overlay_png(
             axis.set_title(name, color="white", fontsize=10)
             axis.set_axis_off()
         bar = fig.colorbar(shown, ax=list(axes), fraction=0.025, pad=0.02)
-        bar.set_label(colorbar_label, color="white")
+        # wrapped: the map's description is longer than the bar is tall
+        bar.set_label("\n".join(textwrap.wrap(colorbar_label, 44)) or colorbar_label, color="white")
         bar.ax.yaxis.set_tick_params(color="white", labelcolor="white")
         if planes["peak_lps"]["index"] is None:
             title += "   (map is flat: nothing highlighted)"
