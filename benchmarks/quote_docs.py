@@ -58,6 +58,12 @@ def _medmnist() -> str:
     return headline(json.loads((RESULTS / "medmnist_adrenalmnist3d_aam_resnet18.json").read_text()))
 
 
+def _demo() -> str:
+    from benchmarks.bench_demo import headline
+
+    return headline(json.loads((RESULTS / "demo.json").read_text()))
+
+
 #: marker name -> the paragraph it holds
 QUOTES: dict[str, Callable[[], str]] = {
     "localisation-default": _localisation("localisation.json", "default"),
@@ -66,6 +72,7 @@ QUOTES: dict[str, Callable[[], str]] = {
     "small-lesions-default": _small_lesions("default"),
     "distillation": _distillation,
     "medmnist": _medmnist,
+    "demo": _demo,
 }
 
 
