@@ -28,7 +28,7 @@ import torch
 from pipeline.contracts.defaults import DEFAULT_CLASS_NAMES
 from pipeline.contracts.run_record import settings_for
 from pipeline.errors import UserError
-from pipeline.trust.configs import check_config_folder, require_no_deviations
+from pipeline.trust.configs import PINNED_KEYS, check_config_folder, is_code, require_no_deviations
 from pipeline.trust.layout import CHECKSUM_FILENAME
 
 __all__ = [
@@ -120,8 +120,8 @@ def inference_config_path(bundle_root: str | os.PathLike) -> Path:
 def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str, Any] | None = None):
     """Parse a bundle's inference config with MONAI's ``ConfigParser``, pointed at ``bundle_root``.
 
-    An exported bundle (one with ``checksums.sha256``) is received: its configs are read as data and compared with
-    the exporter's (:func:`pipeline.trust.configs.check_config_folder`); the parser gets the compared object, so
+    A bundle folder with configs of its own (an exported bundle, whether it still holds its ``checksums.sha256`` or
+    not) is received: its configs are read as data and compared with the exporter's (:func:`pipeline.trust.configs.check_config_folder`); the parser gets the compared object, so
     every expression it evaluates is this repository's own.
 
     When the config is the project's default (a run folder without ``configs/inference.json``), the network and
@@ -143,9 +143,18 @@ def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str
     root = Path(bundle_root).resolve()
     config_path = inference_config_path(root)
     parser = ConfigParser()
-    if (root / CHECKSUM_FILENAME).is_file() and config_path.parent == root / "configs":
-        # an exported bundle (received): parse once, compare with the exporter's, hand MONAI that very object
+    own_configs = config_path.parent == root / "configs"
+    if own_configs and root != PROJECT_BUNDLE.resolve():
+        # a bundle folder with configs of its own (an export, extracted by hand or by the gate, with or without its
+        # checksums): parse once, compare with the exporter's, hand MONAI that very object. Only the project's own
+        # bundle/ folder is parsed as it is: it is the reference the comparison uses.
         parsed, deviations = check_config_folder(root / "configs")
+        if not (root / CHECKSUM_FILENAME).is_file():
+            # a bundle folder assembled by hand: plain values of the path keys are its own (the command line sets
+            # them anyway); code that is not the exporter's still refuses it
+            deviations = [
+                d for d in deviations if d.key_path.split("#")[0] not in PINNED_KEYS or _is_code_text(d.value)
+            ]
         require_no_deviations(deviations, source=root)
         if not isinstance(parsed.get("inference.json"), dict):
             raise UserError(f"{config_path}: not a bundle config (a JSON object expected)")
@@ -163,6 +172,13 @@ def load_inference_config(bundle_root: str | os.PathLike, overrides: Mapping[str
             parser.update(settings.config_overrides())
     parser.update({"bundle_root": str(root), **dict(overrides or {})})
     return parser
+
+
+def _is_code_text(value: str) -> bool:
+    try:
+        return is_code(json.loads(value))
+    except ValueError:
+        return True  # not a JSON value: a structural deviation, never waved through
 
 
 def read_state_dict(

@@ -109,6 +109,24 @@ def test_an_expression_in_network_def_runs_in_no_command(exported_bundle, tmp_pa
     assert not [name for name in _left_in(out) if name.startswith(".forged")]
 
 
+@pytest.mark.parametrize("keep_checksums", [True, False], ids=["as-exported", "checksums-removed"])
+def test_a_hand_extracted_bundle_folder_runs_no_expression_either(
+    exported_bundle, tmp_path, marker, capsys, keep_checksums
+):
+    # a recipient unzips the bundle and points --bundle at the folder: there is no zip for the gate, and the sender
+    # may have dropped checksums.sha256 so that the folder looks like the recipient's own
+    root = _unpack(exported_bundle.zip_path, tmp_path / "unzipped")
+    payload = f"$open({str(marker)!r}, 'w').write('x') and 1"
+    _edit_json(root, "configs/inference.json", lambda c: c["network_def"].update(in_channels=payload))
+    if not keep_checksums:
+        (root / CHECKSUM_FILENAME).unlink()
+    out = tmp_path / "out"
+    assert _evaluate_cohort(root, _cohort(tmp_path, exported_bundle), out) == 2
+    err = capsys.readouterr().err
+    assert "not the exporter's config" in err and "in_channels" in err
+    assert not marker.exists()
+
+
 def test_stale_checksums_and_duplicate_members_are_refused_before_extraction(exported_bundle, tmp_path, marker, capsys):
     stale = tmp_path / "stale.zip"
     name = exported_bundle.name
