@@ -204,7 +204,7 @@ def render_headline(summary: dict[str, Any]) -> list[str]:
         lines.append(f"  time: {parts}; total {sum(stages.values()):.0f} s")
     bundle = summary["bundle"]
     if bundle["zip"] is not None:
-        state = "verified" if bundle["verified"] else "NOT verified (see export.log)"
+        state = bundle["verify_line"] if bundle["verified"] else "NOT verified (see export.log)"
         lines.append(f"  bundle: {bundle['zip']} ({state})")
     lines.append(f"  open: {summary['run'] / 'index.html'}")
     lines.append("=" * 78)

@@ -96,13 +96,19 @@ def test_headline_quotes_the_runs_figures_and_the_maps_beside_the_baselines(run)
     assert "sensitivity 0.89, specificity 0.94" in text and "(0.412)" in text
     assert re.search(r"pointing game, 10 mm\): 0\.50 \(1/2\) of test positives; position prior", text)
     assert "time: data 9 s, train 60 s, export 12 s; total 82 s" in text
-    assert "aamct_ct_classifier_v0.3.1.zip (verified)" in text
+    assert "aamct_ct_classifier_v0.3.1.zip (verified: 7 checks passed)" in text
 
 
 def test_map_hit_rate_counts_only_maps_on_the_lesion(run):
     result = map_hit_rate(run)
     assert result["map"]["pointing_game"]["hits"] == 1 and result["map"]["pointing_game"]["n"] == 2
     assert set(result["baselines"]) >= {"position_prior_peak", "random_point_in_lung"}
+
+
+def test_a_failed_verification_is_not_called_verified(run):
+    (run / "export.log").write_text("verify: FAILED checksum mismatch for models/model.pt\n")
+    text = "\n".join(render_headline(demo_summary(run)))
+    assert "NOT verified (see export.log)" in text
 
 
 def test_no_metrics_is_one_line_for_the_user(tmp_path):
