@@ -29,7 +29,8 @@ def test_recipe_is_the_makefiles_demo_recipe():
     assert make["SCHEDULE"] == recipe["lr_schedule"]
     assert (make["LATER_TIES"] == "true") == recipe["keep_later_ties"]
     assert int(make["EPOCHS"]) == recipe["epochs"]
-    assert make["SELECTION"] == recipe["checkpoint_selection"] and int(make["PATIENCE"]) == recipe["early_stop_patience"]
+    assert make["SELECTION"] == recipe["checkpoint_selection"]
+    assert int(make["PATIENCE"]) == recipe["early_stop_patience"]
     assert (
         int(make["CASES"]) == demo_models.DEMO_COHORT["cases"] and int(make["SIZE"]) == demo_models.DEMO_COHORT["size"]
     )
