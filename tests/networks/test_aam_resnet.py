@@ -13,6 +13,12 @@ TINY = {"width": 0.125}  # widths 8, 16, 32, 64: fast on CPU, same topology as t
 
 
 def _script_round_trip(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    """Script, save and load ``model``.
+
+    The tests call the result under ``torch.jit.optimized_execution(False)``: the TorchScript interpreter runs the
+    graph as saved, without the profiling executor's profiling run and optimisation passes on the first calls (about
+    1 s per call for these networks); the optimised deployed form is tests/networks/test_deploy.py's.
+    """
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(model), buffer)
     buffer.seek(0)
@@ -107,7 +113,7 @@ def test_torchscript_round_trip_gives_equal_outputs(fusion):
     model = AAMResNet(depth=50, attention_fusion=fusion, **TINY).eval()
     loaded = _script_round_trip(model)
     x = torch.randn(1, 1, 33, 32, 40)
-    with torch.no_grad():
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # see _script_round_trip
         torch.testing.assert_close(loaded(x), model(x))
         torch.testing.assert_close(loaded.class_activation(x), model.class_activation(x))
 
@@ -189,7 +195,7 @@ def test_every_variant_scripts_and_keeps_an_exact_class_activation_map(variant, 
     model.eval()
     loaded = _script_round_trip(model)
     x = torch.randn(2, 1, 37, 33, 40)
-    with torch.no_grad():
+    with torch.no_grad(), torch.jit.optimized_execution(False):  # see _script_round_trip
         logits = model(x)
         torch.testing.assert_close(model.class_activation(x).flatten(2).mean(-1), logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(loaded(x), logits)

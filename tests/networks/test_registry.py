@@ -58,7 +58,10 @@ def test_network_shape_dense_map_and_torchscript_round_trip(name):
     torch.jit.save(torch.jit.script(DenseClassifier(model)), buffer)
     buffer.seek(0)
     scripted_dense = torch.jit.load(buffer)
-    with torch.no_grad():
+    # the TorchScript interpreter without the profiling executor: the loaded graph runs as saved, and its first call
+    # skips the profiling run and optimisation passes (about 1 s per network here; the optimised deployed form is
+    # tests/networks/test_deploy.py's)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
         logits = model(x)
         dense = model.class_activation(x)
         scripted = scripted_dense(x)
