@@ -33,6 +33,38 @@ def _limit_threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _deploy_each_network_once():
+    """One deployed (TorchScript, frozen) scoring form per network object and weights for the whole test run.
+
+    The product compiles a network's deployed form on a predictor's first window (``pipeline.inference.sliding``),
+    once per run; the tests make many predictors for the same network object (the session's tiny network), each of
+    which compiled it anew (about 1 s of CPU each). Here the product's own compiled form is reused while the network
+    object is the same and none of its tensors changed in place (their version counters); any other network, or a
+    network whose weights moved, is compiled as before. ``tests/networks/test_deploy.py`` calls the compiler itself.
+    """
+    from pipeline.inference import sliding
+
+    compile_for_inference = sliding.optimized_for_inference
+    compiled: dict[tuple, tuple[object, object]] = {}
+
+    def _key(model) -> tuple:
+        inner = getattr(model, "model", model)  # the DenseClassifier wrapper made per predictor: its network counts
+        tensors = [*model.parameters(), *model.buffers()]  # the wrapper's own, if any, and its network's
+        return (type(model), id(inner), tuple((t.data_ptr(), t._version) for t in tensors))
+
+    def once(model, **kwargs):
+        key = (_key(model), tuple(sorted((name, tuple(value)) for name, value in kwargs.items())))
+        if key not in compiled:
+            # the network is held beside its form, so its id cannot pass to another object
+            compiled[key] = (getattr(model, "model", model), compile_for_inference(model, **kwargs))
+        return compiled[key][1]
+
+    sliding.optimized_for_inference = once
+    yield
+    sliding.optimized_for_inference = compile_for_inference
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (override with AAMCT_SHARED_DATA); skips the test where it is absent."""

@@ -217,32 +217,8 @@ def _check_written_kind(prediction, kind: str, *, png: bool = True) -> None:
         assert prediction.montage.is_file() and prediction.montage.stat().st_size > 10_000
 
 
-@pytest.fixture(scope="module")
-def deployed_once():
-    """The predictors of this module's tests share one deployed scoring form per network, as one run's predictors do.
-
-    The grid tests make a predictor per map kind for the same (session, never trained) network; each would compile
-    the network's TorchScript form anew (about 1 s of CPU each). The form is the product's own (``scoring_form``),
-    compiled on its first window and then reused.
-    """
-    from pipeline.inference import case
-
-    forms: dict[tuple[int, str], object] = {}
-    product_scoring_form = case.scoring_form
-
-    def shared(network, *, form=case.DEFAULT_CPU_FORM):
-        key = (id(network), form)
-        if key not in forms:
-            forms[key] = (network, product_scoring_form(network, form=form))  # the network held: its id stays its own
-        return forms[key][1]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(case, "scoring_form", shared)
-        yield forms
-
-
 @pytest.mark.realdata
-def test_every_kind_lands_on_the_real_jpeg2000_series_grid(network, tmp_path, deployed_once):
+def test_every_kind_lands_on_the_real_jpeg2000_series_grid(network, tmp_path):
     series = shared_path("dicom", "totalseg_abdomen_ct")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
@@ -257,7 +233,7 @@ def test_every_kind_lands_on_the_real_jpeg2000_series_grid(network, tmp_path, de
 
 
 @pytest.mark.realdata
-def test_every_kind_lands_on_the_real_nifti_grid(network, tmp_path, deployed_once):
+def test_every_kind_lands_on_the_real_nifti_grid(network, tmp_path):
     source = shared_path("nifti", "totalseg_example_ct_sm.nii.gz")
     reference = sitk.ReadImage(str(source))
     for kind in MAP_KINDS:
@@ -267,7 +243,7 @@ def test_every_kind_lands_on_the_real_nifti_grid(network, tmp_path, deployed_onc
         _check_written_kind(prediction, kind)
 
 
-def test_every_kind_lands_on_a_stored_lps_nifti_grid(network, tmp_path, deployed_once):
+def test_every_kind_lands_on_a_stored_lps_nifti_grid(network, tmp_path):
     # the same check without the shared data: flipped, permuted, anisotropic storage
     affine = np.array([[0, -2.5, 0, 50.0], [-2.0, 0, 0, 40.0], [0, 0, 3.0, -30.0], [0, 0, 0, 1]])
     source = write_nifti(tmp_path / "scan.nii.gz", chest_like_volume((40, 36, 24)), affine)
