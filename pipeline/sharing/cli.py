@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--bump", choices=("patch", "minor", "major"), default="patch", help="version part to bump (for new weights)"
     )
     export.add_argument("--message", help="changelog text for the new version")
+    export.add_argument(
+        "--model-note", help="why this model is the one exported (the model card names the network and says this)"
+    )
     export.add_argument("--network-config", help="config under configs/ holding network_def (default: inference.json)")
     export.add_argument(
         "--set",
@@ -129,6 +132,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         overrides=parse_set_overrides(args.set),
         check_parity=not args.no_parity_check,
         sign_key=args.sign,
+        model_note=args.model_note,
     )
     print(result.summary())
     if args.verify:

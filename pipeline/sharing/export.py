@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.contracts.run_record import settings_for
+from pipeline.contracts.run_record import find_run_record, settings_for
 from pipeline.errors import UserError
 from pipeline.evaluation.handlers import RunSummary, read_run_summary
 from pipeline.io import write_json_atomic, write_text_atomic
@@ -59,6 +59,7 @@ from pipeline.sharing.metadata import VersionPart, metadata_problems, release_me
 from pipeline.sharing.model_card import (
     MODEL_CARD_KEY,
     build_model_card,
+    network_summary,
     render_model_card,
     summarize_datalist,
 )
@@ -596,6 +597,7 @@ def export_bundle(
     check_parity: bool = True,
     check_phi: bool = True,
     sign_key: str | os.PathLike | None = None,
+    model_note: str | None = None,
 ) -> ExportResult:
     """Export a trained bundle as a shareable, checksummed MONAI bundle zip ``NAME_vVERSION.zip``.
 
@@ -627,6 +629,8 @@ def export_bundle(
         check_phi: search the staged bundle for the datalist's DICOM patient identifiers.
         sign_key: an Ed25519 private key (PEM, ``aamct bundle keygen``): ``checksums.sha256`` is signed with it
             (``checksums.sha256.sig``), so a recipient can check the origin with ``verify --trust KEY.pub``.
+        model_note: why this model is the one exported (the model card's "Why this model" line), e.g. why the
+            trained network and not its distilled student.
 
     Returns:
         The :class:`ExportResult`.
@@ -753,6 +757,12 @@ def export_bundle(
         eager = _eager_parser(eager_staged, meta_path, root)
         eager["device"] = "$torch.device('cpu')"
         network = load_weights(_parsed(eager, net_id, eager_staged), checkpoint_path).eval()
+        record_path = find_run_record(checkpoint_path)
+        card["network"] = network_summary(
+            json.loads(record_path.read_text(encoding="utf-8")) if record_path is not None else None,
+            parameters=sum(p.numel() for p in network.parameters()),
+            why=model_note,
+        )
         state = {key: value.detach().cpu().clone() for key, value in network.state_dict().items()}
         torch.save(state, root / "models" / "model.pt")
 

@@ -26,6 +26,7 @@ __all__ = [
     "DENSE_MODEL_FILE",
     "MODEL_CARD_KEY",
     "build_model_card",
+    "network_summary",
     "class_names_from_metadata",
     "render_model_card",
     "summarize_datalist",
@@ -207,6 +208,7 @@ def build_model_card(
     run_summary: RunSummary | Mapping[str, Any] | None = None,
     data_summary: Mapping[str, Any] | None = None,
     limitations: Sequence[str] = (),
+    network: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the card (a JSON-serialisable dict).
 
@@ -217,6 +219,8 @@ def build_model_card(
             was supplied).
         data_summary: from :func:`summarize_datalist`, or ``None``.
         limitations: extra limitations, after :data:`DEFAULT_LIMITATIONS` and any ``limitations`` in the metadata.
+        network: which model the weights are (:func:`network_summary`): registry name, arguments, parameters, how
+            it was made (trained / distilled from a teacher), and the exporter's reason for exporting it.
 
     Returns:
         The card dict.
@@ -246,6 +250,7 @@ def build_model_card(
         "input": {
             key: image_spec.get(key) for key in ("modality", "format", "num_channels", "spatial_shape", "value_range")
         },
+        "network": dict(network) if network is not None else None,
         "training_data": dict(data_summary) if data_summary is not None else None,
         "metrics": metrics,
         "operating_threshold": threshold,
@@ -370,6 +375,46 @@ def _threshold_text(threshold: Mapping[str, Any] | None) -> str:
     )
 
 
+def network_summary(
+    record: Mapping[str, Any] | None, *, parameters: int | None = None, why: str | None = None
+) -> dict[str, Any]:
+    """Which model a card describes, from the weights' run record (``models/run.json``).
+
+    Args:
+        record: the parsed run record (``None``: unknown).
+        parameters: the network's parameter count.
+        why: the exporter's reason for exporting this model (e.g. why the trained network and not its student).
+
+    Returns:
+        ``{"name", "kwargs", "parameters", "made_by", "teacher", "seed", "why"}``.
+    """
+    record = record or {}
+    return {
+        "name": record.get("network_name"),
+        "kwargs": dict(record.get("network_kwargs") or {}),
+        "parameters": parameters,
+        "made_by": record.get("written_by"),
+        "teacher": record.get("teacher"),
+        "seed": record.get("seed"),
+        "why": why,
+    }
+
+
+def _network_lines(network: Mapping[str, Any] | None) -> list[str]:
+    if not network or not network.get("name"):
+        return ["- Network: not recorded (the weights came without their run record)."]
+    kwargs = ", ".join(f"{k}={v}" for k, v in (network.get("kwargs") or {}).items())
+    made = network.get("made_by") or "unknown"
+    if network.get("teacher"):
+        made = f"{made}, distilled from {network['teacher']}"
+    params = f", {network['parameters']:,} parameters" if network.get("parameters") else ""
+    seed = f", training seed {network['seed']}" if network.get("seed") is not None else ""
+    lines = [f"- Network: `{network['name']}`{f' ({kwargs})' if kwargs else ''}{params}; made by {made}{seed}."]
+    if network.get("why"):
+        lines.append(f"- Why this model: {network['why']}")
+    return lines
+
+
 def render_model_card(card: Mapping[str, Any]) -> str:
     """The card as Markdown (``docs/README.md`` of the exported bundle).
 
@@ -406,6 +451,7 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         "`(B, 1, x, y, z)` -> `(B, C, x/s, y/s, z/s)` with the network's output stride s, for whole-volume "
         "sliding-window inference and heatmaps), `configs/` (MONAI bundle configs), `large_files.yml` (the model "
         "files with their sha256), `checksums.sha256`.",
+        *_network_lines(card.get("network")),
         "",
         "## Training data",
         "",

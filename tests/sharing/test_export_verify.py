@@ -22,9 +22,11 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.networks import build
 from pipeline.sharing.archive import open_bundle_archive, write_bundle_zip
 from pipeline.sharing.export import write_synthetic_ct
 from pipeline.sharing.metadata import METADATA_SCHEMA_PATH, bump_version
+from pipeline.sharing.model_card import MODEL_CARD_KEY
 from pipeline.sharing.verify import verify_bundle
 from pipeline.trust.checksums import CHECKSUM_FILENAME, digests_of_tree, format_checksums
 from tests.bundle_process import monai_bundle
@@ -78,6 +80,22 @@ def test_export_layout_version_and_untouched_source(exported_bundle, unpacked):
     assert all(isinstance(v, torch.Tensor) for v in state.values())  # the nested checkpoint was flattened
     threshold = json.loads((unpacked / "models" / "operating_point.json").read_text())["threshold"]
     assert threshold == released["model_card"]["operating_threshold"]["value"]
+
+
+def test_the_card_names_the_run_records_network_and_the_exporters_reason(exported_bundle, unpacked):
+    from tests.sharing.conftest import MODEL_NOTE
+
+    record = json.loads((exported_bundle.checkpoint.parent / "run.json").read_text())
+    state = torch.load(unpacked / "models" / "model.pt", weights_only=True)
+    network = build(record["network_name"], **record.get("network_kwargs", {}))
+    parameters = sum(p.numel() for p in network.parameters())
+    card = json.loads((unpacked / "configs" / "metadata.json").read_text())[MODEL_CARD_KEY]["network"]
+    assert card["name"] == record["network_name"] and card["made_by"] == record["written_by"]
+    assert card["parameters"] == parameters
+    assert set(state) == set(network.state_dict())  # the record's network is the one the weights belong to
+    text = (unpacked / "docs" / "README.md").read_text()
+    assert f"`{record['network_name']}`" in text and f"{parameters:,} parameters" in text
+    assert f"Why this model: {MODEL_NOTE}" in text
 
 
 def test_verify_passes_and_lists_code(exported_bundle):
