@@ -744,7 +744,12 @@ class CohortRunner:
             logger.warning("%d of %d cases have no result yet (unfinished shard?): marked error", missing, len(cases))
         write_csv_atomic(self.predictions_path, merged)
         if self.gallery_writer is not None and self.write_heatmaps:
-            self.gallery_writer(self.output_dir)
+            # the whole description: the heatmap NIfTI's descrip holds only its first 80 bytes
+            map_text = getattr(self.predictor, "map_text", None)
+            if map_text:
+                self.gallery_writer(self.output_dir, map_description=f"Maps: {map_text[0]}")
+            else:
+                self.gallery_writer(self.output_dir)
         return merged
 
     @property

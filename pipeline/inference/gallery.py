@@ -113,8 +113,9 @@ def write_gallery(
         predictions_csv: the predictions table (default: ``cohort_dir/predictions.csv``).
         out: the page (default: ``cohort_dir/gallery.html``); links are made relative to its folder.
         title: the page title.
-        map_description: what the maps show (printed under the title); default: the ``descrip`` the cohort job
-            wrote into the first heatmap NIfTI (kind, units, region).
+        map_description: what the maps show (printed under the title; the cohort job passes its map maker's
+            whole description); default: the ``descrip`` of the first heatmap NIfTI (kind, units, region), which
+            NIfTI cuts at 80 bytes.
         lazy_after: images after this many load lazily (a cohort of thousands stays quick to open).
 
     Returns:

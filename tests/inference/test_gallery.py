@@ -64,8 +64,15 @@ def scored_cohort(tmp_path_factory) -> Path:
 def test_the_cohort_job_writes_the_gallery_and_its_report_links_it(scored_cohort):
     gallery = scored_cohort / "gallery.html"
     assert gallery.is_file()
-    # the page says what the maps are, from the NIfTI header the cohort job wrote
-    assert "Maps: aamct CAM positive log-odds" in gallery.read_text()
+    # the page says what the maps are: the map maker's whole description (a NIfTI descrip stops at 80 bytes)
+    import nibabel as nib
+
+    text = gallery.read_text()
+    assert "Maps: aamct CAM positive log-odds" in text
+    first_map = next((scored_cohort / "heatmaps").glob("*.nii.gz"))
+    descrip = nib.load(first_map).header["descrip"].tobytes().rstrip(b"\x00").decode()
+    whole = re.search(r"Maps: ([^<]*)", text).group(1)
+    assert whole.startswith(descrip) and whole.endswith("0 outside")
     report = (scored_cohort / "report" / "report.html").read_text()
     href = re.search(r'<a href="([^"]+)">heatmap gallery</a>', report)
     assert href is not None and (scored_cohort / "report" / href.group(1)).resolve() == gallery.resolve()
