@@ -52,10 +52,16 @@ def _distillation() -> str:
     return headline(json.loads((RESULTS / "distillation_terms.json").read_text()))
 
 
-def _medmnist() -> str:
-    from benchmarks.medmnist import headline
+def _medmnist_file(stem: str) -> Callable[[], str]:
+    def quote() -> str:
+        from benchmarks.medmnist import headline
 
-    return headline(json.loads((RESULTS / "medmnist_adrenalmnist3d_aam_resnet18.json").read_text()))
+        return headline(json.loads((RESULTS / f"{stem}.json").read_text()))
+
+    return quote
+
+
+_medmnist = _medmnist_file("medmnist_adrenalmnist3d_aam_resnet18")
 
 
 def _demo() -> str:
@@ -72,6 +78,8 @@ QUOTES: dict[str, Callable[[], str]] = {
     "small-lesions-default": _small_lesions("default"),
     "distillation": _distillation,
     "medmnist": _medmnist,
+    "medmnist-seed2": _medmnist_file("medmnist_adrenalmnist3d_seed2"),
+    "medmnist-densenet": _medmnist_file("medmnist_adrenalmnist3d_densenet121_small"),
     "demo": _demo,
 }
 
