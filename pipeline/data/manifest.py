@@ -46,7 +46,7 @@ import pandas as pd
 from pipeline.contracts.manifest import MANIFEST_COLUMNS as CONTRACT_COLUMNS
 from pipeline.contracts.manifest import REJECTION_COLUMNS, rejections_path_for
 from pipeline.data.dicom import DEFAULT_MIN_SLICES, DicomSeries, Rejection, SeriesCheck, discover_series
-from pipeline.data.nifti import NiftiInfo, NiftiRejected, file_sha256, read_checked_nifti
+from pipeline.data.nifti import NiftiInfo, NiftiRejected, read_checked_nifti
 from pipeline.data.pseudonym import Pseudonymizer, load_key
 from pipeline.data.reader import ScanRejected, read_series_geometry
 from pipeline.data.scope import SCOPE_COLUMNS, ScopeResult, ScopeThresholds, assess_scope
@@ -537,15 +537,7 @@ def _check_nifti_files(
         del data
         if not scope.in_scope and not allow_out_of_scope:
             return Rejection(path, "", 1, scope.reason, "out of scope")
-        info = NiftiInfo(
-            path=header.path,
-            shape=header.shape,
-            spacing=header.spacing,
-            affine=header.affine,
-            n_slices=header.n_slices,
-            sha256=file_sha256(header.path),
-        )
-        return info, scope
+        return NiftiInfo.of(header), scope
 
     # threads pay off here: decompressing .nii.gz (zlib) releases the GIL
     workers = workers or os.cpu_count() or 1

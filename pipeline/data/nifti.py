@@ -59,6 +59,18 @@ class NiftiInfo:
     n_slices: int
     sha256: str
 
+    @classmethod
+    def of(cls, header) -> NiftiInfo:
+        """The info of a checked header (:func:`read_checked_nifti`), with the file's digest."""
+        return cls(
+            path=header.path,
+            shape=header.shape,
+            spacing=header.spacing,
+            affine=header.affine,
+            n_slices=header.n_slices,
+            sha256=file_sha256(header.path),
+        )
+
     @property
     def spacing_mm(self) -> str:
         """Spacing as written to the manifest, e.g. ``0.977x0.977x2.000``."""
@@ -98,14 +110,7 @@ def check_nifti(
         NiftiRejected: the file fails a check; the message is the reason.
     """
     header, _ = read_checked_nifti(path, min_slices=min_slices, spacing_range_mm=spacing_range_mm)
-    return NiftiInfo(
-        path=header.path,
-        shape=header.shape,
-        spacing=header.spacing,
-        affine=header.affine,
-        n_slices=header.n_slices,
-        sha256=file_sha256(header.path),
-    )
+    return NiftiInfo.of(header)
 
 
 @dataclass(frozen=True)
