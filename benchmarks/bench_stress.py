@@ -375,7 +375,27 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "lesion (densenet121 seed 0 calls 11 of the 18 originals positive): read the flip rate.",
         "",
     ]
-    for name, block in result.get("networks", {}).items():
+    lines += network_sections(result.get("networks", {}))
+    lines += paired_section(result.get("paired", []))
+    for title, key in (("Timing goal", "timing"), ("Real chest CT", "real_chest")):
+        block = result.get(key)
+        if not block:
+            continue
+        lines += [f"## {title}", "", block.get("what", ""), "", f"Command: `{block.get('command', '')}`", ""]
+        lines += _summary_table(block["summary"])
+        lines += [
+            "",
+            f"Wall time {block['seconds']:.0f} s on {block.get('cpu_count')} CPUs; load average at the start "
+            f"{block['load_start']}, at the end {block.get('load_end')}.",
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def network_sections(networks: Mapping[str, Any]) -> list[str]:
+    """Markdown per network of :func:`aggregate`'s result: the 50 % sizes and the curve table per kind."""
+    lines: list[str] = []
+    for name, block in networks.items():
         lines += [
             f"## {name}",
             "",
@@ -405,7 +425,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                     f"{_fmt_spread(row['auc_vs_originals'], 3)} | {_fmt_spread(row['change_mean'], 3)} |"
                 )
             lines.append("")
-    comparisons = result.get("paired", [])
+    return lines
+
+
+def paired_section(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown of :func:`paired_comparison`'s rows (none: no lines)."""
+    lines: list[str] = []
     if comparisons:
         lines += [
             "## Paired comparisons on the same copies",
@@ -425,19 +450,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                 f"{'—' if row['wilcoxon_p'] is None else format_p(row['wilcoxon_p'])} |"
             )
         lines.append("")
-    for title, key in (("Timing goal", "timing"), ("Real chest CT", "real_chest")):
-        block = result.get(key)
-        if not block:
-            continue
-        lines += [f"## {title}", "", block.get("what", ""), "", f"Command: `{block.get('command', '')}`", ""]
-        lines += _summary_table(block["summary"])
-        lines += [
-            "",
-            f"Wall time {block['seconds']:.0f} s on {block.get('cpu_count')} CPUs; load average at the start "
-            f"{block['load_start']}, at the end {block.get('load_end')}.",
-            "",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _summary_table(summary: Mapping[str, Any]) -> list[str]:

@@ -322,7 +322,8 @@ def trained_demo_model(
         seed: generator seed of the cohort.
         lesion_size_range: ``(min, max)`` lesion size (see ``aamct demo-data --lesion-size-range``).
         lesion_size_unit: ``mm`` or ``ml``.
-        recipe: overrides of :data:`DEMO_RECIPE` (e.g. ``{"epochs": 10}``).
+        recipe: overrides of :data:`DEMO_RECIPE` (e.g. ``{"epochs": 10}``; ``spacing`` and ``roi_size`` set a
+            preprocessing other than the defaults; the evaluation reads it from the run's ``models/run.json``).
         workdir: parent of the cohort folders.
         log: a writable text stream for the bundle's output (default: a ``train.log`` / ``evaluate.log`` in the run).
 
@@ -449,7 +450,10 @@ def _bundle(
         if network_kwargs:
             command += ["--network_kwargs", repr(dict(network_kwargs))]
         command += list(extra)
-    else:
+        for key in ("spacing", "roi_size"):  # a preprocessing other than the defaults (bench_resolution)
+            if settings.get(key) is not None:
+                command += [f"--{key}", json.dumps(list(settings[key]))]
+    else:  # the evaluation reads the preprocessing from the run's models/run.json
         command += ["--split", "test"]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO_ROOT)}
     log_path = run_dir / {"training": "train.log", "distilling": "distill.log"}.get(bundle_id, "evaluate.log")

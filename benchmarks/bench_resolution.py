@@ -1,0 +1,263 @@
+"""What resolution the small-lesion claim needs: the stress test's detection curve at two preprocessings, over seeds.
+
+Run from the repository root::
+
+    OMP_NUM_THREADS=1 nice .venv/bin/python -m benchmarks.bench_resolution [--seeds 0 1 2] [--commit]
+
+Issue 27 item 4. The default preprocessing (:data:`pipeline.contracts.DEFAULT_SPACING` 5 x 5 x 10 mm into
+:data:`~pipeline.contracts.DEFAULT_ROI_SIZE` 64 x 64 x 32) leaves a 10 mm lesion two voxels across. Here the best
+network of the stress benchmark (``aam_student_small``: the smallest 50 %-sensitivity size for real nodules,
+``results/stress.md``) is trained with the demo recipe (:func:`benchmarks.demo_models.trained_demo_model`) at both
+preprocessings on one demo cohort generated at a 128 matrix (2.7 mm pixels, 9.7 mm slices), so the finer grid has
+detail to keep:
+
+* ``default``: 5 x 5 x 10 mm, 64 x 64 x 32 (the product's default);
+* ``fine``: 2.5 x 2.5 x 10 mm, 128 x 128 x 32 (4x the voxels; the slices stay at their acquired ~10 mm). The body crop
+  of the default chain (:func:`pipeline.transforms`) already removes the air around the chest; 128 x 128 at 2.5 mm
+  holds a 320 mm body, so no further lung crop is needed to fit it.
+
+Per resolution and training seed: test AUC, training wall time, the stress test (:class:`pipeline.evaluation.stress.
+StressTest`, ``aamct stress-test``'s code) on the test split's negatives, ground glass and solid LIDC nodules at
+5-60 mm, scores only, and its wall time per scored scan (inference cost). Paired comparison fine vs default on the same
+copies (the insertion depends on the stress seed and the case only). Baselines as in ``bench_stress``: the originals
+called positive, AUC 0.5, the flip rate. Per-run files under ``benchmarks/results/resolution/``, tables in
+``resolution.json`` / ``resolution.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.bench_stress import (  # noqa: E402
+    BENCH_SIZES_MM,
+    NODULES,
+    _stress,
+    _stress_code,
+    aggregate,
+    network_sections,
+    paired_comparison,
+    paired_section,
+)
+from benchmarks.demo_models import DEFAULT_WORKDIR, DEMO_NETWORK, trained_demo_model  # noqa: E402
+from benchmarks.store import ResultStore, write_result_json, write_result_text  # noqa: E402
+
+__all__ = ["COHORT", "RESOLUTIONS", "main"]
+
+DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "resolution.json"
+#: the demo cohort both resolutions train on: 2.7 mm pixels, 9.7 mm slices (pipeline.data.demo.scanner)
+COHORT: dict[str, Any] = {"difficulty": "default", "cases": 120, "size": 128, "seed": 0}
+#: name -> recipe override (spacing in mm and network input, x y z); ``default`` is the product's preprocessing
+RESOLUTIONS: dict[str, dict[str, list[float] | list[int]]] = {
+    "default": {},
+    "fine": {"spacing": [2.5, 2.5, 10.0], "roi_size": [128, 128, 32]},
+}
+
+
+def _label(resolution: str) -> str:
+    from pipeline.contracts import DEFAULT_ROI_SIZE, DEFAULT_SPACING
+
+    spacing = RESOLUTIONS[resolution].get("spacing", list(DEFAULT_SPACING))
+    roi = RESOLUTIONS[resolution].get("roi_size", list(DEFAULT_ROI_SIZE))
+    return f"{DEMO_NETWORK} at {'x'.join(f'{v:g}' for v in spacing)} mm ({'x'.join(str(v) for v in roi)})"
+
+
+def _unit(store: ResultStore, resolution: str, seed: int, *, workdir: Path, sizes: Sequence[float]) -> dict[str, Any]:
+    from pipeline.evaluation.stress import StressSettings
+    from pipeline.inference.cohort import read_cases
+
+    model = trained_demo_model(
+        DEMO_NETWORK,
+        COHORT["difficulty"],
+        train_seed=seed,
+        cases=COHORT["cases"],
+        size=COHORT["size"],
+        seed=COHORT["seed"],
+        recipe=RESOLUTIONS[resolution] or None,
+        workdir=workdir,
+    )
+    key = {
+        "resolution": resolution,
+        **RESOLUTIONS[resolution],
+        "train_seed": seed,
+        "cohort": COHORT,
+        "training_code": model.recipe.get("training_code"),
+        "sizes_mm": list(sizes),
+        "stress_seed": 0,
+        "texture": "solid",
+        "code": _stress_code(),
+    }
+    parts = ("runs", f"{resolution}-seed{seed}")
+    stored = store.load(key, *parts)
+    if stored is not None:
+        print(f"[resolution] {resolution} seed {seed}: stored result reused", flush=True)
+        return stored
+    cases = sorted(
+        (c for c in read_cases(model.cohort.manifest, split="test") if str(c.label).strip().lower() == "negative"),
+        key=lambda c: c.case_id,
+    )
+    settings = StressSettings(sizes_mm=tuple(sizes), nodules_dir=NODULES, texture="solid", seed=0, maps=False)
+    out = Path(workdir) / "stress" / f"resolution-{resolution}-seed{seed}"
+    summary, copies, cases_frame, timing = _stress(model.run_dir, cases, out, settings)
+    scored = int((copies["status"] == "ok").sum()) + int((cases_frame["status"] == "ok").sum())
+    record = {
+        "network_label": _label(resolution),
+        "run": str(model.run_dir.relative_to(Path(workdir).resolve())),
+        "test_auc": model.test_auc,
+        "test_auc_ci": model.metrics.get("auc_ci"),
+        "train_seconds": model.seconds,
+        "train_load": "as recorded by trained_demo_model (wall time of training + test evaluation)",
+        "summary": {k: v for k, v in summary.items() if k != "citation"},
+        "copies": copies[
+            [
+                "copy_id",
+                "case_id",
+                "kind",
+                "size_mm",
+                "status",
+                "probability",
+                "called_positive",
+                "original_probability",
+                "lesion_diameter_mm",
+            ]
+        ].to_dict(orient="records"),  # fmt: skip
+        "cases": cases_frame.to_dict(orient="records"),
+        **timing,
+        "scored_scans": scored,
+        "seconds_per_scored_scan": round(timing["seconds"] / max(1, scored), 3),
+        "load_end": [round(v, 2) for v in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+    }
+    path = store.save(key, record, *parts)
+    print(
+        f"[resolution] {resolution} seed {seed}: test AUC {model.test_auc}, train {model.seconds} s, stress "
+        f"{timing['seconds']} s ({record['seconds_per_scored_scan']} s/scan); 50 % at {summary['size_at_50']} -> "
+        f"{path.name}",
+        flush=True,
+    )
+    return store.load(key, *parts) or {"key": key, **record}
+
+
+def _cost(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    import numpy as np
+
+    out = {}
+    for resolution in RESOLUTIONS:
+        mine = [r for r in records if r["key"].get("resolution") == resolution]
+        if not mine:
+            continue
+        train = [float(r["train_seconds"]) for r in mine]
+        per_scan = [float(r["seconds_per_scored_scan"]) for r in mine]
+        out[resolution] = {
+            "label": _label(resolution),
+            "seeds": [r["key"]["train_seed"] for r in mine],
+            "train_seconds_mean": round(float(np.mean(train)), 1),
+            "train_seconds": train,
+            "seconds_per_scored_scan_mean": round(float(np.mean(per_scan)), 3),
+            "seconds_per_scored_scan": per_scan,
+        }
+    if "default" in out and "fine" in out:
+        out["fine_over_default"] = {
+            "training": round(out["fine"]["train_seconds_mean"] / out["default"]["train_seconds_mean"], 2),
+            "stress_per_scan": round(
+                out["fine"]["seconds_per_scored_scan_mean"] / out["default"]["seconds_per_scored_scan_mean"], 2
+            ),
+        }
+    return out
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    """The tables of :func:`main`'s JSON as Markdown."""
+    lines = [
+        "# What resolution the small-lesion claim needs",
+        "",
+        f"Command: `{result.get('command', '')}`",
+        "",
+        f"`{DEMO_NETWORK}` trained with the demo recipe on one demo cohort generated at a 128 matrix "
+        f"(`aamct demo-data --cases {COHORT['cases']} --size {COHORT['size']} --seed {COHORT['seed']}`: 2.7 mm "
+        "pixels, 9.7 mm slices) at the default preprocessing and at a finer one, then stress-tested on the test "
+        "split's negatives as in `stress.md` (ground glass and solid LIDC-IDRI nodules, Armato et al. 2011, "
+        "doi:10.1118/1.3528204, CC BY 3.0). Read the flip rate beside the originals called positive (the baseline a "
+        "copy gets for nothing).",
+        "",
+        "## Cost",
+        "",
+        "| resolution | seeds | training + test evaluation (s, mean) | stress test per scored scan (s, mean) |",
+        "| --- | --- | --- | --- |",
+    ]
+    cost = result.get("cost", {})
+    for resolution in RESOLUTIONS:
+        block = cost.get(resolution)
+        if block:
+            lines.append(
+                f"| {block['label']} | {block['seeds']} | {block['train_seconds_mean']:.0f} "
+                f"({', '.join(f'{v:.0f}' for v in block['train_seconds'])}) | "
+                f"{block['seconds_per_scored_scan_mean']:.3f} |"
+            )
+    ratio = cost.get("fine_over_default")
+    if ratio:
+        lines += [
+            "",
+            f"Fine over default: training x{ratio['training']}, stress test per scan x{ratio['stress_per_scan']}.",
+        ]
+    lines += ["", f"Wall times on {result.get('cpu_count')} CPUs, benchmark running niced beside other work.", ""]
+    lines += network_sections(result.get("networks", {}))
+    lines += paired_section(result.get("paired", []))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train and stress-test each resolution and seed (stored units reused), then assemble the tables."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_resolution", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON to write (+ .md beside it)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
+    parser.add_argument("--sizes", type=float, nargs="+", default=list(BENCH_SIZES_MM), help="diameters, mm")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cohorts and runs")
+    parser.add_argument("--commit", action="store_true", help="git-commit each per-run file as it is written")
+    parser.add_argument("--only-stored", action="store_true", help="run nothing: assemble the stored files")
+    args = parser.parse_args(arguments)
+    output = Path(args.output)
+    store = ResultStore("resolution", root=output.parent, commit=args.commit)
+    if not args.only_stored:
+        for seed in args.seeds:  # seed-major: both resolutions get seed 0 before either gets seed 1
+            for resolution in args.resolutions:
+                _unit(store, resolution, seed, workdir=args.workdir, sizes=args.sizes)
+                _assemble(store, output, arguments)
+    _assemble(store, output, arguments)
+    return 0
+
+
+def _assemble(store: ResultStore, output: Path, arguments: Sequence[str]) -> None:
+    records = [r for r in store.records() if "network_label" in r]
+    labels = [_label(name) for name in RESOLUTIONS]
+    result: dict[str, Any] = {
+        "benchmark": "resolution",
+        "command": " ".join(
+            ["OMP_NUM_THREADS=1 nice .venv/bin/python", "-m", "benchmarks.bench_resolution", *arguments]
+        ),
+        "cohort": COHORT,
+        "resolutions": RESOLUTIONS,
+        "cost": _cost(records),
+        "networks": aggregate(records, labels),
+        "paired": paired_comparison(records, labels[1], labels[0]),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    write_result_json(output, result)
+    write_result_text(output.with_suffix(".md"), render_markdown(result))
+    print(f"[resolution] wrote {output.name} (+ .md)", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
