@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    OMP_NUM_THREADS=1 nice .venv/bin/python -m benchmarks.bench_resolution [--seeds 0 1 2] [--commit]
+    nice .venv/bin/python -m benchmarks.bench_resolution [--seeds 0 1 2] [--commit]   # 2 torch threads, as make demo
 
 Issue 27 item 4. The default preprocessing (:data:`pipeline.contracts.DEFAULT_SPACING` 5 x 5 x 10 mm into
 :data:`~pipeline.contracts.DEFAULT_ROI_SIZE` 64 x 64 x 32) leaves a 10 mm lesion two voxels across. Here the best
@@ -96,7 +96,7 @@ def _unit(store: ResultStore, resolution: str, seed: int, *, workdir: Path, size
         "texture": "solid",
         "code": _stress_code(),
     }
-    parts = ("runs", f"{resolution}-seed{seed}")
+    parts = ("units", f"{resolution}-seed{seed}")  # not "runs": .gitignore ignores every runs/ folder
     stored = store.load(key, *parts)
     if stored is not None:
         print(f"[resolution] {resolution} seed {seed}: stored result reused", flush=True)
@@ -243,9 +243,7 @@ def _assemble(store: ResultStore, output: Path, arguments: Sequence[str]) -> Non
     labels = [_label(name) for name in RESOLUTIONS]
     result: dict[str, Any] = {
         "benchmark": "resolution",
-        "command": " ".join(
-            ["OMP_NUM_THREADS=1 nice .venv/bin/python", "-m", "benchmarks.bench_resolution", *arguments]
-        ),
+        "command": " ".join(["nice .venv/bin/python", "-m", "benchmarks.bench_resolution", *arguments]),
         "cohort": COHORT,
         "resolutions": RESOLUTIONS,
         "cost": _cost(records),

@@ -49,6 +49,10 @@ DEFAULT_LIMITATIONS: tuple[str, ...] = (
     "prevalence and case mix, so re-check it on local data.",
     "Input must be a single chest CT volume (DICOM series or NIfTI) in Hounsfield units; other modalities, "
     "localisers and multi-phase series are not supported.",
+    "Chest scope: `aamct infer` and `aamct evaluate-cohort` measure the lungs in view of every scan (volume, "
+    "cranio-caudal extent, HU plausibility; `scope_thresholds` in configs/inference.json) and refuse one without a "
+    "chest as `out_of_scope`, never scored. The MONAI-only `configs/inference_torchscript.json` has no such check: it "
+    "scores any volume it is given, a head or an abdomen included. Give it chest CTs only.",
     "The heatmaps (`heatmap_kind` in configs/inference.json; `occlusion_c2f`, occlusion sensitivity coarse to fine, by "
     "default) show what the score depends on, at the resolution of the occluded block or layer; they are not lesion "
     "segmentations, and their localisation was measured on generated lesions only (docs/source_README.md, Heatmaps: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,19 @@ def test_model_card_names_the_default_heatmap_kind():
 
     [line] = [text for text in DEFAULT_LIMITATIONS if "heatmap" in text.lower()]
     assert f"`{DEFAULT_MAP_KIND}`" in line
+
+
+def test_model_card_scope_line_matches_the_configs():
+    # the card says the aamct inference config checks the chest scope and the MONAI-only one does not: both true
+    from pipeline.contracts.defaults import DEFAULT_SCOPE_THRESHOLDS
+    from pipeline.sharing.model_card import DEFAULT_LIMITATIONS
+
+    [line] = [text for text in DEFAULT_LIMITATIONS if text.startswith("Chest scope")]
+    configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+    inference = json.loads((configs / "inference.json").read_text())
+    assert "`scope_thresholds`" in line and inference["scope_thresholds"] == json.loads(
+        json.dumps(dict(DEFAULT_SCOPE_THRESHOLDS))
+    )
+    assert inference["allow_out_of_scope"] is False
+    stock = (configs / "inference_torchscript.json").read_text()
+    assert "inference_torchscript.json` has no such check" in line and "scope" not in stock
