@@ -42,6 +42,7 @@ __all__ = [
     "NetworkSpec",
     "ScaledResidualBasicBlock",
     "ScaledResidualBottleneck",
+    "SpatialMeanClassifier",
     "UNetEncoderClassifier",
     "attention_modules",
     "available",
@@ -79,3 +80,20 @@ class DenseClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dense class logits ``(B, num_classes, d, h, w)`` for ``x`` of shape ``(B, C, D, H, W)``."""
         return self.model.class_activation(x)
+
+
+class SpatialMeanClassifier(nn.Module):
+    """The classifier again, from a dense class-logit map: ``forward(x)`` is the spatial mean of ``dense(x)``.
+
+    ``dense`` is a :class:`DenseClassifier` or its TorchScript trace; since averaging a registry network's dense map
+    over space gives its logits, ``SpatialMeanClassifier(DenseClassifier(model))(x)`` equals ``model(x)`` (to float
+    rounding). The exporter traces the dense map once and scripts this wrapper around the trace for ``model.ts``.
+    """
+
+    def __init__(self, dense: nn.Module) -> None:
+        super().__init__()
+        self.dense = dense
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes)`` for ``x`` of shape ``(B, C, D, H, W)``."""
+        return torch.flatten(self.dense(x), 2).mean(2)

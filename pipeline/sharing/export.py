@@ -24,7 +24,9 @@ Why two TorchScript files: ``model.ts`` is the model the metadata describes, so 
 MONAI's sliding window over the network's dense class-activation map and averaging the stitched map
 (:class:`pipeline.inference.DenseClassificationInferer`); ``model_dense.ts`` is that map, so the recipient's
 ``inference_torchscript.json`` does the same with stock ``SlidingWindowInferer`` + a spatial mean + softmax and gets
-the same numbers for any volume size. The exporter checks that on a synthetic CT volume before writing the zip
+the same numbers for any volume size. The dense map is traced once; ``model.ts`` is that trace under a scripted
+spatial mean (:class:`pipeline.networks.SpatialMeanClassifier`, checked against the network's own logits). The
+exporter checks that on a synthetic CT volume before writing the zip
 (``parity``), and that ``model.ts`` returns the shape the metadata states.
 
 The release version is new only for new weights (:mod:`pipeline.sharing.release`): exporting the same weights again
@@ -385,7 +387,8 @@ def _export_torchscript(
     dense: bool,
 ) -> None:
     """Trace the network (``dense=False``) or ``DenseClassifier(network)`` to ``models/<filename>`` with MONAI's
-    ``ckpt_export`` (which embeds the metadata and the config in the file)."""
+    ``ckpt_export`` (which embeds the metadata and the config in the file). The export traces the dense map only;
+    :func:`_classifier_from_dense` makes ``model.ts`` from it."""
     from monai.bundle import ckpt_export
 
     with tempfile.TemporaryDirectory(prefix=".aamct-ts-") as tmp:
@@ -422,6 +425,41 @@ def _export_torchscript(
                 f"{eager_config}: TorchScript export of '{net_id}' to models/{filename} failed "
                 f"({type(err).__name__}: {' '.join(str(err).split())[:300]})"
             ) from err
+
+
+def _classifier_from_dense(root: Path, eager_config: Path, network: torch.nn.Module, input_shape: list[int]) -> None:
+    """``models/model.ts``: the traced dense map of ``models/model_dense.ts`` under a scripted spatial mean.
+
+    One trace per export (the classifier and its dense map share every layer; a second trace cost as much as the
+    first). Checked against the eager network on a seeded input as MONAI's converter checks a trace (``rtol`` 1e-4,
+    ``atol`` 1e-5), and saved with the same embedded metadata and config as ``ckpt_export`` writes.
+    """
+    from monai.bundle import ConfigParser
+    from monai.data import save_net_with_metadata
+
+    from pipeline.networks import SpatialMeanClassifier
+
+    dense = torch.jit.load(str(root / "models" / DENSE_MODEL_FILE), map_location="cpu").eval()
+    classifier = torch.jit.script(SpatialMeanClassifier(dense).eval())
+    sample = torch.rand(input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = network.eval()(sample), classifier(sample)
+    if expected.shape != got.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        raise UserError(
+            f"{eager_config}: models/model.ts (the spatial mean of the dense map) differs from the network's logits "
+            f"(max |diff| {float((got - expected).abs().max()) if got.shape == expected.shape else 'shape'}); the "
+            "network's class_activation must average to its forward"
+        )
+    metadata = json.loads((root / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    config = {f"{eager_config.stem}.json": json.dumps(ConfigParser.load_config_file(str(eager_config))).encode()}
+    save_net_with_metadata(
+        classifier,
+        str(root / "models" / "model.ts"),
+        include_config_vals=False,
+        append_timestamp=False,
+        meta_values=metadata,
+        more_extra_files=config,
+    )
 
 
 def zip_name(name: str, version: str) -> str:
@@ -775,16 +813,16 @@ def export_bundle(
         input_shape = [1, in_channels, *roi]
         released["dense_output"] = _dense_description(network, input_shape)
         meta_path = write_json_atomic(root / "configs" / "metadata.json", released)
-        for filename, dense in (("model.ts", False), (DENSE_MODEL_FILE, True)):
-            _export_torchscript(
-                root=root,
-                eager_config=eager_staged,
-                net_id=net_id,
-                state=state,
-                input_shape=input_shape,
-                filename=filename,
-                dense=dense,
-            )
+        _export_torchscript(
+            root=root,
+            eager_config=eager_staged,
+            net_id=net_id,
+            state=state,
+            input_shape=input_shape,
+            filename=DENSE_MODEL_FILE,
+            dense=True,
+        )
+        _classifier_from_dense(root, eager_staged, network, input_shape)
         _check_classifier_shape(root, released, input_shape)
         if card.get("operating_threshold"):
             write_json_atomic(root / "models" / "operating_point.json", released["operating_point"])

@@ -474,7 +474,9 @@ def _check_torchscript(report, root: Path, configs, metadata, state, network, op
             files,
             probes,
             reference=state,
-            prefixes={DENSE_MODEL_FILE: "model."},
+            # model.ts: the spatial mean around the dense trace (dense.model.*); bundles exported earlier hold
+            # a trace of the network itself (no prefix)
+            prefixes={DENSE_MODEL_FILE: "model.", "model.ts": ("dense.model.", "")},
             time_limit_s=options.time_limit_s,
             memory_bytes=options.memory_bytes,
         )

@@ -307,3 +307,22 @@ def test_the_honest_bundle_passes_the_gate_and_scores(exported_bundle, tmp_path,
     assert predictions["probability"].between(0, 1).all() and predictions["probability"].notna().all()
     gate = next(out.glob(".*/gate.json"))
     assert json.loads(gate.read_text())["origin_checked"] is True
+
+
+def test_a_bundle_whose_model_ts_traces_the_network_itself_still_verifies(exported_bundle, tmp_path):
+    # earlier exports wrote models/model.ts as a trace of the network itself (keys without the dense wrapper's
+    # prefix); the gate still compares its weights and outputs with the network rebuilt from model.pt
+    from pipeline.networks import build
+
+    def edit(root: Path) -> None:
+        config = json.loads((root / "configs" / "inference.json").read_text())
+        state = torch.load(root / "models" / "model.pt", weights_only=True)
+        network = build(config["network_name"], num_classes=state["classifier.bias"].numel()).eval()
+        network.load_state_dict(state)
+        sample = torch.rand(1, 1, *config["roi_size"])
+        torch.jit.save(torch.jit.trace(network, sample, check_trace=False), str(root / "models" / "model.ts"))
+
+    report = verify_bundle(_forge(exported_bundle, tmp_path, edit))
+    torchscript = next(check for check in report.checks if check.name == "torchscript")
+    assert torchscript.ok is True, torchscript.detail
+    assert "weights equal model.pt" in torchscript.detail

@@ -43,13 +43,16 @@ def test_the_child_runs_out_of_its_memory_limit(tmp_path):
 
 @pytest.mark.parametrize("name", ["unet_encoder", "densenet121_small"])
 def test_the_allowlist_covers_the_registrys_traces(name):
-    """What the exporter writes (a trace of the network and of its dense map) passes the operator check; all
-    registry networks were measured (module docstring), two kinds run here."""
-    from pipeline.networks import DenseClassifier, build
+    """What the exporter writes (a trace of the dense map, and the scripted spatial mean around it) passes the
+    operator check; all registry networks were measured (module docstring), two kinds run here."""
+    from pipeline.networks import DenseClassifier, SpatialMeanClassifier, build
     from pipeline.trust.torchscript import graph_operators
 
     network = build(name).eval()
+    x = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
-        for module in (network, DenseClassifier(network).eval()):
-            traced = torch.jit.trace(module, torch.zeros(1, 1, 32, 32, 32), check_trace=False)
-            assert graph_operators(traced) - ALLOWED_OPS == set()
+        dense = torch.jit.trace(DenseClassifier(network).eval(), x, check_trace=False)
+        classifier = torch.jit.script(SpatialMeanClassifier(dense).eval())
+        for module in (dense, classifier):
+            assert graph_operators(module) - ALLOWED_OPS == set()
+        torch.testing.assert_close(classifier(x), network(x), rtol=1e-4, atol=1e-5)  # model.ts is the classifier
