@@ -9,8 +9,8 @@ affine and header).
 Two kinds:
 
 * ``ggo`` -- the demo generator's ground-glass opacity (:mod:`pipeline.data.demo.lesions`: the same lumpy, soft-edged
-  ellipsoid, its distance function ``_lesion_distance`` and its painter's blend ``_paint``), with the HU, opacity and
-  lumpiness of the hard demo's sized lesions (``_LesionSpec``: -450 to -330 HU at opacity 0.85-1.0 over the lung).
+  ellipsoid, its distance function ``lesion_distance`` and its painter's blend ``paint``), with the HU, opacity and
+  lumpiness of the hard demo's sized lesions (``LesionSpec``: -450 to -330 HU at opacity 0.85-1.0 over the lung).
 * ``nodule`` -- a real nodule: an LIDC-IDRI crop (:class:`NoduleLibrary`, ``/work/shared/data/lidc_nodules``) of the
   nearest volume (one of the few nearest, drawn), scaled to the requested volume when it differs by more than 5 %,
   resampled to the scan's spacing and pasted with its own HU and a soft edge (its mask smoothed with a 0.6 mm
@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline.data.demo.anatomy import _paint
-from pipeline.data.demo.lesions import _lesion_distance, _LesionSpec
-from pipeline.data.demo.plan import _Grid, _Lesion
+from pipeline.data.demo.anatomy import paint
+from pipeline.data.demo.lesions import LesionSpec, lesion_distance
+from pipeline.data.demo.plan import Grid, Lesion
 from pipeline.errors import UserError
 
 __all__ = [
@@ -69,7 +69,7 @@ DEFAULT_SIZES_MM: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
 KINDS: tuple[str, ...] = ("ggo", "nodule")
 #: LIDC texture choices: rating 5 / ratings 1-3 / all
 TEXTURES: tuple[str, ...] = ("solid", "sub-solid", "any")
-_SPEC = _LesionSpec(difficulty="hard", volume_ml=(1.0, 2.0))
+_SPEC = LesionSpec(difficulty="hard", volume_ml=(1.0, 2.0))
 #: the ground glass's target density (the hard demo's sized GGOs)
 GGO_HU: tuple[float, float] = _SPEC.hu
 #: a nodule's soft edge: its mask smoothed with this Gaussian (mm) before it is blended in
@@ -312,8 +312,8 @@ def insert_lesion(
         near = ndimage.distance_transform_edt(~mask_box, sampling=tuple(spacing)) <= lesion.margin_mm
         weight = (alpha * (lung[box] & near)).astype(np.float32)
         out = volume.astype(np.float32, copy=True)
-        region = out[box]  # a view: _paint blends in place
-        _paint(region, weight, lesion_hu)
+        region = out[box]  # a view: paint blends in place
+        paint(region, weight, lesion_hu)
         mask = np.zeros(volume.shape, dtype=bool)
         mask[box] = mask_box
         return Insertion(
@@ -392,7 +392,7 @@ class _SubVoxelLesion:
 
 
 class _GgoLesion(_SubVoxelLesion):
-    """The demo's ground glass (:func:`pipeline.data.demo.lesions._lesion_distance`), calibrated to a volume."""
+    """The demo's ground glass (:func:`pipeline.data.demo.lesions.lesion_distance`), calibrated to a volume."""
 
     def __init__(self, rng: np.random.Generator, target_ml: float, spacing, steps) -> None:
         radius = (3.0 * target_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
@@ -403,7 +403,7 @@ class _GgoLesion(_SubVoxelLesion):
             direction = rng.normal(size=3)
             wave = direction / np.linalg.norm(direction) * rng.uniform(1.5, 3.0)
             waves.append((*wave.tolist(), float(rng.uniform(0, 2 * math.pi))))
-        self.lesion = _Lesion(
+        self.lesion = Lesion(
             centre=tuple((rng.uniform(-0.5, 0.5, 3) * spacing).tolist()),  # sub-voxel position
             radii=tuple((radius * stretch).tolist()),
             in_plane_angle=float(rng.uniform(0, math.pi)),
@@ -435,10 +435,10 @@ class _GgoLesion(_SubVoxelLesion):
         ax, ay, az = self.offsets_mm()
         x, y, z = ax[None, None, :], ay[None, :, None], az[:, None, None]
         spacing = (az[1] - az[0] if az.size > 1 else 1.0, ay[1] - ay[0] if ay.size > 1 else 1.0, ax[1] - ax[0])
-        grid = _Grid(origin=(float(az[0]), float(ay[0]), float(ax[0])), spacing=tuple(float(s) for s in spacing))
+        grid = Grid(origin=(float(az[0]), float(ay[0]), float(ax[0])), spacing=tuple(float(s) for s in spacing))
         shape = (az.size, ay.size, ax.size)
         distance = np.full(shape, np.inf, dtype=np.float64)
-        found = _lesion_distance(self.lesion, x, y, z, grid, shape)
+        found = lesion_distance(self.lesion, x, y, z, grid, shape)
         if found is not None:
             box, inner = found
             distance[box] = inner
@@ -459,7 +459,7 @@ class _GgoLesion(_SubVoxelLesion):
         return box, occupancy, _block_mean(alpha, self.steps).astype(np.float32), self.lesion.target_hu
 
 
-def _replace_radii(lesion: _Lesion, factor: float) -> _Lesion:
+def _replace_radii(lesion: Lesion, factor: float) -> Lesion:
     import dataclasses
 
     return dataclasses.replace(lesion, radii=tuple(r * factor for r in lesion.radii))

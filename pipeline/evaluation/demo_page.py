@@ -46,12 +46,16 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: unreadable ({err})") from None
 
 
-def map_hit_rate(run: Path, *, margin_mm: float | None = None) -> dict[str, Any] | None:
+def map_hit_rate(
+    run: Path, *, margin_mm: float | None = None, cohort: Path | None = None, per_case: bool = False
+) -> dict[str, Any] | None:
     """Pointing game of the cohort's written maps on the test positives, with the image-blind baselines.
 
     Args:
         run: the demo run folder (``manifest.csv``, ``cohort/predictions.csv``, ``cohort_dicom_truth/``).
         margin_mm: the pointing game's margin (default :data:`pipeline.inference.localisation.DEFAULT_MARGIN_MM`).
+        cohort: the ``evaluate-cohort`` output folder (default ``run/cohort``).
+        per_case: keep each case's figures (``map.cases``: hit, peak distance, lesion volume ...).
 
     Returns:
         ``{"map": summary, "baselines": {...}, "margin_mm"}``, or ``None`` when the run has no truth masks or no maps.
@@ -66,7 +70,8 @@ def map_hit_rate(run: Path, *, margin_mm: float | None = None) -> dict[str, Any]
 
     margin = DEFAULT_MARGIN_MM if margin_mm is None else float(margin_mm)
     truth_dir = run / "cohort_dicom_truth"
-    predictions = run / "cohort" / "predictions.csv"
+    cohort = run / "cohort" if cohort is None else Path(cohort)
+    predictions = cohort / "predictions.csv"
     if not (truth_dir / "truth.csv").is_file() or not predictions.is_file():
         return None
     with open(truth_dir / "truth.csv", newline="", encoding="utf-8") as handle:
@@ -83,7 +88,7 @@ def map_hit_rate(run: Path, *, margin_mm: float | None = None) -> dict[str, Any]
             if masks is None or not masks.get("lesion_mask"):
                 continue
             heat_path = Path(row["heatmap"])
-            heat_path = heat_path if heat_path.is_absolute() else run / "cohort" / heat_path
+            heat_path = heat_path if heat_path.is_absolute() else cohort / heat_path
             (heat, lesion, lung), affine = load_on_same_grid(
                 heat_path, truth_dir / masks["lesion_mask"], truth_dir / masks["lung_mask"]
             )
@@ -95,7 +100,8 @@ def map_hit_rate(run: Path, *, margin_mm: float | None = None) -> dict[str, Any]
     if not scores:
         return None
     summary = summarise_localisation(scores, margin_mm=margin)
-    summary.pop("cases", None)
+    if not per_case:
+        summary.pop("cases", None)
     baselines = position_baselines(lesions, lungs, spacings, margin_mm=margin).as_dict() if len(scores) > 1 else {}
     return {"map": summary, "baselines": baselines, "margin_mm": margin}
 

@@ -14,9 +14,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from pipeline.data.demo.plan import _Anatomy, _Grid, _ScanPlan
+from pipeline.data.demo.plan import Grid, _Anatomy, _ScanPlan
 
-__all__: list[str] = []
+__all__ = ["paint"]
 
 
 def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
@@ -68,7 +68,7 @@ def _inside_ellipse(x, y, cx, cy, ax, by, edge_mm: float) -> np.ndarray:
     return np.clip(0.5 - (rho - 1.0) * np.minimum(ax, by) / edge_mm, 0.0, 1.0).astype(np.float32)
 
 
-def _paint(volume: np.ndarray, mask: np.ndarray, hu: float | np.ndarray) -> None:
+def paint(volume: np.ndarray, mask: np.ndarray, hu: float | np.ndarray) -> None:
     """Blend ``hu`` into ``volume`` with weight ``mask`` (painter's algorithm, in place)."""
     volume += mask * (hu - volume)
 
@@ -146,7 +146,7 @@ class _Thorax:
         return bool(self.masks(x, y, z, edge_mm=1.0, edge_z_mm=1.0)["lung"].min() > 0.99)
 
 
-def _render_vessels(anatomy: _Anatomy, lung_axes, plan: _ScanPlan, shape, grid: _Grid) -> np.ndarray:
+def _render_vessels(anatomy: _Anatomy, lung_axes, plan: _ScanPlan, shape, grid: Grid) -> np.ndarray:
     """Pulmonary vessel trees as a partial-volume fraction map (0..1).
 
     About a dozen trees per lung fan out from the hilum and branch dichotomously for 7 generations (radius

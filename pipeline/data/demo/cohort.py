@@ -27,11 +27,11 @@ from pipeline.data.demo.lesions import (
     _SEVERITIES,
     DIFFICULTIES,
     HARD_LESION_DIAMETER_MM,
+    Lesion,
+    LesionSpec,
     _diameter_mm,
     _draw_covid_lesions,
     _draw_lesion,
-    _Lesion,
-    _LesionSpec,
     _place_sized_lesions,
     lesion_volume_range_ml,
 )
@@ -214,9 +214,9 @@ def write_demo_cohort(
         if len(lesion_size_range) != 2:
             raise UserError(f"--lesion-size-range needs MIN MAX, got {lesion_size_range!r}")
         volume_range = lesion_volume_range_ml(*lesion_size_range, unit=lesion_size_unit)
-        lesion_spec = _LesionSpec(difficulty=difficulty, volume_ml=volume_range)
+        lesion_spec = LesionSpec(difficulty=difficulty, volume_ml=volume_range)
     elif difficulty == "hard":
-        lesion_spec = _LesionSpec(difficulty=difficulty, volume_ml=lesion_volume_range_ml(*HARD_LESION_DIAMETER_MM))
+        lesion_spec = LesionSpec(difficulty=difficulty, volume_ml=lesion_volume_range_ml(*HARD_LESION_DIAMETER_MM))
     root = Path(out)
     if truth_dir is not None or masks:
         truth_dir = Path(truth_dir) if truth_dir is not None else root.parent / f"{root.name}_truth"
@@ -318,7 +318,7 @@ def _prepare_output(root: Path) -> None:
 
 
 def _plan_cohort(
-    *, cases: int, size: int, seed: int, geometry: DemoGeometry, lesion_spec: _LesionSpec | None = None
+    *, cases: int, size: int, seed: int, geometry: DemoGeometry, lesion_spec: LesionSpec | None = None
 ) -> list[_ScanPlan]:
     rng = _stream(seed, 0)
     # A few patients (about one scan in eight) get a follow-up study.
@@ -374,7 +374,7 @@ def _plan_scan(
     geometry: DemoGeometry,
     anatomy: _Anatomy,
     study_date: str,
-    lesion_spec: _LesionSpec | None = None,
+    lesion_spec: LesionSpec | None = None,
 ) -> _ScanPlan:
     # one uniform draw whatever the size, so the rest of this stream (and thus the lesions) is the same at every size
     drawn_slices = geometry.min_slices + int(rng.random() * (geometry.max_slices - geometry.min_slices + 1))
@@ -389,7 +389,7 @@ def _plan_scan(
 
     thorax = _Thorax(anatomy, lung_scale=lung_scale, body_scale=body_scale)
     severity = "none"
-    lesions: list[_Lesion] = []
+    lesions: list[Lesion] = []
     if label == 1:
         if lesion_spec is None or lesion_spec.difficulty == "default":
             severity = str(rng.choice(list(_SEVERITIES), p=[0.2, 0.4, 0.4]))

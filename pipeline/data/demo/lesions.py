@@ -32,11 +32,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from pipeline.data.demo.anatomy import _paint, _Thorax
-from pipeline.data.demo.plan import _Grid, _Lesion, _scan_coordinates, _ScanPlan, _series_folder
+from pipeline.data.demo.anatomy import _Thorax, paint
+from pipeline.data.demo.plan import Grid, Lesion, _scan_coordinates, _ScanPlan, _series_folder
 from pipeline.errors import UserError
 
-__all__ = ["DIFFICULTIES", "HARD_LESION_DIAMETER_MM", "LESION_SIZE_UNITS", "lesion_volume_range_ml"]
+__all__ = [
+    "DIFFICULTIES",
+    "HARD_LESION_DIAMETER_MM",
+    "LESION_SIZE_UNITS",
+    "LesionSpec",
+    "lesion_distance",
+    "lesion_volume_range_ml",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,7 @@ _PLACEMENT_ATTEMPTS = 300
 
 
 @dataclass(frozen=True)
-class _LesionSpec:
+class LesionSpec:
     """Sized lesions: the ``hard`` demo, or any cohort given ``--lesion-size-range``.
 
     Attributes:
@@ -123,7 +130,7 @@ def _diameter_mm(volume_ml: float) -> float:
     return (6.0 * volume_ml * 1000.0 / math.pi) ** (1.0 / 3.0)
 
 
-def _place_sized_lesions(rng: np.random.Generator, plan: _ScanPlan, spec: _LesionSpec) -> tuple[_Lesion, ...]:
+def _place_sized_lesions(rng: np.random.Generator, plan: _ScanPlan, spec: LesionSpec) -> tuple[Lesion, ...]:
     """Ground-glass opacities whose rendered masks have a volume inside ``spec``'s range (rejection sampling).
 
     Each candidate is rendered on the scan's own voxel grid exactly as :func:`~pipeline.data.demo.render._render` will
@@ -148,7 +155,7 @@ def _place_sized_lesions(rng: np.random.Generator, plan: _ScanPlan, spec: _Lesio
     wanted = int(rng.integers(n_low, n_high + 1))
     occupied = np.zeros(shape, dtype=bool)
     neighbourhood = np.ones((3, 3, 3), dtype=bool)
-    lesions: list[_Lesion] = []
+    lesions: list[Lesion] = []
     for _ in range(wanted):
         for _attempt in range(_PLACEMENT_ATTEMPTS):
             # log-uniform target volume; the per-axis stretch is normalised so the ellipsoid keeps that volume
@@ -162,7 +169,7 @@ def _place_sized_lesions(rng: np.random.Generator, plan: _ScanPlan, spec: _Lesio
                 lumpiness=float(rng.uniform(*spec.lumpiness)),
                 opacity=float(rng.uniform(*spec.opacity)),
             )
-            found = _lesion_distance(lesion, x, y, z, grid, shape)
+            found = lesion_distance(lesion, x, y, z, grid, shape)
             if found is None:
                 continue
             box, distance = found
@@ -187,7 +194,7 @@ def _place_sized_lesions(rng: np.random.Generator, plan: _ScanPlan, spec: _Lesio
     return tuple(lesions)
 
 
-def _draw_covid_lesions(rng: np.random.Generator, severity: str, thorax: _Thorax) -> list[_Lesion]:
+def _draw_covid_lesions(rng: np.random.Generator, severity: str, thorax: _Thorax) -> list[Lesion]:
     n_low, n_high, r_low, r_high, hu_low, hu_high, p_core = _SEVERITIES[severity]
     lesions = []
     for _ in range(int(rng.integers(n_low, n_high + 1))):
@@ -217,7 +224,7 @@ def _draw_lesion(
     radius: float,
     hu: tuple[float, float] = (20.0, 60.0),
     inset_mm: float = 4.0,
-) -> _Lesion:
+) -> Lesion:
     """A lesion centred anywhere inside either lung: uniform over the lungs' volume (any lobe, periphery and centre).
 
     The centre is drawn uniformly in the box around both lungs and kept when it lies in a lung at least ``inset_mm``
@@ -252,7 +259,7 @@ def _draw_lesion(
         stretch = tuple(rng.uniform(0.7, 1.3, 3).tolist())
         target, opacity = float(rng.uniform(*hu)), float(rng.uniform(0.9, 1.0))
         edge, lumpiness = float(rng.uniform(0.2, 0.4)), float(rng.uniform(0.1, 0.3))
-    return _Lesion(
+    return Lesion(
         centre=centre,
         radii=tuple(radius * s for s in stretch),
         in_plane_angle=float(rng.uniform(0, math.pi)),
@@ -265,19 +272,19 @@ def _draw_lesion(
     )
 
 
-def _render_lesion(parenchyma, lesion_mask, lesion: _Lesion, x, y, z, grid: _Grid) -> None:
+def _render_lesion(parenchyma, lesion_mask, lesion: Lesion, x, y, z, grid: Grid) -> None:
     """Blend one blobby, soft-edged ellipsoid into the parenchyma, only inside its bounding box (fast at 512)."""
-    found = _lesion_distance(lesion, x, y, z, grid, parenchyma.shape)
+    found = lesion_distance(lesion, x, y, z, grid, parenchyma.shape)
     if found is None:
         return
     box, distance = found
     alpha = (lesion.opacity * 0.5 * (1.0 - np.tanh((distance - 1.0) / lesion.edge))).astype(np.float32)
-    _paint(parenchyma[box], alpha, lesion.target_hu)
+    paint(parenchyma[box], alpha, lesion.target_hu)
     if lesion_mask is not None:
         lesion_mask[box] |= distance < 1.0
 
 
-def _lesion_distance(lesion: _Lesion, x, y, z, grid: _Grid, shape) -> tuple[tuple[slice, ...], np.ndarray] | None:
+def lesion_distance(lesion: Lesion, x, y, z, grid: Grid, shape) -> tuple[tuple[slice, ...], np.ndarray] | None:
     """A lesion's bounding box on the grid and the normalised distance from its centre inside it (< 1: lesion).
 
     Returns:

@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.data.demo.scanner import demo_geometry
 
-__all__ = ["CLASS_NAMES"]
+__all__ = ["CLASS_NAMES", "Grid", "Lesion"]
 
 
 #: class names in label order (index 0 = negative)
@@ -53,7 +53,7 @@ class _Anatomy:
 
 
 @dataclass(frozen=True)
-class _Lesion:
+class Lesion:
     centre: tuple[float, float, float]  # patient coordinates, mm
     radii: tuple[float, float, float]
     in_plane_angle: float
@@ -87,13 +87,13 @@ class _ScanPlan:
     dependent_gradient_hu: float
     vessel_hu: float
     severity: str
-    lesions: tuple[_Lesion, ...]
+    lesions: tuple[Lesion, ...]
     study_date: str
     study_time: str
 
 
 @dataclass(frozen=True)
-class _Grid:
+class Grid:
     """Maps patient coordinates (mm; x, y, z) to voxel indices (slice, row, column) of one scan."""
 
     origin: tuple[float, float, float]  # patient (z, y, x) of voxel [0, 0, 0]
@@ -117,7 +117,7 @@ class _ScanCoordinates:
     dz: float
     origin_xy: float  # world (LPS) x and y of voxel [0, 0, 0]
     z_bottom: float  # world z of slice 0
-    grid: _Grid
+    grid: Grid
 
 
 def _scan_coordinates(plan: _ScanPlan) -> _ScanCoordinates:
@@ -139,7 +139,7 @@ def _scan_coordinates(plan: _ScanPlan) -> _ScanCoordinates:
     x = (origin_xy + np.arange(size) * pixel - plan.body_offset[0]).astype(np.float32)[None, None, :]
     y = (origin_xy + np.arange(size) * pixel - plan.body_offset[1]).astype(np.float32)[None, :, None]
     z = (world_z - plan.carina_z).astype(np.float32)[:, None, None]
-    grid = _Grid(
+    grid = Grid(
         origin=(z_bottom - plan.carina_z, origin_xy - plan.body_offset[1], origin_xy - plan.body_offset[0]),
         spacing=(dz, pixel, pixel),
     )

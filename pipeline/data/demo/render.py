@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.data.demo.anatomy import _inner_body, _inside_ellipse, _paint, _render_vessels, _smooth_field, _Thorax
+from pipeline.data.demo.anatomy import _inner_body, _inside_ellipse, _render_vessels, _smooth_field, _Thorax, paint
 from pipeline.data.demo.lesions import _render_lesion
 from pipeline.data.demo.plan import _scan_coordinates, _ScanPlan, _stream
 from pipeline.data.demo.scanner import _HU_MAX, _HU_MIN, _SITE_PROTOCOLS, _scanner_noise
@@ -73,10 +73,10 @@ def _render(plan: _ScanPlan) -> SyntheticCT:
     # patient table: a curved carbon-fibre slab under the back
     table_y = b_body + 15.0 + 0.0006 * x**2
     table = ((y >= table_y) & (y <= table_y + 8.0) & (np.abs(x) < 0.45 * protocol.field_of_view_mm)).astype(np.float32)
-    _paint(volume, np.broadcast_to(table, shape), 80.0)
+    paint(volume, np.broadcast_to(table, shape), 80.0)
 
-    _paint(volume, _inside_ellipse(x, y, 0, 0, a_body, b_body, edge) * np.ones_like(z), anatomy.fat_hu)
-    _paint(volume, _inside_ellipse(x, y, 0, 0, a_in, b_in, edge) * np.ones_like(z), anatomy.soft_tissue_hu)
+    paint(volume, _inside_ellipse(x, y, 0, 0, a_body, b_body, edge) * np.ones_like(z), anatomy.fat_hu)
+    paint(volume, _inside_ellipse(x, y, 0, 0, a_in, b_in, edge) * np.ones_like(z), anatomy.soft_tissue_hu)
 
     thorax = _Thorax(anatomy, lung_scale=plan.lung_scale, body_scale=plan.body_scale)
     masks = thorax.masks(x, y, z, edge_mm=edge, edge_z_mm=dz)
@@ -94,36 +94,36 @@ def _render(plan: _ScanPlan) -> SyntheticCT:
     for lesion in by_kind["ggo"]:
         _render_lesion(parenchyma, lesion_mask, lesion, x, y, z, grid)
     vessels = _render_vessels(anatomy, lung_axes, plan, shape, grid)
-    _paint(parenchyma, vessels, plan.vessel_hu)
+    paint(parenchyma, vessels, plan.vessel_hu)
     for lesion in by_kind["consolidation"]:  # consolidation hides the vessels, so it goes on top
         _render_lesion(parenchyma, lesion_mask, lesion, x, y, z, grid)
     for lesion in by_kind["nodule"]:
         _render_lesion(parenchyma, None, lesion, x, y, z, grid)
-    _paint(volume, lung, parenchyma)
+    paint(volume, lung, parenchyma)
     lung_mask = lung > 0.5
     lesion_mask &= lung_mask
     del parenchyma, vessels
 
-    _paint(volume, mediastinum * (1 - heart), anatomy.soft_tissue_hu - 5.0)
-    _paint(volume, heart, 40.0)
-    _paint(volume, aorta, 42.0)
+    paint(volume, mediastinum * (1 - heart), anatomy.soft_tissue_hu - 5.0)
+    paint(volume, heart, 40.0)
+    paint(volume, aorta, 42.0)
 
     # airways: trachea above the carina, main bronchi diverging below it
     trachea = _inside_ellipse(x, y, 0.0, 0.1 * b_in, 8.0, 8.0, edge) * (z > 0.0)
-    _paint(volume, trachea, _AIR_HU)
+    paint(volume, trachea, _AIR_HU)
     bronchus_x = 8.0 + 1.2 * np.clip(-z, 0.0, None)
     for side in (-1.0, 1.0):
         bronchus = _inside_ellipse(x, y, side * bronchus_x, 0.1 * b_in, 6.0, 6.0, edge) * ((z <= 0.0) & (z > -35.0))
-        _paint(volume, bronchus, _AIR_HU)
+        paint(volume, bronchus, _AIR_HU)
 
     # spine: vertebral body (cancellous with cortex, discs every ~28 mm), spinal canal inside a bony arch
     disc = (np.mod(z / 28.0 + anatomy.disc_phase, 1.0) < 0.2).astype(np.float32)
     body = _inside_ellipse(x, y, 0, vertebra_y, vertebra_r, vertebra_r, edge) * np.ones_like(z)
     marrow = _inside_ellipse(x, y, 0, vertebra_y, vertebra_r - 2.5, vertebra_r - 2.5, edge)
-    _paint(volume, body, 650.0 * (1 - disc) + 90.0 * disc)
-    _paint(volume, marrow * (1 - disc), 260.0)
-    _paint(volume, _inside_ellipse(x, y, 0, canal_y, 14.0, 14.0, edge) * np.ones_like(z), 480.0)
-    _paint(volume, _inside_ellipse(x, y, 0, canal_y, 8.0, 8.0, edge) * np.ones_like(z), 20.0)
+    paint(volume, body, 650.0 * (1 - disc) + 90.0 * disc)
+    paint(volume, marrow * (1 - disc), 260.0)
+    paint(volume, _inside_ellipse(x, y, 0, canal_y, 14.0, 14.0, edge) * np.ones_like(z), 480.0)
+    paint(volume, _inside_ellipse(x, y, 0, canal_y, 8.0, 8.0, edge) * np.ones_like(z), 20.0)
 
     # ribs: slanted arcs in the chest wall (lower anteriorly), absent at the spine and the sternum
     eta = np.sqrt((x / a_in) ** 2 + (y / b_in) ** 2)
@@ -132,9 +132,9 @@ def _render(plan: _ScanPlan) -> SyntheticCT:
     rib_z = (z + 22.0 * (1 - np.cos(theta))) / anatomy.rib_pitch + anatomy.rib_phase
     lung_span = (z > anatomy.lung_base - 20.0) & (z < anatomy.lung_apex + 10.0)
     ribs = in_wall & (np.mod(rib_z, 1.0) < 10.0 / anatomy.rib_pitch) & lung_span
-    _paint(volume, ribs.astype(np.float32), 550.0)
+    paint(volume, ribs.astype(np.float32), 550.0)
     sternum_z = (z > anatomy.lung_base + 30.0) & (z < anatomy.lung_apex - 10.0)
-    _paint(volume, _inside_ellipse(x, y, 0, -0.9 * b_in, 16.0, 7.0, edge) * sternum_z, 380.0)
+    paint(volume, _inside_ellipse(x, y, 0, -0.9 * b_in, 16.0, 7.0, edge) * sternum_z, 380.0)
 
     volume += _scanner_noise(rng, shape, protocol)
     hu = np.clip(np.rint(volume), _HU_MIN, _HU_MAX).astype(np.float32)

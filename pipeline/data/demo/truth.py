@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.demo.lesions import _diameter_mm, _lesion_distance
+from pipeline.data.demo.lesions import _diameter_mm, lesion_distance
 from pipeline.data.demo.plan import _SCAN_PREFIX, CLASS_NAMES, _scan_coordinates, _ScanPlan, _series_folder
 from pipeline.data.demo.render import SyntheticCT, series_affine_ras
 from pipeline.errors import UserError
@@ -89,7 +89,7 @@ def _write_truth_masks(truth_dir: Path, plan: _ScanPlan, volume: SyntheticCT) ->
     coords = _scan_coordinates(plan)
     rows = []
     for number, lesion in enumerate(ggos, start=1):
-        found = _lesion_distance(lesion, coords.x, coords.y, coords.z, coords.grid, coords.shape)
+        found = lesion_distance(lesion, coords.x, coords.y, coords.z, coords.grid, coords.shape)
         own = 0 if found is None else int(((found[1] < 1.0) & volume.lung_mask[found[0]]).sum())
         k, j, i = coords.grid.index_of(np.array([lesion.centre]))[0].tolist()
         world = (
