@@ -152,9 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commit", action="store_true", help="git-commit each variant's file as it is written")
     args = parser.parse_args(arguments)
     store = ResultStore("demo_maps", root=args.output.parent, commit=args.commit)
-    cohort = _cohort(args.workdir, args.seed, args.cases)
+    cohort = _cohort(args.workdir, args.seed, args.cases, args.size)
     variants = {
-        name: _variant(store, name, VARIANTS[name], bundle=args.bundle, cohort=cohort) for name in args.variants
+        name: _variant(store, name, VARIANTS[name], bundle=args.bundle, cohort=cohort, label=args.label)
+        for name in args.variants
     }
     result = {
         "benchmark": "demo_maps_unseen",
