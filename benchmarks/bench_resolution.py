@@ -51,7 +51,7 @@ from benchmarks.bench_stress import (  # noqa: E402
 from benchmarks.demo_models import DEFAULT_WORKDIR, DEMO_NETWORK, trained_demo_model  # noqa: E402
 from benchmarks.store import ResultStore, write_result_json, write_result_text  # noqa: E402
 
-__all__ = ["COHORT", "RESOLUTIONS", "main"]
+__all__ = ["COHORT", "RESOLUTIONS", "headline", "main"]
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "resolution.json"
 #: the demo cohort both resolutions train on: 2.7 mm pixels, 9.7 mm slices (pipeline.data.demo.scanner)
@@ -147,6 +147,67 @@ def _unit(store: ResultStore, resolution: str, seed: int, *, workdir: Path, size
     return store.load(key, *parts) or {"key": key, **record}
 
 
+def _epoch_seconds(train_log: Path) -> list[float]:
+    """The trainer's epoch times from a bundle training log (``Epoch[n] Complete. Time taken: hh:mm:ss.fff``)."""
+    import re
+
+    times = []
+    pattern = re.compile(r"SupervisedTrainer - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+    for line in train_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        match = pattern.search(line)
+        if match:
+            hours, minutes, seconds = match.groups()
+            times.append(int(hours) * 3600 + int(minutes) * 60 + float(seconds))
+    return times
+
+
+def _timing(store: ResultStore, *, workdir: Path, epochs: int = 4) -> dict[str, Any]:
+    """Idle cost per resolution: a short training (epoch times after the first, which fills the cache) and
+    ``evaluate-cohort`` on the test split with seed 0's model, scores only and with the default map."""
+    import statistics
+    import subprocess
+    import tempfile
+
+    import pandas as pd
+
+    from benchmarks.demo_models import _run_name
+
+    record: dict[str, Any] = {"load_start": [round(v, 2) for v in os.getloadavg()], "cpu_count": os.cpu_count()}
+    for resolution in RESOLUTIONS:
+        short = trained_demo_model(
+            DEMO_NETWORK,
+            COHORT["difficulty"],
+            train_seed=100,
+            cases=COHORT["cases"],
+            size=COHORT["size"],
+            seed=COHORT["seed"],
+            recipe={**RESOLUTIONS[resolution], "epochs": epochs},
+            workdir=workdir,
+        )
+        epoch_times = _epoch_seconds(short.run_dir / "train.log")[1:]
+        run = short.cohort.folder / "runs" / _run_name(DEMO_NETWORK, None, 0, RESOLUTIONS[resolution] or None)
+        entry: dict[str, Any] = {"label": _label(resolution), "epoch_seconds": epoch_times}
+        entry["epoch_seconds_median"] = statistics.median(epoch_times) if epoch_times else None
+        for mode, extra in (("scores", ["--no-heatmaps"]), ("maps", ["--no-montage"])):
+            with tempfile.TemporaryDirectory(prefix="aamct-resolution-") as tmp:
+                command = [
+                    sys.executable, "-m", "pipeline", "evaluate-cohort", "--bundle", str(run),
+                    "--manifest", str(short.cohort.manifest), "--split", "test", "--out", str(Path(tmp) / "out"),
+                    "--no-report", *extra,
+                ]  # fmt: skip
+                done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise RuntimeError(f"evaluate-cohort ({resolution}, {mode}): {done.stderr[-1500:]}")
+                frame = pd.read_csv(Path(tmp) / "out" / "predictions.csv")
+                entry[f"case_seconds_median_{mode}"] = float(frame["seconds"].median())
+                entry[f"cases_{mode}"] = int(len(frame))
+        record[resolution] = entry
+        print(f"[resolution] timing {resolution}: {entry}", flush=True)
+    record["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    store.save({"unit": "timing", "epochs": epochs, "cohort": COHORT}, record, "timing")
+    return record
+
+
 def _cost(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     import numpy as np
 
@@ -175,6 +236,76 @@ def _cost(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _spread_text(spread: Mapping[str, Any] | None, digits: int, unit: str = "") -> str:
+    if not spread or spread.get("mean") is None:
+        return "not reached"
+    sd = spread.get("sd")
+    return f"{spread['mean']:.{digits}f}{'' if sd is None else f' ± {sd:.{digits}f}'}{unit}"
+
+
+def _flip_at(block: Mapping[str, Any], kind: str, size: float) -> str:
+    for row in block["kinds"].get(kind, {}).get("sizes", []):
+        if float(row["size_mm"]) == float(size):
+            flip = row["flip"]
+            ci = flip.get("ci") or [0.0, 0.0]
+            return f"{flip['value']:.2f} ({ci[0]:.2f}-{ci[1]:.2f}, {flip['count']})"
+    return "not measured"
+
+
+def headline(result: Mapping[str, Any]) -> str:
+    """One paragraph for the docs, from the results file."""
+    networks, cost = result.get("networks", {}), result.get("cost", {})
+    fine, default = networks.get(_label("fine")), networks.get(_label("default"))
+    if not fine or not default:
+        return "The finer preprocessing has not been measured yet (python -m benchmarks.bench_resolution)."
+
+    def at_50(block: Mapping[str, Any], kind: str) -> str:
+        spread = block["kinds"][kind]["flip_at_50_per_seed"]
+        return f"{_spread_text(spread, 1, ' mm')} ({spread['n']}/{spread['of']} seeds reach it below 60 mm)"
+
+    def small(block: Mapping[str, Any]) -> str:
+        rows = [r for kind in block["kinds"].values() for r in kind["sizes"] if float(r["size_mm"]) <= 20]
+        return f"{max((r['flip']['value'] or 0.0) for r in rows):.2f}" if rows else "not measured"
+
+    ratio = cost.get("fine_over_default", {})
+    return (
+        f"At a finer preprocessing (`python -m benchmarks.bench_resolution`, benchmarks/results/resolution.md): "
+        f"{DEMO_NETWORK} trained with the demo recipe on a demo cohort generated at a {COHORT['size']} matrix "
+        f"(2.7 mm pixels, 9.7 mm slices; {len(fine['seeds'])} training seeds per preprocessing), at "
+        f"{_label('fine').split(' at ')[1]} against the default {_label('default').split(' at ')[1]}. Test AUC "
+        f"{_spread_text(fine['test_auc'], 3)} against {_spread_text(default['test_auc'], 3)}. Size at which half of "
+        f"the copies of negative originals are called positive, solid nodules: {at_50(fine, 'nodule')} against "
+        f"{at_50(default, 'nodule')}; ground glass: {at_50(fine, 'ggo')} against {at_50(default, 'ggo')}. Flip rate "
+        f"at 40 mm, nodules: {_flip_at(fine, 'nodule', 40)} against {_flip_at(default, 'nodule', 40)}; at 5-20 mm "
+        f"at most {small(fine)} against {small(default)} (either kind). Originals called positive (what a copy gets for nothing): "
+        f"{_spread_text(fine['originals_called_positive'], 2)} against "
+        f"{_spread_text(default['originals_called_positive'], 2)}. {_cost_text(result, cost, ratio)}"
+    )
+
+
+def _cost_text(result: Mapping[str, Any], cost: Mapping[str, Any], ratio: Mapping[str, Any]) -> str:
+    timing = result.get("timing")
+    if timing and "fine" in timing and "default" in timing:
+        fine, default = timing["fine"], timing["default"]
+
+        def pair(key: str) -> str:
+            a, b = fine.get(key), default.get(key)
+            if a is None or b is None:
+                return "not measured"
+            return f"{a:.2f} s against {b:.2f} s (x{a / b:.1f})"
+
+        return (
+            f"Cost (`--timing`, load average {timing['load_start'][0]} at the start): a training epoch "
+            f"{pair('epoch_seconds_median')}; a test case scored {pair('case_seconds_median_scores')}, with the "
+            f"default map {pair('case_seconds_median_maps')} (median of {fine.get('cases_scores')} cases)."
+        )
+    return (
+        f"Cost: training with its test evaluation {cost['fine']['train_seconds_mean']:.0f} s against "
+        f"{cost['default']['train_seconds_mean']:.0f} s (x{ratio.get('training')}), on 2 CPU cores shared with other "
+        "work."
+    )
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     """The tables of :func:`main`'s JSON as Markdown."""
     lines = [
@@ -188,6 +319,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "split's negatives as in `stress.md` (ground glass and solid LIDC-IDRI nodules, Armato et al. 2011, "
         "doi:10.1118/1.3528204, CC BY 3.0). Read the flip rate beside the originals called positive (the baseline a "
         "copy gets for nothing).",
+        "",
+        headline(result),
         "",
         "## Cost",
         "",
@@ -226,10 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cohorts and runs")
     parser.add_argument("--commit", action="store_true", help="git-commit each per-run file as it is written")
     parser.add_argument("--only-stored", action="store_true", help="run nothing: assemble the stored files")
+    parser.add_argument("--timing", action="store_true", help="instead: the idle cost per resolution")
     args = parser.parse_args(arguments)
     output = Path(args.output)
     store = ResultStore("resolution", root=output.parent, commit=args.commit)
-    if not args.only_stored:
+    if args.timing:
+        _timing(store, workdir=args.workdir)
+    elif not args.only_stored:
         for seed in args.seeds:  # seed-major: both resolutions get seed 0 before either gets seed 1
             for resolution in args.resolutions:
                 _unit(store, resolution, seed, workdir=args.workdir, sizes=args.sizes)
@@ -239,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _assemble(store: ResultStore, output: Path, arguments: Sequence[str]) -> None:
-    records = [r for r in store.records() if "network_label" in r]
+    stored = store.records()
+    records = [r for r in stored if "network_label" in r]
+    timing = [r for r in stored if r.get("key", {}).get("unit") == "timing"]
     labels = [_label(name) for name in RESOLUTIONS]
     result: dict[str, Any] = {
         "benchmark": "resolution",
@@ -247,6 +385,7 @@ def _assemble(store: ResultStore, output: Path, arguments: Sequence[str]) -> Non
         "cohort": COHORT,
         "resolutions": RESOLUTIONS,
         "cost": _cost(records),
+        "timing": {k: v for k, v in timing[-1].items() if k != "key"} if timing else None,
         "networks": aggregate(records, labels),
         "paired": paired_comparison(records, labels[1], labels[0]),
         "cpu_count": os.cpu_count(),

@@ -70,6 +70,12 @@ def _demo() -> str:
     return headline(json.loads((RESULTS / "demo.json").read_text()))
 
 
+def _resolution() -> str:
+    from benchmarks.bench_resolution import headline
+
+    return headline(json.loads((RESULTS / "resolution.json").read_text()))
+
+
 #: marker name -> the paragraph it holds
 QUOTES: dict[str, Callable[[], str]] = {
     "localisation-default": _localisation("localisation.json", "default"),
@@ -81,6 +87,7 @@ QUOTES: dict[str, Callable[[], str]] = {
     "medmnist-seed2": _medmnist_file("medmnist_adrenalmnist3d_seed2"),
     "medmnist-densenet": _medmnist_file("medmnist_adrenalmnist3d_densenet121_small"),
     "demo": _demo,
+    "resolution": _resolution,
 }
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from pipeline.inference.heatmap import LUNG_WINDOW_HU, write_heatmap_nifti, writ
 from pipeline.inference.maps import (
     DEFAULT_MAP_KIND,
     DEFAULT_OCCLUSION_OVERLAP,
+    DEFAULT_OCCLUSION_REFINE,
     MapMaker,
     finish_map,
     map_on_source_grid,
@@ -166,6 +167,9 @@ class CasePredictor:
         heatmap_region: where a relative map keeps its values: ``lungs``, ``body`` or ``none``.
         occlusion_overlap: overlap of the occlusion blocks (``occlusion`` kind; see
             :data:`pipeline.inference.maps.DEFAULT_OCCLUSION_OVERLAP`).
+        occlusion_size: the (fine) occluded block in network-input voxels (``None``: 3/16 of the window per axis).
+        occlusion_refine: coarse blocks ``occlusion_c2f`` refines.
+        occlusion_value: what an occluded block holds, in network-input units (0.0: air).
         cpu_form: how the scoring passes (the score, ``cam``, ``occlusion``) run when the network is on the CPU:
             ``deployed`` (default: TorchScript, frozen, oneDNN; see :func:`pipeline.inference.sliding.scoring_form`)
             or ``eager``. Grad-CAM and attention maps always run the eager network (they need hooks).
@@ -191,6 +195,9 @@ class CasePredictor:
         heatmap_values: str = "relative",
         heatmap_region: str = "body",
         occlusion_overlap: float = DEFAULT_OCCLUSION_OVERLAP,
+        occlusion_size: Sequence[int] | None = None,
+        occlusion_refine: int = DEFAULT_OCCLUSION_REFINE,
+        occlusion_value: float = 0.0,
         cpu_form: str = DEFAULT_CPU_FORM,
     ) -> None:
         self.network = network.eval()
@@ -200,6 +207,9 @@ class CasePredictor:
             network=self.network,
             scoring_network=self.scoring_network,
             occlusion_overlap=occlusion_overlap,
+            occlusion_size=occlusion_size,
+            occlusion_refine=occlusion_refine,
+            occlusion_value=occlusion_value,
             kind=heatmap_kind,
             target_layer=gradcam_layer,
             attention_stage=attention_stage,
