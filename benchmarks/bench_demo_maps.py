@@ -96,6 +96,10 @@ def _variant(
         print(f"[demo_maps] {name}: stored result reused", flush=True)
         return stored
     out = cohort / f"cohort_{unit}"
+    if out.exists():  # evaluate-cohort resumes a folder: a fresh measurement starts from an empty one
+        import shutil
+
+        shutil.rmtree(out)
     command = [
         sys.executable, "-m", "pipeline", "evaluate-cohort", "--bundle", str(bundle),
         "--manifest", str(cohort / "manifest.csv"), "--out", str(out), "--no-montage", "--no-report", *extra,
@@ -162,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--commit", action="store_true", help="git-commit each variant's file as it is written")
     args = parser.parse_args(arguments)
+    args.output = args.output.resolve()
     store = ResultStore("demo_maps", root=args.output.parent, commit=args.commit)
     cohort = _cohort(args.workdir, args.seed, args.cases, args.size)
     variants = {
