@@ -44,6 +44,7 @@ from benchmarks.bench_stress import (  # noqa: E402
     _stress,
     _stress_code,
     aggregate,
+    copy_records,
     network_sections,
     paired_comparison,
     paired_section,
@@ -146,19 +147,7 @@ def _unit(store: ResultStore, resolution: str, seed: int, *, workdir: Path, size
         "train_seconds": model.seconds,
         "train_load": "as recorded by trained_demo_model (wall time of training + test evaluation)",
         "summary": {k: v for k, v in summary.items() if k != "citation"},
-        "copies": copies[
-            [
-                "copy_id",
-                "case_id",
-                "kind",
-                "size_mm",
-                "status",
-                "probability",
-                "called_positive",
-                "original_probability",
-                "lesion_diameter_mm",
-            ]
-        ].to_dict(orient="records"),  # fmt: skip
+        "copies": copy_records(copies),
         "cases": cases_frame.to_dict(orient="records"),
         **timing,
         "scored_scans": scored,
@@ -398,19 +387,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in args.seeds:  # seed-major: both resolutions get seed 0 before either gets seed 1
             for resolution in args.resolutions:
                 _unit(store, resolution, seed, workdir=args.workdir, sizes=args.sizes)
-                _assemble(store, output, arguments)
-    _assemble(store, output, arguments)
+                _assemble(store, output)
+    _assemble(store, output)
     return 0
 
 
-def _assemble(store: ResultStore, output: Path, arguments: Sequence[str]) -> None:
+def _assemble(store: ResultStore, output: Path) -> None:
     stored = store.records()
     records = [r for r in stored if "network_label" in r]
     timing = [r for r in stored if r.get("key", {}).get("unit") == "timing"]
     labels = [_label(name) for name in RESOLUTIONS]
     result: dict[str, Any] = {
         "benchmark": "resolution",
-        "command": " ".join(["nice .venv/bin/python", "-m", "benchmarks.bench_resolution", *arguments]),
+        # what produced the stored units (a run assembles every stored unit, whatever its own arguments)
+        "command": "nice .venv/bin/python -m benchmarks.bench_resolution --commit && "
+        "nice .venv/bin/python -m benchmarks.bench_resolution --timing --commit",
         "cohort": COHORT,
         "resolutions": RESOLUTIONS,
         "cost": _cost(records),

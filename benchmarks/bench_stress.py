@@ -50,7 +50,15 @@ from benchmarks.bench_small_lesions import DEFAULT_NETWORKS, NetworkChoice, pars
 from benchmarks.demo_models import DEFAULT_WORKDIR, DEMO_NETWORK, _run_name, trained_demo_model  # noqa: E402
 from benchmarks.store import ResultStore, format_p, write_result_json, write_result_text  # noqa: E402
 
-__all__ = ["BENCH_SIZES_MM", "aggregate", "main", "paired_comparison", "render_markdown"]
+__all__ = [
+    "BENCH_SIZES_MM",
+    "COPY_COLUMNS",
+    "aggregate",
+    "copy_records",
+    "main",
+    "paired_comparison",
+    "render_markdown",
+]
 
 DEFAULT_OUTPUT = REPO_ROOT / "benchmarks" / "results" / "stress.json"
 #: the command's default ladder and two larger sizes (the demo's own lesions are 45-60 mm)
@@ -148,19 +156,7 @@ def _curve_unit(
         if (run / "metrics.json").is_file()
         else None,
         "summary": {k: v for k, v in summary.items() if k != "citation"},
-        "copies": copies[
-            [
-                "copy_id",
-                "case_id",
-                "kind",
-                "size_mm",
-                "status",
-                "probability",
-                "called_positive",
-                "original_probability",
-                "lesion_diameter_mm",
-            ]
-        ].to_dict(orient="records"),  # fmt: skip
+        "copies": copy_records(copies),
         "cases": cases_frame.to_dict(orient="records"),
         **timing,
         "load_end": [round(v, 2) for v in os.getloadavg()],
@@ -175,6 +171,18 @@ def _curve_unit(
         flush=True,
     )
     return store.load(key, *parts) or {"key": key, **record}
+
+
+#: the per-copy columns a stored curve unit keeps (what aggregate and paired_comparison read)
+COPY_COLUMNS = (
+    "copy_id", "case_id", "kind", "size_mm", "status", "probability", "called_positive", "original_probability",
+    "lesion_diameter_mm",
+)  # fmt: skip
+
+
+def copy_records(copies: Any) -> list[dict[str, Any]]:
+    """The stress test's ``copies.csv`` frame as the stored records (:data:`COPY_COLUMNS`)."""
+    return copies[list(COPY_COLUMNS)].to_dict(orient="records")
 
 
 def _stress_code() -> str:
