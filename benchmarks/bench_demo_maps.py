@@ -139,7 +139,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         game = block["map"]["pointing_game"]
         ci = game.get("ci") or [None, None]
         prior = block["baselines"].get("position_prior_peak", {})
-        random_point = block["baselines"].get("random_lung_point", {})
+        random_point = block["baselines"].get("random_point_in_lung", {})
         misses = sorted(c["peak_distance_mm"] for c in block["map"].get("cases", []) if not c["hit"])
         median = f"{misses[len(misses) // 2]:.0f}" if misses else "—"
         random_text = random_point.get("rate") if isinstance(random_point, Mapping) else random_point
