@@ -183,6 +183,31 @@ BENCHMARKS: tuple[BenchmarkSpec, ...] = (
         output_flag="--output",
         quick_args=("--quick",),
     ),
+    # issue 25: out-of-scope scans against chests (the real chest CT when make test-tools fetched it), and where a
+    # real case's time goes with and without DICOM outputs
+    BenchmarkSpec(
+        name="scope",
+        result_file="scope.json",
+        output_flag="--output",
+        quick_args=("--demo-cases", "2", "--repeats", "1"),
+    ),
+    BenchmarkSpec(
+        name="case_time", result_file="case_time.json", output_flag="--output", quick_args=("--repeats", "1")
+    ),
+    # issue 27: lesion-insertion detection curves of the small-lesion networks (their runs reused or trained), and the
+    # same at a finer preprocessing on a 128-matrix demo cohort (3 seeds each; per-run files, a rerun reuses them)
+    BenchmarkSpec(
+        name="stress",
+        result_file="stress.json",
+        output_flag="--output",
+        quick_args=("--seeds", "0", "--sizes", "20", "40"),
+    ),
+    BenchmarkSpec(
+        name="resolution",
+        result_file="resolution.json",
+        output_flag="--output",
+        quick_args=("--seeds", "0", "--sizes", "40"),
+    ),
     _medmnist_table(None),
     # the gamma / channel / spatial / placement ablation, on the small AAM-ResNet-18 (width 0.25), from scratch
     _medmnist_table("ablation", "--models", "--ablation", "--ablation-network", "aam_student_small"),
