@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.demo_models import _PSEUDONYM_KEY, code_fingerprint  # noqa: E402
+from benchmarks.demo_models import DEMO_PSEUDONYM_KEY, code_fingerprint  # noqa: E402
 from benchmarks.store import ResultStore, write_result_json, write_result_text  # noqa: E402
 
 __all__ = ["VARIANTS", "main"]
@@ -67,7 +67,7 @@ def _cohort(workdir: Path, seed: int, cases: int, size: int = 64) -> Path:
     dicom = folder / "cohort_dicom"
     write_demo_cohort(dicom, cases=cases, size=size, seed=seed, masks=True, truth_dir=folder / "cohort_dicom_truth")
     key = folder / "pseudonym.key"
-    key.write_text(_PSEUDONYM_KEY, encoding="utf-8")
+    key.write_text(DEMO_PSEUDONYM_KEY, encoding="utf-8")
     build_manifest(
         dicom_root=dicom, nifti_glob=None, labels_csv=dicom / "labels.csv", out=folder / "manifest.csv", key_file=key
     )

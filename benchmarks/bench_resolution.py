@@ -49,7 +49,7 @@ from benchmarks.bench_stress import (  # noqa: E402
     paired_comparison,
     paired_section,
 )
-from benchmarks.demo_models import DEFAULT_WORKDIR, DEMO_NETWORK, trained_demo_model  # noqa: E402
+from benchmarks.demo_models import DEFAULT_WORKDIR, DEMO_NETWORK, finished_demo_model, trained_demo_model  # noqa: E402
 from benchmarks.store import ResultStore, write_result_json, write_result_text  # noqa: E402
 
 __all__ = ["COHORT", "RESOLUTIONS", "headline", "main"]
@@ -72,48 +72,17 @@ def _label(resolution: str) -> str:
     return f"{DEMO_NETWORK} at {'x'.join(f'{v:g}' for v in spacing)} mm ({'x'.join(str(v) for v in roi)})"
 
 
-def _finished(resolution: str, seed: int, workdir: Path) -> Any:
-    """The finished run of ``resolution`` / ``seed`` as it is, even when the training code changed since it was
-    trained (its ``recipe.json`` records which code trained it), as ``bench_stress`` reuses its runs; else None."""
-    import json
-    from types import SimpleNamespace
-
-    from benchmarks.demo_models import DemoCohortFiles, _cohort_key, _run_name
-
-    request = {**COHORT, "lesion_size_range": None}
-    folder = (Path(workdir) / _cohort_key(request)).resolve()
-    run = folder / "runs" / _run_name(DEMO_NETWORK, None, seed, RESOLUTIONS[resolution] or None)
-    if not ((run / "recipe.json").is_file() and (run / "models" / "model.pt").is_file()):
-        return None
-    recipe = json.loads((run / "recipe.json").read_text(encoding="utf-8"))
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if (run / "metrics.json").is_file() else {}
-    cohort = DemoCohortFiles(
-        folder=folder,
-        dicom_root=folder / "cohort_dicom",
-        truth_dir=folder / "cohort_dicom_truth",
-        manifest=folder / "manifest.csv",
-        datalist=folder / "manifest.datalist.json",
-        settings=recipe.get("cohort", {}),
-    )
-    return SimpleNamespace(
-        run_dir=run, cohort=cohort, recipe=recipe, metrics=metrics, test_auc=metrics.get("auc"),
-        seconds=float(recipe.get("seconds", 0.0)),
-    )  # fmt: skip
-
-
 def _unit(store: ResultStore, resolution: str, seed: int, *, workdir: Path, sizes: Sequence[float]) -> dict[str, Any]:
     from pipeline.evaluation.stress import StressSettings
     from pipeline.inference.cohort import read_cases
 
-    model = _finished(resolution, seed, workdir) or trained_demo_model(
-        DEMO_NETWORK,
-        COHORT["difficulty"],
-        train_seed=seed,
-        cases=COHORT["cases"],
-        size=COHORT["size"],
-        seed=COHORT["seed"],
-        recipe=RESOLUTIONS[resolution] or None,
-        workdir=workdir,
+    # a finished run is used as it is (as bench_stress does): its stored unit belongs to those weights
+    options = {
+        "train_seed": seed, "cases": COHORT["cases"], "size": COHORT["size"], "seed": COHORT["seed"],
+        "recipe": RESOLUTIONS[resolution] or None, "workdir": workdir,
+    }  # fmt: skip
+    model = finished_demo_model(DEMO_NETWORK, COHORT["difficulty"], **options) or trained_demo_model(
+        DEMO_NETWORK, COHORT["difficulty"], **options
     )
     key = {
         "resolution": resolution,

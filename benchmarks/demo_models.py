@@ -58,11 +58,13 @@ __all__ = [
     "DEFAULT_WORKDIR",
     "DEMO_COHORT",
     "DEMO_NETWORK",
+    "DEMO_PSEUDONYM_KEY",
     "DEMO_RECIPE",
     "DemoCohortFiles",
     "DemoModel",
     "code_fingerprint",
     "demo_cohort",
+    "finished_demo_model",
     "main",
     "trained_demo_model",
 ]
@@ -83,7 +85,8 @@ DEMO_RECIPE: dict[str, Any] = {
 }
 #: the Makefile's demo cohort (``make demo``: DEMO_CASES, DEMO_SIZE, seed 0)
 DEMO_COHORT: dict[str, Any] = {"cases": 120, "size": 64, "seed": 0}
-_PSEUDONYM_KEY = "aamct-demo-models-key-" + "0" * 32  # fixed, so case ids (and splits) are the same on every machine
+#: the demo cohorts' pseudonym key (the Makefile's DEMO_KEY), fixed: case ids and splits are the same on every machine
+DEMO_PSEUDONYM_KEY = "aamct-demo-models-key-" + "0" * 32
 #: the code that decides a cohort's files, and a trained run's weights
 _GENERATOR_CODE = ("pipeline/data/demo",)
 _TRAINING_CODE = ("pipeline/networks", "pipeline/training", "pipeline/transforms.py", "bundle/configs/train.json")
@@ -216,8 +219,7 @@ def demo_cohort(
         "lesion_size_unit": lesion_size_unit,
     }
     folder = Path(workdir) / _cohort_key(request)
-    dicom_root, truth_dir = folder / "cohort_dicom", folder / "cohort_dicom_truth"
-    manifest, datalist = folder / "manifest.csv", folder / "manifest.datalist.json"
+    truth_dir, datalist = folder / "cohort_dicom_truth", folder / "manifest.datalist.json"
     generator_code = code_fingerprint(_GENERATOR_CODE)
     with _locked(folder.with_name(folder.name + ".lock")):
         settings = _read_json(truth_dir / "generator.json")
@@ -250,12 +252,17 @@ def demo_cohort(
                 _relocate_manifest(fresh, folder)
             write_json_atomic(folder / "cohort.json", {"request": request, "generator_code": generator_code})
             settings = _read_json(truth_dir / "generator.json")
+    return _cohort_files(folder, settings)
+
+
+def _cohort_files(folder: Path, settings: dict[str, Any] | None) -> DemoCohortFiles:
+    folder = folder.resolve()
     return DemoCohortFiles(
-        folder=folder.resolve(),
-        dicom_root=dicom_root.resolve(),
-        truth_dir=truth_dir.resolve(),
-        manifest=manifest.resolve(),
-        datalist=datalist.resolve(),
+        folder=folder,
+        dicom_root=folder / "cohort_dicom",
+        truth_dir=folder / "cohort_dicom_truth",
+        manifest=folder / "manifest.csv",
+        datalist=folder / "manifest.datalist.json",
         settings=settings or {},
     )
 
@@ -279,7 +286,7 @@ def _write_cohort(folder: Path, request: dict[str, Any], lesion_size_range: tupl
         truth_dir=truth_dir,
     )
     key_file = folder / "pseudonym.key"
-    key_file.write_text(_PSEUDONYM_KEY, encoding="utf-8")
+    key_file.write_text(DEMO_PSEUDONYM_KEY, encoding="utf-8")
     build_manifest(
         dicom_root=dicom_root, nifti_glob=None, labels_csv=dicom_root / "labels.csv", out=folder / "manifest.csv",
         key_file=key_file,
@@ -359,18 +366,7 @@ def trained_demo_model(
         done = _read_json(run_dir / "recipe.json")
         finished = (run_dir / "models" / "run.json").is_file() and (run_dir / "models" / "model.pt").is_file()
         if done is not None and finished and {k: v for k, v in done.items() if k != "seconds"} == record:
-            metrics = _read_json(run_dir / "metrics.json") or {}
-            return DemoModel(
-                network=network,
-                difficulty=difficulty,
-                run_dir=run_dir,
-                checkpoint=run_dir / "models" / "model.pt",
-                cohort=cohort,
-                recipe=done,
-                metrics=metrics,
-                reused=True,
-                seconds=float(done.get("seconds", 0.0)),
-            )
+            return _reused(network, difficulty, run_dir, cohort, done)
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
@@ -392,6 +388,50 @@ def trained_demo_model(
         metrics=_read_json(run_dir / "metrics.json") or {},
         reused=False,
         seconds=seconds,
+    )
+
+
+def _reused(network: str, difficulty: str, run_dir: Path, cohort: DemoCohortFiles, done: dict[str, Any]) -> DemoModel:
+    return DemoModel(
+        network=network,
+        difficulty=difficulty,
+        run_dir=run_dir,
+        checkpoint=run_dir / "models" / "model.pt",
+        cohort=cohort,
+        recipe=done,
+        metrics=_read_json(run_dir / "metrics.json") or {},
+        reused=True,
+        seconds=float(done.get("seconds", 0.0)),
+    )
+
+
+def finished_demo_model(
+    network: str,
+    difficulty: str = "default",
+    *,
+    network_kwargs: dict[str, Any] | None = None,
+    train_seed: int = 0,
+    cases: int = DEMO_COHORT["cases"],
+    size: int = DEMO_COHORT["size"],
+    seed: int = DEMO_COHORT["seed"],
+    recipe: dict[str, Any] | None = None,
+    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+) -> DemoModel | None:
+    """The run :func:`trained_demo_model` makes, taken as it is on disk even when the training or generator code has
+    changed since (its ``recipe.json`` records which code trained it), for benchmarks whose stored results belong
+    to those weights; ``None`` when it is not finished (``recipe.json`` and ``models/model.pt``)."""
+    request = {"difficulty": difficulty, "cases": cases, "size": size, "seed": seed, "lesion_size_range": None}
+    folder = Path(workdir) / _cohort_key(request)
+    run_dir = folder.resolve() / "runs" / _run_name(network, network_kwargs, train_seed, recipe)
+    done = _read_json(run_dir / "recipe.json")
+    if done is None or not (run_dir / "models" / "model.pt").is_file():
+        return None
+    return _reused(
+        network,
+        difficulty,
+        run_dir,
+        _cohort_files(folder, _read_json(folder / "cohort_dicom_truth" / "generator.json")),
+        done,
     )
 
 

@@ -376,37 +376,26 @@ def torchscript_parity(
     )
 
 
-def _export_torchscript(
+def _export_dense_torchscript(
     *,
     root: Path,
     eager_config: Path,
     net_id: str,
     state: Mapping[str, torch.Tensor],
     input_shape: list[int],
-    filename: str,
-    dense: bool,
 ) -> None:
-    """Trace the network (``dense=False``) or ``DenseClassifier(network)`` to ``models/<filename>`` with MONAI's
-    ``ckpt_export`` (which embeds the metadata and the config in the file). The export traces the dense map only;
-    :func:`_classifier_from_dense` makes ``model.ts`` from it."""
+    """Trace ``DenseClassifier(network)`` to ``models/model_dense.ts`` with MONAI's ``ckpt_export`` (which embeds the
+    metadata and the config in the file); :func:`_classifier_from_dense` makes ``model.ts`` from that trace."""
     from monai.bundle import ckpt_export
 
     with tempfile.TemporaryDirectory(prefix=".aamct-ts-") as tmp:
         checkpoint = Path(tmp) / "state.pt"
         # ckpt_export loads the checkpoint into the module it exports; the dense wrapper keeps the network under model.
-        torch.save({f"model.{key}": value for key, value in state.items()} if dense else dict(state), checkpoint)
-        extra = (
-            {
-                "net_id": _DENSE_NET_ID,
-                _DENSE_NET_ID: {"_target_": "pipeline.networks.DenseClassifier", "model": f"@{net_id}"},
-            }
-            if dense
-            else {"net_id": net_id}
-        )
+        torch.save({f"model.{key}": value for key, value in state.items()}, checkpoint)
         try:
             with quiet_monai_bundle_logs():
                 ckpt_export(
-                    filepath=str(root / "models" / filename),
+                    filepath=str(root / "models" / DENSE_MODEL_FILE),
                     ckpt_file=str(checkpoint),
                     meta_file=str(root / "configs" / "metadata.json"),
                     config_file=str(eager_config),
@@ -416,13 +405,14 @@ def _export_torchscript(
                     # verify=True compares the traced and eager outputs instead, and the parity check follows
                     converter_kwargs={"verify": True, "rtol": 1e-4, "atol": 1e-5, "check_trace": False},
                     bundle_root=str(root),
-                    **extra,
+                    net_id=_DENSE_NET_ID,
+                    **{_DENSE_NET_ID: {"_target_": "pipeline.networks.DenseClassifier", "model": f"@{net_id}"}},
                 )
         except UserError:
             raise
         except Exception as err:
             raise UserError(
-                f"{eager_config}: TorchScript export of '{net_id}' to models/{filename} failed "
+                f"{eager_config}: TorchScript export of '{net_id}' to models/{DENSE_MODEL_FILE} failed "
                 f"({type(err).__name__}: {' '.join(str(err).split())[:300]})"
             ) from err
 
@@ -813,14 +803,8 @@ def export_bundle(
         input_shape = [1, in_channels, *roi]
         released["dense_output"] = _dense_description(network, input_shape)
         meta_path = write_json_atomic(root / "configs" / "metadata.json", released)
-        _export_torchscript(
-            root=root,
-            eager_config=eager_staged,
-            net_id=net_id,
-            state=state,
-            input_shape=input_shape,
-            filename=DENSE_MODEL_FILE,
-            dense=True,
+        _export_dense_torchscript(
+            root=root, eager_config=eager_staged, net_id=net_id, state=state, input_shape=input_shape
         )
         _classifier_from_dense(root, eager_staged, network, input_shape)
         _check_classifier_shape(root, released, input_shape)
